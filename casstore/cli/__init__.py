@@ -1,0 +1,1 @@
+"""The ``cas`` command: one module per subcommand (borg's archiver/<name>_cmd.py)."""

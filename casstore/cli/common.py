@@ -1,0 +1,109 @@
+"""Shared CLI plumbing: store selection, output modes, progress, and the error boundary.
+
+Every user error becomes one line on stderr and the error class's exit code; no
+traceback reaches a user unless ``CAS_DEBUG=1`` asks for one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from casstore.errors import CasError, StoreError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def default_store() -> Path:
+    """``--store``, then ``$CAS_STORE``, then the user's data folder (XDG)."""
+    env = os.environ.get("CAS_STORE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "casstore" / "store"
+
+
+class Ctx:
+    """What every subcommand needs: where the store is and how to talk."""
+
+    def __init__(self, store: Path | None, as_json: bool, quiet: bool) -> None:
+        self.store_path = store or default_store()
+        self.as_json = as_json
+        self.quiet = quiet
+
+    def open_store(self, create: bool = False):
+        from casstore.store import Store
+
+        return Store.open(self.store_path, create=create)
+
+    def source(self):
+        """The store for reading only (works on a read-only mirror)."""
+        from casstore.remote import LocalSource
+
+        if not self.store_path.exists():
+            raise StoreError(f"no store at {self.store_path}")
+        return LocalSource(self.store_path)
+
+    def emit(self, data: Any, text: str | None = None) -> None:
+        """Print ``data`` as JSON with --json, else ``text`` (or str(data))."""
+        if self.as_json:
+            click.echo(json.dumps(data, indent=1, sort_keys=True, default=str))
+        else:
+            click.echo(text if text is not None else str(data))
+
+    @contextmanager
+    def progress(self, total: int, desc: str) -> Iterator[Callable[[int], None]]:
+        """A tqdm bar on a terminal; silent when piped, quiet or in --json mode."""
+        if self.quiet or self.as_json or not sys.stderr.isatty():
+            yield lambda n: None
+            return
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                  leave=False, file=sys.stderr) as bar:
+            yield bar.update
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def handle_errors(fn: F) -> F:
+    """The one error boundary: CasError -> one line + its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CasError as exc:
+            if os.environ.get("CAS_DEBUG"):
+                raise
+            click.echo(f"cas: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("cas: interrupted", err=True)
+            sys.exit(130)
+        except OSError as exc:
+            if os.environ.get("CAS_DEBUG"):
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"cas: error:{where} {exc.strerror or exc}", err=True)
+            sys.exit(StoreError.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command(group: click.Group, name: str, **kw: Any) -> Callable[[F], F]:
+    """Register a subcommand on ``group`` with the error boundary applied."""
+
+    def deco(fn: F) -> F:
+        return group.command(name, **kw)(handle_errors(fn))  # type: ignore[return-value]
+
+    return deco

@@ -1,0 +1,43 @@
+"""Entry point of ``cas``: the group, global options, and subcommand registration."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import click
+
+from casstore.cli.common import Ctx
+
+SUBCOMMANDS = ["init_cmd", "put_cmd", "get_cmd", "browse_cmd", "release_cmd", "keygen_cmd",
+               "fsck_cmd", "gc_cmd", "stat_cmd", "ref_cmd", "mount_cmd", "depot_cmd"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--store", type=click.Path(path_type=Path), default=None,
+              help="Store directory (default: $CAS_STORE, else ~/.local/share/casstore/store).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or chatter.")
+@click.version_option(package_name="casstore")
+@click.pass_context
+def cli(ctx: click.Context, store: Path | None, as_json: bool, quiet: bool) -> None:
+    """casstore: a content-addressed artifact store for read-only Julia depots.
+
+    Put files in (`cas put`), sign a release of a tree (`cas release create`), and
+    mount it read-only on nodes (`cas mount`).  See README.md and docs/FORMAT.md.
+    """
+    ctx.obj = Ctx(store, as_json, quiet)
+
+
+def _register() -> None:
+    for mod in SUBCOMMANDS:
+        try:
+            importlib.import_module(f"casstore.cli.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"casstore.cli.{mod}":
+                raise
+
+
+def main() -> None:
+    _register()
+    cli(prog_name="cas")

@@ -1,0 +1,152 @@
+"""One small exception hierarchy, mapped to exit codes and errno in one place.
+
+Every error a user can cause or meet is a subclass of :class:`CasError`.  The CLI
+turns it into a one-line message and the class's exit code; the FUSE layer turns
+it into the class's errno.  Keeping the mapping here (and only here) lets scripts
+rely on exit codes as an API, the way borg does.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class CasError(Exception):
+    """Base class: a clear, one-line failure."""
+
+    exit_code = 1
+    errno = _errno.EIO
+
+
+class UsageError(CasError):
+    """The command line or an argument is wrong."""
+
+    exit_code = 2
+    errno = _errno.EINVAL
+
+
+class StoreError(CasError):
+    """The store cannot be opened or has the wrong layout/version."""
+
+    exit_code = 3
+
+
+class ObjectMissing(StoreError):
+    """A referenced object is not in the store."""
+
+    exit_code = 4
+    errno = _errno.EIO
+
+
+class ObjectCorrupt(StoreError):
+    """An object's bytes do not hash to its name, or do not parse."""
+
+    exit_code = 5
+    errno = _errno.EIO
+
+
+class FormatError(ObjectCorrupt):
+    """An object parsed but violates the format (bad name, wrong type, ...)."""
+
+    exit_code = 6
+
+
+class NotFound(CasError):
+    """A path inside a tree, a ref or a release does not exist."""
+
+    exit_code = 7
+    errno = _errno.ENOENT
+
+
+class UnsupportedFile(CasError):
+    """An input file kind that the store refuses (hard link, device, fifo...)."""
+
+    exit_code = 8
+    errno = _errno.EINVAL
+
+
+class NoSpace(CasError):
+    """The disk is full (or over quota) while writing."""
+
+    exit_code = 9
+    errno = _errno.ENOSPC
+
+
+class ReleaseError(CasError):
+    """Base for release verification failures."""
+
+    exit_code = 10
+    errno = _errno.EACCES
+
+
+class BadSignature(ReleaseError):
+    """The release signature does not verify (tampered document)."""
+
+    exit_code = 11
+
+
+class UntrustedKey(ReleaseError):
+    """The release is signed by a key that is not trusted."""
+
+    exit_code = 12
+
+
+class ReleaseExpired(ReleaseError):
+    """The release's expiry time has passed."""
+
+    exit_code = 13
+
+
+class RollbackRefused(ReleaseError):
+    """The release revision is older than one this verifier has already seen."""
+
+    exit_code = 14
+
+
+class Unsigned(ReleaseError):
+    """The document carries no signature at all."""
+
+    exit_code = 15
+
+
+class KeyFileError(CasError):
+    """A key file is missing or malformed."""
+
+    exit_code = 16
+
+
+class MountError(CasError):
+    """Mounting or unmounting failed."""
+
+    exit_code = 17
+
+
+class RemoteError(CasError):
+    """A remote source could not be reached or answered badly."""
+
+    exit_code = 18
+    errno = _errno.EIO
+
+
+class ReadOnly(CasError):
+    """A write was attempted on a read-only view."""
+
+    exit_code = 19
+    errno = _errno.EROFS
+
+
+class JuliaError(CasError):
+    """Installing Julia, building a depot or running a job failed."""
+
+    exit_code = 20
+
+
+def all_error_classes() -> list[type[CasError]]:
+    """Every CasError subclass, for the uniqueness check in the tests."""
+    seen: list[type[CasError]] = []
+    todo: list[type[CasError]] = [CasError]
+    while todo:
+        cls = todo.pop()
+        seen.append(cls)
+        todo.extend(cls.__subclasses__())
+    return seen

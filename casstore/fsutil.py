@@ -1,0 +1,77 @@
+"""Durable file writes in one place: temp file, fsync, rename, fsync the directory.
+
+A partial file must never appear under a content address (restic's local backend
+rule).  Disk-full is turned into :class:`NoSpace` here so every caller gets the same
+clear message and the temporary file is always removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from casstore.errors import NoSpace, StoreError
+
+TMP_PREFIX = "tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(dest: Path, data: bytes | memoryview, tmpdir: Path, *, durable: bool = True,
+                 replace: bool = True) -> bool:
+    """Write ``data`` to ``dest`` atomically; return False if ``replace`` is off and it exists.
+
+    The temporary file lives in ``tmpdir`` (same filesystem) so that an interrupted
+    write leaves only a ``tmp-*`` file there, which ``cas gc`` removes.
+    """
+    fd, tmpname = tempfile.mkstemp(prefix=TMP_PREFIX, dir=tmpdir)
+    try:
+        try:
+            _write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.rename(tmpname, dest)
+        else:
+            try:
+                os.link(tmpname, dest)
+            except FileExistsError:
+                os.unlink(tmpname)
+                return False
+            os.unlink(tmpname)
+        if durable:
+            fsync_dir(dest.parent)
+        return True
+    except OSError as exc:
+        _discard(tmpname)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"no space left on device while writing {dest}") from None
+        raise StoreError(f"cannot write {dest}: {exc.strerror}") from None
+    except BaseException:
+        _discard(tmpname)
+        raise
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _discard(name: str) -> None:
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,216 @@
+"""Signed release documents, Ed25519 keys, and verification.
+
+A release names a root tree and (optionally) per-CPU-level overlay trees.  Its
+signature covers a canonical JSON body under a fixed signing context, and is
+verified *before* the body is parsed.  A verifier refuses untrusted keys, expired
+releases and revisions older than the newest it has seen (rollback/replay).
+Rollback by the publisher is a *new* revision pointing at an old tree.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.signing
+
+from casstore.errors import (BadSignature, FormatError, KeyFileError, ReleaseExpired,
+                             RollbackRefused, Unsigned, UntrustedKey)
+from casstore.fsutil import atomic_write
+from casstore.objects import ObjectId
+from casstore.remote import check_ref_name
+
+DOC_FORMAT = "casstore-release"
+DOC_VERSION = 1
+SIGNING_CONTEXT = b"casstore release v1\n"
+SECRET_TAG = "casstore-ed25519-secret"
+PUBLIC_TAG = "casstore-ed25519"
+MAX_DOC = 1 << 20
+
+
+@dataclass
+class Release:
+    """The signed body of a release."""
+
+    name: str
+    revision: int
+    root: str
+    created: int
+    expires: int
+    variants: dict[str, str] = field(default_factory=dict)
+    baseline: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def root_id(self) -> ObjectId:
+        return ObjectId.parse(self.root)
+
+    def variant_ids(self) -> dict[str, ObjectId]:
+        return {k: ObjectId.parse(v) for k, v in self.variants.items()}
+
+    def canonical(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+
+# -- keys ------------------------------------------------------------------------
+def keygen(path: Path) -> str:
+    """Write a new secret key to ``path`` (mode 0600) and its public key to ``path.pub``."""
+    sk = nacl.signing.SigningKey.generate()
+    pub = sk.verify_key.encode().hex()
+    if path.exists():
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{SECRET_TAG} {base64.b64encode(sk.encode()).decode()}\n")
+    Path(str(path) + ".pub").write_text(f"{PUBLIC_TAG} {pub}\n")
+    return pub
+
+
+def load_secret(path: Path) -> nacl.signing.SigningKey:
+    try:
+        tag, b64 = path.read_text().split()
+        if tag != SECRET_TAG:
+            raise ValueError
+        return nacl.signing.SigningKey(base64.b64decode(b64, validate=True))
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} does not exist") from None
+    except (ValueError, TypeError, nacl.exceptions.CryptoError):
+        raise KeyFileError(f"{path} is not a casstore secret key") from None
+
+
+def parse_public(text: str) -> str:
+    """A public key as 64 hex chars, from ``casstore-ed25519 <hex>``, bare hex, or a .pub file."""
+    text = text.strip()
+    if os.path.exists(text):
+        text = Path(text).read_text().strip()
+    if text.startswith(PUBLIC_TAG + " "):
+        text = text.split(None, 1)[1].strip()
+    try:
+        if len(bytes.fromhex(text)) != 32:
+            raise ValueError
+    except ValueError:
+        raise KeyFileError(f"not an Ed25519 public key: {text[:40]!r}") from None
+    return text.lower()
+
+
+# -- documents -------------------------------------------------------------------
+def sign(rel: Release, sk: nacl.signing.SigningKey) -> bytes:
+    """The release document bytes, as stored under releases/NAME/."""
+    body = rel.canonical()
+    sig = sk.sign(SIGNING_CONTEXT + body).signature
+    doc = {"format": DOC_FORMAT, "version": DOC_VERSION,
+           "key": sk.verify_key.encode().hex(),
+           "body": base64.b64encode(body).decode(),
+           "signature": base64.b64encode(sig).decode()}
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _outer(doc: bytes) -> dict:
+    if len(doc) > MAX_DOC:
+        raise FormatError("release document is too large")
+    try:
+        outer = json.loads(doc)
+    except ValueError:
+        raise FormatError("release document is not valid JSON") from None
+    if not isinstance(outer, dict) or outer.get("format") != DOC_FORMAT:
+        raise FormatError("not a casstore release document")
+    if outer.get("version") != DOC_VERSION:
+        raise FormatError(f"unsupported release document version {outer.get('version')}")
+    return outer
+
+
+def unverified(doc: bytes) -> Release:
+    """Parse a body WITHOUT checking it: for ``cas release list`` display only."""
+    return _body(base64.b64decode(_outer(doc).get("body", "")))
+
+
+def verify(doc: bytes, trusted: list[str], *, now: float | None = None) -> Release:
+    """Check signature, key and expiry; return the body.  Rollback is checked apart."""
+    outer = _outer(doc)
+    if not outer.get("signature"):
+        raise Unsigned("release is not signed")
+    key = str(outer.get("key", "")).lower()
+    if key not in trusted:
+        raise UntrustedKey(f"release is signed by an untrusted key {key[:16]}...")
+    try:
+        body = base64.b64decode(outer["body"], validate=True)
+        sig = base64.b64decode(outer["signature"], validate=True)
+        nacl.signing.VerifyKey(bytes.fromhex(key)).verify(SIGNING_CONTEXT + body, sig)
+    except (ValueError, TypeError, KeyError, nacl.exceptions.BadSignatureError):
+        raise BadSignature("release signature does not verify (document was altered)") from None
+    rel = _body(body)
+    if (now if now is not None else time.time()) > rel.expires:
+        raise ReleaseExpired(f"release {rel.name} revision {rel.revision} expired at "
+                             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(rel.expires))}")
+    return rel
+
+
+def _body(body: bytes) -> Release:
+    try:
+        d = json.loads(body)
+        rel = Release(**d)
+        check_ref_name(rel.name)
+        rel.root_id
+        rel.variant_ids()
+        if not isinstance(rel.revision, int) or rel.revision < 1:
+            raise ValueError
+    except (ValueError, TypeError):
+        raise FormatError("release body is malformed") from None
+    if rel.variants and rel.baseline not in rel.variants:
+        raise FormatError("release variants do not include the baseline")
+    return rel
+
+
+class SeenRevisions:
+    """The newest revision this verifier has accepted per release name (anti-rollback)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, int]:
+        try:
+            return {k: int(v) for k, v in json.loads(self.path.read_text()).items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, AttributeError):
+            raise FormatError(f"{self.path} is damaged; remove it to trust releases anew") from None
+
+    def check(self, rel: Release) -> None:
+        seen = self._load().get(rel.name, 0)
+        if rel.revision < seen:
+            raise RollbackRefused(f"release {rel.name} revision {rel.revision} is older than "
+                                  f"revision {seen} already seen (rollback or replay)")
+
+    def record(self, rel: Release) -> None:
+        state = self._load()
+        if rel.revision > state.get(rel.name, 0):
+            state[rel.name] = rel.revision
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, json.dumps(state, indent=1).encode(), self.path.parent)
+
+
+def load_verified(source, name: str, trusted: list[str], seen: SeenRevisions | None,
+                  revision: int | None = None, *, now: float | None = None) -> Release:
+    """Fetch, verify and rollback-check a release (the newest when ``revision`` is None).
+
+    ``source`` is any :class:`casstore.remote.ObjectSource`.  On success the
+    revision is recorded in ``seen`` so an older one is refused from then on.
+    """
+    if revision is None:
+        revs = source.release_revisions(name)
+        if not revs:
+            raise FormatError(f"release {name!r} has no revisions")
+        revision = revs[-1]
+    rel = verify(source.read_release(name, revision), trusted, now=now)
+    if rel.name != name or rel.revision != revision:
+        raise BadSignature(f"release document for {name} revision {revision} names "
+                           f"{rel.name} revision {rel.revision} (replayed under a wrong name)")
+    if seen is not None:
+        seen.check(rel)
+        seen.record(rel)
+    return rel

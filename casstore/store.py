@@ -1,0 +1,200 @@
+"""A writable local store: objects, refs, releases, the index and the lock.
+
+Layout (docs/FORMAT.md has the normative version)::
+
+    casstore.json        format version and writer settings
+    objects/ab/cdef...   one file per object (header + zstd payload)
+    refs/NAME            a text file holding one object id
+    releases/NAME/000000000007.release   signed release documents
+    index/               LMDB (a rebuildable cache)
+    tmp/                 temporary files of writes in progress
+    lock                 flock: shared for writers, exclusive for gc's sweep
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casstore.errors import NotFound, StoreError
+from casstore.fsutil import atomic_write
+from casstore.index import Index, IndexEntry
+from casstore.objects import ObjectId, ObjType, encode, is_object_id
+from casstore.remote import LocalSource, check_ref_name, object_path, release_path
+
+FORMAT_NAME = "casstore"
+FORMAT_VERSION = 1
+CONFIG_FILE = "casstore.json"
+
+
+@dataclass
+class StoreSettings:
+    """Writer settings; they change ids of nothing, only dedup and speed."""
+
+    chunk_min: int = 256 * 1024
+    chunk_avg: int = 1024 * 1024
+    chunk_max: int = 4 * 1024 * 1024
+    inline_max: int = 16 * 1024
+    zstd_level: int = 3
+    durable: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT_NAME, "version": FORMAT_VERSION, "hash": "blake3-256",
+            "chunking": {"algorithm": "fastcdc-2016", "min": self.chunk_min,
+                         "avg": self.chunk_avg, "max": self.chunk_max,
+                         "inline_max": self.inline_max},
+            "compression": {"codec": "zstd", "level": self.zstd_level},
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> StoreSettings:
+        if doc.get("format") != FORMAT_NAME:
+            raise StoreError("not a casstore store (bad casstore.json)")
+        if doc.get("version") != FORMAT_VERSION:
+            raise StoreError(f"unsupported store format version {doc.get('version')}")
+        ch, co = doc["chunking"], doc["compression"]
+        return cls(ch["min"], ch["avg"], ch["max"], ch["inline_max"], co["level"])
+
+
+class Store(LocalSource):
+    """A local store opened for reading and writing."""
+
+    def __init__(self, root: Path, settings: StoreSettings) -> None:
+        super().__init__(root)
+        self.settings = settings
+        self.tmp = self.root / "tmp"
+        self._index: Index | None = None
+
+    # -- opening -----------------------------------------------------------------
+    @classmethod
+    def open(cls, root: Path, *, create: bool = False) -> Store:
+        root = Path(root)
+        cfg = root / CONFIG_FILE
+        if not cfg.exists():
+            if not create:
+                raise StoreError(f"no store at {root} (run 'cas init' or 'cas put' first)")
+            return cls.init(root)
+        try:
+            settings = StoreSettings.from_json(json.loads(cfg.read_text()))
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"{cfg} is damaged") from None
+        return cls(root, settings)
+
+    @classmethod
+    def init(cls, root: Path, settings: StoreSettings | None = None) -> Store:
+        settings = settings or StoreSettings()
+        try:
+            for sub in ("objects", "refs", "releases", "tmp"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            (root / "lock").touch()
+        except OSError as exc:
+            raise StoreError(f"cannot create store at {root}: {exc.strerror}") from None
+        atomic_write(root / CONFIG_FILE, json.dumps(settings.to_json(), indent=2).encode(),
+                     root / "tmp", replace=False)
+        return cls.open(root)
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            self._index = Index(self.root / "index")
+        return self._index
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    @contextmanager
+    def lock(self, exclusive: bool = False) -> Iterator[None]:
+        """Writers hold it shared; gc's sweep holds it exclusive."""
+        with open(self.root / "lock", "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # -- objects -----------------------------------------------------------------
+    def has(self, oid: ObjectId) -> bool:
+        """True if the object file exists; refreshes its mtime for gc's grace period."""
+        try:
+            os.utime(object_path(self.root, oid))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def put_raw(self, kind: ObjType, raw: bytes | memoryview,
+                oid: ObjectId | None = None) -> tuple[ObjectId, IndexEntry | None]:
+        """Store an object unless present; returns the index entry to record if new."""
+        oid = oid or ObjectId.of(raw)
+        if self.has(oid):
+            return oid, None
+        stored = encode(kind, raw, self.settings.zstd_level)
+        dest = object_path(self.root, oid)
+        dest.parent.mkdir(exist_ok=True)
+        atomic_write(dest, stored, self.tmp, durable=self.settings.durable)
+        return oid, IndexEntry(kind, len(raw), len(stored))
+
+    def put_object(self, kind: ObjType, raw: bytes) -> ObjectId:
+        """Store one object and index it at once (for metadata objects)."""
+        oid, entry = self.put_raw(kind, raw)
+        if entry is not None:
+            self.index.add([(oid, entry)])
+        return oid
+
+    def iter_object_ids(self) -> Iterator[ObjectId]:
+        """Every object file name in the store (the ground truth, not the index)."""
+        objdir = self.root / "objects"
+        for sub in sorted(os.listdir(objdir)):
+            if len(sub) != 2:
+                continue
+            for name in sorted(os.listdir(objdir / sub)):
+                text = "b3-" + sub + name
+                if is_object_id(text):
+                    yield ObjectId.parse(text)
+
+    def delete_object(self, oid: ObjectId) -> None:
+        try:
+            os.unlink(object_path(self.root, oid))
+        except FileNotFoundError:
+            pass
+
+    # -- refs --------------------------------------------------------------------
+    def set_ref(self, name: str, oid: ObjectId) -> None:
+        check_ref_name(name)
+        atomic_write(self.root / "refs" / name, f"{oid}\n".encode(), self.tmp)
+        self.index.set_ref(name, oid)
+
+    def get_ref(self, name: str) -> ObjectId:
+        check_ref_name(name)
+        try:
+            return ObjectId.parse((self.root / "refs" / name).read_text().strip())
+        except FileNotFoundError:
+            raise NotFound(f"no ref named {name!r}") from None
+
+    def refs(self) -> dict[str, ObjectId]:
+        folder = self.root / "refs"
+        return {n: self.get_ref(n) for n in sorted(os.listdir(folder))}
+
+    def delete_ref(self, name: str) -> None:
+        try:
+            os.unlink(self.root / "refs" / check_ref_name(name))
+        except FileNotFoundError:
+            raise NotFound(f"no ref named {name!r}") from None
+        self.index.set_ref(name, None)
+
+    # -- releases ----------------------------------------------------------------
+    def write_release(self, name: str, revision: int, doc: bytes) -> Path:
+        """Publish a release document; an existing revision is never overwritten."""
+        dest = release_path(self.root, name, revision)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not atomic_write(dest, doc, self.tmp, replace=False):
+            raise StoreError(f"release {name} revision {revision} already exists")
+        return dest
