@@ -19,8 +19,15 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
-from casstore.errors import (BadSignature, FormatError, KeyFileError, ReleaseExpired,
-                             RollbackRefused, Unsigned, UntrustedKey)
+from casstore.errors import (
+    BadSignature,
+    FormatError,
+    KeyFileError,
+    ReleaseExpired,
+    RollbackRefused,
+    Unsigned,
+    UntrustedKey,
+)
 from casstore.fsutil import atomic_write
 from casstore.objects import ObjectId
 from casstore.remote import check_ref_name

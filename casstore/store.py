@@ -16,8 +16,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 

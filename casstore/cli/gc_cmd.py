@@ -1,0 +1,39 @@
+"""``cas gc``: delete objects no ref or release reaches."""
+
+from __future__ import annotations
+
+import click
+
+from casstore.cli.common import Ctx, command, pass_ctx
+from casstore.cli.main import cli
+from casstore.maintenance import gc
+
+
+@command(cli, "gc")
+@click.option("--grace", default="24h", show_default=True,
+              help="Keep unreferenced objects younger than this (s, m, h or d suffix).")
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@pass_ctx
+def gc_cmd(ctx: Ctx, grace: str, dry_run: bool) -> None:
+    """Mark from refs and all releases, then sweep unreachable objects and temp files.
+
+    Objects younger than --grace survive, so a put that has not been referenced
+    yet (or one running right now) loses nothing.
+    """
+    store = ctx.open_store()
+    rep = gc(store, _seconds(grace), dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    ctx.emit(vars(rep), f"{verb} {rep.deleted} objects ({rep.deleted_bytes} bytes), "
+             f"kept {rep.kept_young} young, {rep.live} live, {rep.tmp_removed} temp files")
+
+
+def _seconds(text: str) -> float:
+    from casstore.errors import UsageError
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise UsageError(f"bad duration {text!r} (use e.g. 30m, 24h, 7d)") from None

@@ -1,0 +1,34 @@
+"""``cas put``: store files and directories, print the id."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from casstore.cli.common import Ctx, command, pass_ctx
+from casstore.cli.main import cli
+from casstore.snapshot import put_paths, total_size
+
+
+@command(cli, "put")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--name", "ref", default=None, help="Also point ref NAME at the result.")
+@pass_ctx
+def put(ctx: Ctx, paths: tuple[Path, ...], ref: str | None) -> None:
+    """Store PATHS and print the resulting object id.
+
+    One directory gives its tree id, one file its data id, several paths a new
+    tree holding each by its base name.  Mode bits, symlinks and mtimes (ns)
+    are kept; hard links, devices, sockets and fifos are refused.
+    """
+    store = ctx.open_store(create=True)
+    total = total_size(list(paths))
+    start = time.perf_counter()
+    with ctx.progress(total, "put") as tick:
+        oid = put_paths(store, list(paths), tick)
+    if ref:
+        store.set_ref(ref, oid)
+    secs = time.perf_counter() - start
+    ctx.emit({"id": str(oid), "bytes": total, "seconds": round(secs, 3), "ref": ref}, str(oid))

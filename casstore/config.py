@@ -1,0 +1,124 @@
+"""The client config: which keys to trust, where objects come from, where state lives.
+
+A node reads one small TOML file (``/etc/casstore/client.toml`` unless ``--config``
+or ``$CAS_CONFIG`` names another).  Everything has a default except the trusted
+keys: with none configured, no release can be mounted, which is the safe failure.
+
+Example::
+
+    trusted_keys = ["/etc/casstore/release.pub", "3b6a27bc...64 hex..."]
+    source = "/cvmfs/sw.example.org/casstore"   # a store directory, may be read-only
+    cache_dir = "/var/cache/casstore"           # the client's own, writable
+    state_dir = "/var/lib/casstore"             # seen revisions, status files, logs
+    cache_size = "20G"                          # bound of the file cache
+    prefetch_min = "4M"                         # files this big are fetched whole
+    arch = ""                                   # force a CPU level, e.g. "x86-64-v2"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casstore.errors import KeyFileError, UsageError
+
+DEFAULT_PATH = Path("/etc/casstore/client.toml")
+ENV_VAR = "CAS_CONFIG"
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_KNOWN = {"trusted_keys", "source", "cache_dir", "state_dir", "cache_size", "prefetch_min",
+          "arch"}
+
+
+def parse_size(value: int | str) -> int:
+    """``1048576``, ``"512M"``, ``"20G"`` -> bytes."""
+    if isinstance(value, int):
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise UsageError(f"not a size: {value!r} (use e.g. 512M or 20G)")
+    return int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
+
+
+@dataclass
+class ClientConfig:
+    """Settings of one node's client; see the module docstring for the file format."""
+
+    trusted_keys: list[str] = field(default_factory=list)
+    source: Path | None = None
+    cache_dir: Path = Path("/var/cache/casstore")
+    state_dir: Path = Path("/var/lib/casstore")
+    cache_size: int = 20 << 30
+    prefetch_min: int = 4 << 20
+    arch: str | None = None
+    path: Path | None = None
+
+    def trusted(self) -> list[str]:
+        """The trusted keys as lower-case hex (parsing .pub files named by path)."""
+        from casstore.releases import parse_public
+
+        base = self.path.parent if self.path else Path.cwd()
+        out = []
+        for k in self.trusted_keys:
+            ref = k if not _looks_like_path(k) else str(base / os.path.expanduser(k))
+            out.append(parse_public(ref))
+        return out
+
+    @property
+    def seen_path(self) -> Path:
+        return self.state_dir / "seen-revisions.json"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "mounts"
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or text.endswith(".pub")
+
+
+def default_path() -> Path:
+    """``$CAS_CONFIG`` if set, else ``/etc/casstore/client.toml``."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else DEFAULT_PATH
+
+
+def load(path: Path | None = None, *, required: bool = False) -> ClientConfig:
+    """Read the config; a missing default file gives the defaults, a bad one an error."""
+    explicit = path is not None or ENV_VAR in os.environ
+    path = path or default_path()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        if required or explicit:
+            raise UsageError(f"client config {path} does not exist") from None
+        return ClientConfig()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"client config {path} is not valid TOML: {exc}") from None
+    return from_dict(raw, path)
+
+
+def from_dict(raw: dict, path: Path | None = None) -> ClientConfig:
+    """Validate a parsed TOML table; unknown keys are refused so typos do not hide."""
+    unknown = set(raw) - _KNOWN
+    if unknown:
+        raise UsageError(f"unknown setting(s) in client config: {', '.join(sorted(unknown))}")
+    keys = raw.get("trusted_keys", [])
+    if isinstance(keys, str):
+        keys = [keys]
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise KeyFileError("trusted_keys must be a list of hex keys or .pub file paths")
+    base = path.parent if path else Path.cwd()
+    cfg = ClientConfig(trusted_keys=keys, path=path)
+    if raw.get("source"):
+        cfg.source = base / Path(raw["source"]).expanduser()
+    for name in ("cache_dir", "state_dir"):
+        if raw.get(name):
+            setattr(cfg, name, base / Path(raw[name]).expanduser())
+    for name in ("cache_size", "prefetch_min"):
+        if name in raw:
+            setattr(cfg, name, parse_size(raw[name]))
+    cfg.arch = raw.get("arch") or None
+    return cfg
