@@ -59,7 +59,7 @@ class ClientConfig:
         """The trusted keys as lower-case hex (parsing .pub files named by path)."""
         from casstore.releases import parse_public
 
-        base = self.path.parent if self.path else Path.cwd()
+        base = self.path.resolve().parent if self.path else Path.cwd()
         out = []
         for k in self.trusted_keys:
             ref = k if not _looks_like_path(k) else str(base / os.path.expanduser(k))
@@ -110,7 +110,7 @@ def from_dict(raw: dict, path: Path | None = None) -> ClientConfig:
         keys = [keys]
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise KeyFileError("trusted_keys must be a list of hex keys or .pub file paths")
-    base = path.parent if path else Path.cwd()
+    base = path.resolve().parent if path else Path.cwd()
     cfg = ClientConfig(trusted_keys=keys, path=path)
     if raw.get("source"):
         cfg.source = base / Path(raw["source"]).expanduser()

@@ -1,0 +1,98 @@
+"""``cas mount``, ``cas umount`` and ``cas status``: the node side of casstore."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from casstore.cli.common import Ctx, command, pass_ctx
+from casstore.cli.main import cli
+from casstore.config import ClientConfig, load
+
+CONFIG_HELP = "Client config TOML (default: $CAS_CONFIG, else /etc/casstore/client.toml)."
+
+
+def _config(path: Path | None) -> ClientConfig:
+    return load(path)
+
+
+def _explicit_store(ctx: Ctx) -> Path | None:
+    """--store or $CAS_STORE wins over the config's 'source'; the XDG default does not."""
+    given = click.get_current_context().find_root().params.get("store")
+    return ctx.store_path if given or os.environ.get("CAS_STORE") else None
+
+
+@command(cli, "mount")
+@click.argument("release")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
+@click.option("--arch", metavar="LEVEL",
+              help="Force a CPU level (x86-64, x86-64-v2, x86-64-v3, x86-64-v4) instead of "
+                   "detecting the host's.")
+@click.option("--revision", type=int, help="Mount this revision instead of the newest.")
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (logs to stderr).")
+@pass_ctx
+def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
+          arch: str | None, revision: int | None, foreground: bool) -> None:
+    """Mount signed release RELEASE read-only at MOUNTPOINT.
+
+    \b
+    Before mounting, the newest revision (or --revision) is verified against the
+    trusted_keys of the client config: unsigned, tampered, expired, wrong-key and
+    older-than-seen revisions are refused, each with its own exit code (11-15).
+    The best CPU variant this host can run is chosen (or --arch), and printed.
+    Objects come from --store, else the config's 'source' (which may be a
+    read-only CVMFS/NFS folder); the client caches only in its own cache_dir.
+    Without --foreground the daemon detaches once the mount is in place.
+    Unmount with 'cas umount MOUNTPOINT' or SIGTERM to the daemon.
+    """
+    from fuseclient.mount import canon, prepare, serve
+
+    cfg = _config(config_path)
+    store = _explicit_store(ctx)
+    p = prepare(release, cfg, store, arch, revision)
+    info = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
+            "variant_choice": p.how, "mountpoint": str(canon(mountpoint))}
+    ctx.emit(info, f"mounting {p.release.name} revision {p.release.revision} at "
+                   f"{mountpoint} (variant: {p.level or 'none'}, {p.how})")
+    serve(p, cfg, mountpoint, foreground)
+
+
+@command(cli, "umount")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
+@click.option("-z", "--lazy", is_flag=True, help="Detach now even if files are in use.")
+@pass_ctx
+def umount(ctx: Ctx, mountpoint: Path, config_path: Path | None, lazy: bool) -> None:
+    """Unmount a casstore mount and wait for its daemon to exit."""
+    from fuseclient.mount import unmount
+
+    unmount(_config(config_path), mountpoint, lazy)
+    ctx.emit({"unmounted": str(mountpoint)}, f"unmounted {mountpoint}")
+
+
+@command(cli, "status")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
+@pass_ctx
+def status(ctx: Ctx, mountpoint: Path, config_path: Path | None) -> None:
+    """Show what is mounted at MOUNTPOINT: release, revision, variant, cache, errors."""
+    from fuseclient.mount import read_status
+
+    st = read_status(_config(config_path), mountpoint)
+    cache = st.get("cache", {})
+    errors = st.get("errors", {})
+    text = "\n".join([
+        f"mountpoint: {st.get('mountpoint')}  ({'mounted' if st['mounted'] else 'NOT mounted'}, "
+        f"daemon pid {st.get('pid')} {'alive' if st['alive'] else 'gone'})",
+        f"release:    {st.get('release')} revision {st.get('revision')}",
+        f"variant:    {st.get('variant') or 'none'} ({st.get('variant_choice')})",
+        f"source:     {st.get('source')}",
+        f"cache:      {cache.get('bytes', 0)} of {cache.get('max_bytes', 0)} bytes in "
+        f"{cache.get('files', 0)} files at {cache.get('dir')}",
+        f"errors:     {errors.get('eio', 0)} EIO ({errors.get('corrupt', 0)} corrupt, "
+        f"{errors.get('missing', 0)} missing, {errors.get('internal', 0)} internal)",
+    ])
+    ctx.emit(st, text)

@@ -1,0 +1,117 @@
+"""The thin FUSE adapter: mfusepy Operations over :class:`fuseclient.fs.ReleaseFS`.
+
+This is the one place where errors become errno values: a :class:`CasError`
+becomes ``exc.errno`` (missing/corrupt objects -> EIO, with one log line naming
+the object and a counter), anything unexpected is logged at ERROR, counted and
+becomes EIO, so one bad request never takes the daemon down.  Every mutating
+call answers EROFS (the mount is also ``ro``, so the kernel usually answers
+first).  ``open`` answers ENOSYS so that, on libfuse3, the kernel switches to
+"no_open" and stops sending open/release round trips.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import mfusepy
+
+from casstore.errors import CasError, NotFound, ObjectCorrupt, ObjectMissing
+from fuseclient.fs import XATTR_PREFIX, ReleaseFS
+
+log = logging.getLogger("casstore.fuse")
+F = TypeVar("F", bound=Callable[..., Any])
+ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
+
+
+def boundary(fn: F) -> F:
+    """Map typed errors to errno in ONE place; count what is not a plain ENOENT."""
+
+    @functools.wraps(fn)
+    def wrapper(self: CasOps, *args: Any) -> Any:
+        try:
+            return fn(self, *args)
+        except mfusepy.FuseOSError:
+            raise
+        except NotFound:
+            raise mfusepy.FuseOSError(errno.ENOENT) from None
+        except CasError as exc:
+            kind = ("missing" if isinstance(exc, ObjectMissing)
+                    else "corrupt" if isinstance(exc, ObjectCorrupt) else "other")
+            self.errors[kind] += 1
+            self.errors["eio" if exc.errno == errno.EIO else "errno"] += 1
+            log.error("%s %s: %s", fn.__name__, args[0] if args else "", exc)
+            raise mfusepy.FuseOSError(exc.errno) from None
+        except Exception:  # noqa: BLE001 - the boundary: never crash the daemon
+            self.errors["internal"] += 1
+            self.errors["eio"] += 1
+            log.exception("unexpected error in %s %s", fn.__name__, args[:1])
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _erofs(*_args: Any, **_kw: Any) -> Any:
+    raise mfusepy.FuseOSError(errno.EROFS)
+
+
+class CasOps(mfusepy.Operations):
+    """FUSE callbacks; each is a line or two over ReleaseFS."""
+
+    use_ns = True
+
+    def __init__(self, fs: ReleaseFS, on_init: Callable[[], None] | None = None) -> None:
+        self.fs = fs
+        self.errors: Counter[str] = Counter()
+        self._on_init = on_init
+
+    def init(self, path: str) -> None:
+        if self._on_init is not None:
+            self._on_init()
+
+    @boundary
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        return self.fs.getattr(path)
+
+    @boundary
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return self.fs.readdir(path)
+
+    @boundary
+    def readlink(self, path: str) -> str:
+        return self.fs.readlink(path)
+
+    def open(self, path: str, flags: int) -> int:
+        raise mfusepy.FuseOSError(errno.ENOSYS)
+
+    @boundary
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self.fs.read(path, size, offset)
+
+    @boundary
+    def statfs(self, path: str) -> dict[str, int]:
+        return self.fs.statfs()
+
+    @boundary
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if not name.startswith(XATTR_PREFIX):
+            raise mfusepy.FuseOSError(ENOATTR)
+        if name == XATTR_PREFIX + "nioerr":
+            return str(self.errors["eio"]).encode()
+        value = self.fs.xattrs(path).get(name)
+        if value is None:
+            raise mfusepy.FuseOSError(ENOATTR)
+        return value
+
+    @boundary
+    def listxattr(self, path: str) -> list[str]:
+        names = list(self.fs.xattrs(path))
+        return [*names, XATTR_PREFIX + "nioerr"] if path == "/" else names
+
+    # Everything that would change the tree: EROFS.
+    write = create = mkdir = mknod = unlink = rmdir = symlink = rename = link = _erofs
+    chmod = chown = truncate = utimens = setxattr = removexattr = fallocate = _erofs
