@@ -128,7 +128,8 @@ class MergedView:
     def listdir(self, node: Node) -> list[Node]:
         if node.overlay is None:
             return [Node(e, None, node.variant) for e in self.reader.listdir(node.entry)]
-        return [self.children(node)[k] for k in sorted(self.children(node))]
+        merged = self.children(node)
+        return [merged[k] for k in sorted(merged)]
 
     def walk(self, node: Node | None = None, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
         for child in self.listdir(node or self.root):
