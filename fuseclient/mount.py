@@ -215,7 +215,10 @@ def serve(p: Prepared, cfg: ClientConfig, mountpoint: Path, foreground: bool) ->
                      negative_timeout=TIMEOUT_S, fsname=f"cas:{p.release.name}",
                      subtype="cas")
     except RuntimeError as exc:
-        raise MountError(f"mounting {mountpoint} failed (libfuse error {exc})") from None
+        # libfuse also reports a loop ended by SIGTERM/SIGINT as an error: that is a
+        # clean stop once the kernel had initialised the mount.
+        if not ops.initialised:
+            raise MountError(f"mounting {mountpoint} failed (libfuse error {exc})") from None
     finally:
         writer.stop.set()
         spath.unlink(missing_ok=True)

@@ -68,8 +68,10 @@ class CasOps(mfusepy.Operations):
         self.fs = fs
         self.errors: Counter[str] = Counter()
         self._on_init = on_init
+        self.initialised = False
 
     def init(self, path: str) -> None:
+        self.initialised = True
         if self._on_init is not None:
             self._on_init()
 
