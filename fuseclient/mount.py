@@ -134,6 +134,7 @@ class StatusWriter:
         self.path, self.base, self.fs, self.ops = path, base, fs, ops
         self.mountpoint = mountpoint
         self.stop = threading.Event()
+        self.wake = threading.Event()
 
     def snapshot(self) -> dict:
         cache = self.fs.cache.summary() if self.fs.cache else {}
@@ -157,8 +158,14 @@ class StatusWriter:
                 self.write()
             except OSError as exc:
                 log.warning("cannot write status file %s: %s", self.path, exc)
-            if self.stop.wait(0.5 if tick < 10 else 2.0):
+            self.wake.wait(0.5 if tick < 10 else 2.0)
+            self.wake.clear()
+            if self.stop.is_set():
                 return
+
+    def poke(self) -> None:
+        """Rewrite the status soon (called on errors, so `cas status` is current)."""
+        self.wake.set()
 
 
 def set_read_ahead(mountpoint: Path, kb: int) -> bool:
@@ -205,6 +212,7 @@ def serve(p: Prepared, cfg: ClientConfig, mountpoint: Path, foreground: bool) ->
     ops = CasOps(fs)
     writer = StatusWriter(spath, base, fs, ops, mountpoint)
     ops._on_init = writer.start
+    ops.on_error = writer.poke
     writer.write()
     log.info("mounting %s revision %d (variant %s) at %s", p.release.name,
              p.release.revision, p.level, mountpoint)
@@ -221,6 +229,7 @@ def serve(p: Prepared, cfg: ClientConfig, mountpoint: Path, foreground: bool) ->
             raise MountError(f"mounting {mountpoint} failed (libfuse error {exc})") from None
     finally:
         writer.stop.set()
+        writer.wake.set()
         spath.unlink(missing_ok=True)
         if fs.cache:
             fs.cache.close()

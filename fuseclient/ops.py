@@ -45,11 +45,13 @@ def boundary(fn: F) -> F:
             self.errors[kind] += 1
             self.errors["eio" if exc.errno == errno.EIO else "errno"] += 1
             log.error("%s %s: %s", fn.__name__, args[0] if args else "", exc)
+            self.on_error()
             raise mfusepy.FuseOSError(exc.errno) from None
         except Exception:  # noqa: BLE001 - the boundary: never crash the daemon
             self.errors["internal"] += 1
             self.errors["eio"] += 1
             log.exception("unexpected error in %s %s", fn.__name__, args[:1])
+            self.on_error()
             raise mfusepy.FuseOSError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
@@ -69,6 +71,7 @@ class CasOps(mfusepy.Operations):
         self.errors: Counter[str] = Counter()
         self._on_init = on_init
         self.initialised = False
+        self.on_error: Callable[[], None] = lambda: None
 
     def init(self, path: str) -> None:
         self.initialised = True

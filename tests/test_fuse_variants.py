@@ -1,0 +1,84 @@
+"""Variant resolution at mount time: forced levels, host detection, xattr and status."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+from fuse_fixtures import Kit, Mounter, run_cas
+
+from casstore.variants import choose
+
+pytestmark = pytest.mark.fuse
+LEVELS = ("x86-64", "x86-64-v3")
+
+
+@pytest.fixture
+def variant_release(kit: Kit) -> None:
+    """Base tree with a generic sysimage; overlays for x86-64 and x86-64-v3."""
+    base = kit.base / "base"
+    (base / "lib" / "julia").mkdir(parents=True)
+    (base / "lib" / "julia" / "sys.so").write_bytes(b"generic image\n")
+    (base / "lib" / "libother.so").write_bytes(b"shared by all\n")
+    (base / "compiled").mkdir()
+    (base / "compiled" / "Common.ji").write_bytes(b"common cache\n")
+    variants = {}
+    for lvl in LEVELS:
+        ov = kit.base / f"ov-{lvl}"
+        (ov / "lib" / "julia").mkdir(parents=True)
+        (ov / "lib" / "julia" / "sys.so").write_bytes(f"image for {lvl}\n".encode() * 1000)
+        (ov / "compiled" / "v1").mkdir(parents=True)
+        (ov / "compiled" / "v1" / "Pkg.ji").write_bytes(f"cache built on {lvl}\n".encode())
+        if lvl == "x86-64-v3":
+            (ov / "compiled" / "v1" / "OnlyV3.ji").write_bytes(b"v3 only\n")
+        variants[lvl] = kit.put(ov)
+    kit.publish("multi", 1, kit.put(base), variants=variants, baseline="x86-64")
+
+
+def _check(mp: Path, level: str) -> None:
+    sysimg = mp / "lib" / "julia" / "sys.so"
+    assert sysimg.read_bytes() == f"image for {level}\n".encode() * 1000
+    assert os.getxattr(sysimg, "user.cas.variant") == level.encode()
+    assert "user.cas.variant" in os.listxattr(sysimg)
+    assert (mp / "compiled" / "v1" / "Pkg.ji").read_bytes() == f"cache built on {level}\n".encode()
+    assert os.getxattr(mp / "compiled" / "v1" / "Pkg.ji", "user.cas.variant") == level.encode()
+    # Paths outside the overlay come from the base tree and carry no variant xattr.
+    assert (mp / "lib" / "libother.so").read_bytes() == b"shared by all\n"
+    assert (mp / "compiled" / "Common.ji").read_bytes() == b"common cache\n"
+    with pytest.raises(OSError) as info:
+        os.getxattr(mp / "lib" / "libother.so", "user.cas.variant")
+    assert info.value.errno == errno.ENODATA
+    assert ((mp / "compiled" / "v1" / "OnlyV3.ji").exists()) == (level == "x86-64-v3")
+    assert os.getxattr(mp, "user.cas.level") == level.encode()
+    names = sorted(os.listdir(mp / "compiled"))
+    assert names == ["Common.ji", "v1"]
+
+
+@pytest.mark.parametrize(("forced", "expected"), [("x86-64", "x86-64"),
+                                                  ("x86-64-v3", "x86-64-v3"),
+                                                  ("x86-64-v2", "x86-64"),
+                                                  ("x86-64-v4", "x86-64-v3")])
+def test_forced_level(kit: Kit, mounter: Mounter, variant_release, forced: str,
+                      expected: str) -> None:
+    mp = mounter.mount("multi", "--arch", forced)
+    _check(mp, expected)
+    assert f"variant: {expected}, forced" in mounter.output()
+    st = json.loads(run_cas("--json", "status", "--config", str(kit.config), str(mp)).stdout)
+    assert (st["variant"], st["variant_choice"]) == (expected, "forced")
+
+
+def test_host_detection(kit: Kit, mounter: Mounter, variant_release) -> None:
+    expected = choose(list(LEVELS), "x86-64")
+    mp = mounter.mount("multi")
+    _check(mp, expected)
+    assert f"variant: {expected}, detected" in mounter.output()
+
+
+def test_unknown_level_is_refused(kit: Kit, variant_release) -> None:
+    (kit.base / "m").mkdir()
+    res = run_cas("mount", "--config", str(kit.config), "--arch", "pentium4", "multi",
+                  str(kit.base / "m"))
+    assert res.returncode == 2 and "unknown CPU level" in res.stderr
