@@ -122,7 +122,8 @@ def decode(oid: ObjectId, stored: bytes, expect: ObjType | None = None) -> tuple
     except ValueError:
         raise ObjectCorrupt(f"object {oid} has an unknown type or codec") from None
     if expect is not None and kind != expect:
-        raise FormatError(f"object {oid} is a {kind.name.lower()}, expected a {expect.name.lower()}")
+        raise FormatError(f"object {oid} is a {kind.name.lower()}, "
+                          f"expected a {expect.name.lower()}")
     payload = memoryview(stored)[HEADER_SIZE:]
     raw = _unpack(oid, codec, payload, size)
     if blake3.blake3(raw).digest() != oid.digest:

@@ -162,8 +162,8 @@ def _body(body: bytes) -> Release:
         d = json.loads(body)
         rel = Release(**d)
         check_ref_name(rel.name)
-        rel.root_id
         rel.variant_ids()
+        ObjectId.parse(rel.root)
         if not isinstance(rel.revision, int) or rel.revision < 1:
             raise ValueError
     except (ValueError, TypeError):

@@ -13,7 +13,7 @@ import mmap
 import os
 import stat
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from casstore.chunking import chunk_spans
@@ -75,7 +75,11 @@ class Snapshot:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             if len(mm) != size:
                 raise StoreError(f"{path} changed size while being read")
-            refs = self._put_chunks(memoryview(mm))
+            view = memoryview(mm)
+            try:
+                refs = self._put_chunks(mm, view)
+            finally:
+                view.release()  # the mmap cannot close while a view is exported
         if len(refs) == 1:
             return Storage.CHUNK, refs[0].oid, b""
         return Storage.BLOB, self.put_meta(ObjType.BLOB, encode_blob(refs)), b""
@@ -93,18 +97,25 @@ class Snapshot:
         assert oid is not None
         return oid
 
-    def _put_chunks(self, view: memoryview) -> list[ChunkRef]:
+    def _put_chunks(self, mm: mmap.mmap, view: memoryview) -> list[ChunkRef]:
+        """Cut, hash, compress and write chunks, at most _MAX_PENDING in flight."""
         pending: list[Future] = []
         refs: list[ChunkRef] = []
-        spans = chunk_spans(view, self.s.chunk_min, self.s.chunk_avg, self.s.chunk_max)
-        for off, length in spans:
-            pending.append(self.pool.submit(self.store.put_raw, ObjType.CHUNK,
-                                            view[off:off + length]))
-            refs.append(ChunkRef(None, length))  # type: ignore[arg-type]
-            if len(pending) >= _MAX_PENDING:
-                self._drain(pending, refs, len(refs) - len(pending))
-                pending = []
-        self._drain(pending, refs, len(refs) - len(pending))
+        spans = list(chunk_spans(view, self.s.chunk_min, self.s.chunk_avg, self.s.chunk_max))
+        try:
+            for off, length in spans:
+                pending.append(self.pool.submit(self.store.put_raw, ObjType.CHUNK,
+                                                mm[off:off + length]))
+                refs.append(ChunkRef(None, length))  # type: ignore[arg-type]
+                if len(pending) >= _MAX_PENDING:
+                    self._drain(pending, refs, len(refs) - len(pending))
+                    pending = []
+            self._drain(pending, refs, len(refs) - len(pending))
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            wait(pending)
+            raise
         return refs
 
     def _drain(self, pending: list[Future], refs: list[ChunkRef], start: int) -> None:

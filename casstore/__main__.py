@@ -1,0 +1,5 @@
+"""``python -m casstore`` is ``cas``."""
+
+from casstore.cli.main import main
+
+main()

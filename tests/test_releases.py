@@ -1,0 +1,178 @@
+"""Tier 1-2: signed releases: tampering, wrong keys, expiry, replay, rollback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import pytest
+from helpers import assert_one_line_error, cas
+
+from casstore.errors import BadSignature, ReleaseExpired, RollbackRefused, Unsigned, UntrustedKey
+from casstore.releases import (
+    Release,
+    SeenRevisions,
+    keygen,
+    load_secret,
+    load_verified,
+    parse_public,
+    sign,
+    verify,
+)
+from casstore.remote import LocalSource
+
+ROOT = "b3-" + "ab" * 32
+
+
+@pytest.fixture()
+def keys(tmp_path: Path) -> tuple[Path, str, Path, str]:
+    a, b = tmp_path / "a.key", tmp_path / "b.key"
+    return a, keygen(a), b, keygen(b)
+
+
+def _rel(rev: int = 1, expires_in: int = 3600) -> Release:
+    now = int(time.time())
+    return Release("julia", rev, ROOT, now, now + expires_in)
+
+
+def test_good_release_verifies(keys) -> None:
+    a, pa, _b, _pb = keys
+    rel = verify(sign(_rel(), load_secret(a)), [pa])
+    assert rel.root == ROOT and rel.revision == 1
+
+
+def test_tampered_body_refused(keys) -> None:
+    a, pa, _b, _pb = keys
+    doc = json.loads(sign(_rel(), load_secret(a)))
+    body = json.loads(base64.b64decode(doc["body"]))
+    body["root"] = "b3-" + "cd" * 32
+    doc["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    with pytest.raises(BadSignature):
+        verify(json.dumps(doc).encode(), [pa])
+
+
+def test_wrong_key_refused(keys) -> None:
+    a, _pa, _b, pb = keys
+    with pytest.raises(UntrustedKey):
+        verify(sign(_rel(), load_secret(a)), [pb])
+
+
+def test_key_swap_refused(keys) -> None:
+    """Replacing the key field with a trusted key does not help a forger."""
+    a, _pa, _b, pb = keys
+    doc = json.loads(sign(_rel(), load_secret(a)))
+    doc["key"] = pb
+    with pytest.raises(BadSignature):
+        verify(json.dumps(doc).encode(), [pb])
+
+
+def test_unsigned_refused(keys) -> None:
+    a, pa, _b, _pb = keys
+    doc = json.loads(sign(_rel(), load_secret(a)))
+    doc["signature"] = ""
+    with pytest.raises(Unsigned):
+        verify(json.dumps(doc).encode(), [pa])
+
+
+def test_expired_refused(keys) -> None:
+    a, pa, _b, _pb = keys
+    with pytest.raises(ReleaseExpired):
+        verify(sign(_rel(expires_in=-5), load_secret(a)), [pa])
+
+
+def test_replayed_older_revision_refused(tmp_path: Path, keys) -> None:
+    a, pa, _b, _pb = keys
+    seen = SeenRevisions(tmp_path / "seen.json")
+    for rev in (1, 2):
+        rel = verify(sign(_rel(rev), load_secret(a)), [pa])
+        seen.check(rel)
+        seen.record(rel)
+    with pytest.raises(RollbackRefused):
+        seen.check(verify(sign(_rel(1), load_secret(a)), [pa]))
+
+
+def test_each_bad_release_has_its_own_message(tmp_path: Path, keys) -> None:
+    a, pa, _b, pb = keys
+    good = json.loads(sign(_rel(), load_secret(a)))
+    unsigned = dict(good, signature="")
+    tampered = dict(good, body=base64.b64encode(b'{"x":1}').decode())
+    sk = load_secret(a)
+    cases = [([pb], sign(_rel(), sk)), ([pa], sign(_rel(expires_in=-1), sk)),
+             ([pa], json.dumps(unsigned).encode()), ([pa], json.dumps(tampered).encode())]
+    msgs = []
+    for trusted, doc in cases:
+        with pytest.raises(Exception) as ei:
+            verify(doc, trusted)
+        msgs.append((type(ei.value), str(ei.value)))
+    seen = SeenRevisions(tmp_path / "s.json")
+    seen.record(_rel(5))
+    with pytest.raises(RollbackRefused) as ei:
+        seen.check(_rel(4))
+    msgs.append((type(ei.value), str(ei.value)))
+    assert len({m[0] for m in msgs}) == 5
+    assert len({m[1] for m in msgs}) == 5
+
+
+def test_parse_public_forms(keys, tmp_path: Path) -> None:
+    a, pa, _b, _pb = keys
+    assert parse_public(pa) == pa
+    assert parse_public(f"casstore-ed25519 {pa}") == pa
+    assert parse_public(str(a) + ".pub") == pa
+
+
+# -- through the CLI --------------------------------------------------------------
+def _store_with_release(tmp_path: Path) -> tuple[Path, Path, str]:
+    store = tmp_path / "store"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "v").write_text("one")
+    key = tmp_path / "k"
+    cas(None, "keygen", str(key), check=True)
+    t1 = cas(store, "put", str(src), check=True).out.strip()
+    cas(store, "release", "create", "julia", t1, "--key", str(key), check=True)
+    return store, key, t1
+
+
+def test_cli_rollback_publishes_new_revision(tmp_path: Path) -> None:
+    store, key, t1 = _store_with_release(tmp_path)
+    (tmp_path / "src" / "v").write_text("two")
+    t2 = cas(store, "put", str(tmp_path / "src"), check=True).out.strip()
+    cas(store, "release", "create", "julia", t2, "--key", str(key), check=True)
+    cas(store, "release", "rollback", "julia", "--to", "1", "--key", str(key), check=True)
+    rows = json.loads(cas(store, "--json", "release", "list", "julia", check=True).out)
+    assert [(r["revision"], r["root"]) for r in rows] == [(1, t1), (2, t2), (3, t1)]
+    pub = str(key) + ".pub"
+    seen = tmp_path / "seen.json"
+    cas(store, "release", "verify", "julia", "--trusted-key", pub, "--seen", str(seen), check=True)
+    res = cas(store, "release", "verify", "julia@2", "--trusted-key", pub, "--seen", str(seen))
+    assert_one_line_error(res)
+    assert "older than revision 3" in res.err and res.code == RollbackRefused.exit_code
+
+
+def test_cli_tampered_file_refused(tmp_path: Path) -> None:
+    store, key, _t1 = _store_with_release(tmp_path)
+    path = next((store / "releases" / "julia").iterdir())
+    doc = json.loads(path.read_text())
+    body = json.loads(base64.b64decode(doc["body"]))
+    body["expires"] += 10**6
+    doc["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    path.write_text(json.dumps(doc))
+    res = cas(store, "release", "verify", "julia", "--trusted-key", str(key) + ".pub")
+    assert_one_line_error(res)
+    assert res.code == BadSignature.exit_code
+
+
+def test_release_renamed_on_disk_refused(tmp_path: Path, keys) -> None:
+    """A valid document copied under another revision number is a replay."""
+    store, key, _t1 = _store_with_release(tmp_path)
+    folder = store / "releases" / "julia"
+    (folder / "000000000009.release").write_bytes((folder / "000000000001.release").read_bytes())
+    with pytest.raises(BadSignature, match="replayed"):
+        load_verified(LocalSource(store), "julia", [parse_public(str(key) + ".pub")], None)
+
+
+def test_keygen_refuses_overwrite(tmp_path: Path) -> None:
+    cas(None, "keygen", str(tmp_path / "k"), check=True)
+    assert_one_line_error(cas(None, "keygen", str(tmp_path / "k")))
