@@ -72,7 +72,8 @@ class Snapshot:
             data = _read_exact(path, size)
             self.progress(size)
             return Storage.INLINE, None, data
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ,
+                                              flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as mm:
             if len(mm) != size:
                 raise StoreError(f"{path} changed size while being read")
             view = memoryview(mm)
@@ -98,10 +99,14 @@ class Snapshot:
         return oid
 
     def _put_chunks(self, mm: mmap.mmap, view: memoryview) -> list[ChunkRef]:
-        """Cut, hash, compress and write chunks, at most _MAX_PENDING in flight."""
+        """Cut, hash, compress and write chunks, at most _MAX_PENDING in flight.
+
+        Cutting runs here while the pool hashes and writes earlier chunks, so the
+        two overlap; MAP_POPULATE above spares a page fault per 4 KiB.
+        """
         pending: list[Future] = []
         refs: list[ChunkRef] = []
-        spans = list(chunk_spans(view, self.s.chunk_min, self.s.chunk_avg, self.s.chunk_max))
+        spans = chunk_spans(view, self.s.chunk_min, self.s.chunk_avg, self.s.chunk_max)
         try:
             for off, length in spans:
                 pending.append(self.pool.submit(self.store.put_raw, ObjType.CHUNK,
@@ -116,6 +121,8 @@ class Snapshot:
                 fut.cancel()
             wait(pending)
             raise
+        finally:
+            spans.close()  # drop the chunker's view of the mapping
         return refs
 
     def _drain(self, pending: list[Future], refs: list[ChunkRef], start: int) -> None:

@@ -1,0 +1,169 @@
+"""Store throughput and dedup, side by side with `tar -c | zstd -3` in the same run.
+
+Usage: python bench/bench_store.py [--sysimage A.so] [--sysimage2 B.so]
+          [--tree-a DIR --tree-b DIR] [--out bench/results/store]
+
+Defaults: the stock sys.so of the Julia prefix (tools/install-julia) as the large
+file; for the second sysimage and depot versions, whatever builds exist in the
+build cache.  Inputs are read once first so both contenders start page-cache warm.
+Results go to <out>.json and <out>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from casstore.restore import restore  # noqa: E402
+from casstore.snapshot import put_paths  # noqa: E402
+from casstore.store import Store, StoreSettings  # noqa: E402
+
+PREFIX = Path(os.environ.get("CAS_JULIA_PREFIX", "/var/cache/casstore/julia-1.5.3"))
+STOCK = PREFIX / "lib/x86_64-linux-gnu/julia/sys.so"
+BUILD_CACHE = Path(os.environ.get("CAS_BUILD_CACHE", "/var/cache/casstore/build"))
+
+
+def warm(path: Path) -> int:
+    """Read a file or tree once; return its byte count."""
+    total = 0
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()
+                                           and not p.is_symlink()]
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                total += len(chunk)
+    return total
+
+
+def timed(fn) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def baseline(path: Path, work: Path) -> dict:
+    """tar -c | zstd -3 and back: what a user would otherwise reach for."""
+    arc = work / "base.tar.zst"
+    cmd = f"tar -C {path.parent} -cf - {path.name} | zstd -3 -q -f -o {arc}"
+    t_put, _ = timed(lambda: subprocess.run(cmd, shell=True, check=True))
+    out = work / "base-out"
+    out.mkdir()
+    t_get, _ = timed(lambda: subprocess.run(f"zstd -d -q -c {arc} | tar -C {out} -xf -",
+                                            shell=True, check=True))
+    shutil.rmtree(out)
+    return {"put_s": t_put, "get_s": t_get, "stored_bytes": arc.stat().st_size}
+
+
+def cas_round(path: Path, work: Path, settings: StoreSettings) -> dict:
+    store = Store.init(work / "store", settings)
+    t_put, oid = timed(lambda: put_paths(store, [path]))
+    t_again, oid2 = timed(lambda: put_paths(store, [path]))
+    assert oid == oid2
+    t_get, _ = timed(lambda: restore(store, oid, work / "out"))
+    _n, _raw, stored = store.index.stats()
+    store.close()
+    (work / "out").unlink()
+    shutil.rmtree(work / "store")
+    return {"put_s": t_put, "put_again_s": t_again, "get_s": t_get, "stored_bytes": stored,
+            "objects": _n}
+
+
+def dedup(a: Path, b: Path, work: Path, settings: StoreSettings) -> dict:
+    """Share of B's bytes already stored after A (by raw chunk bytes)."""
+    store = Store.init(work / f"dd-{settings.chunk_avg}", settings)
+    put_paths(store, [a])
+    n_a, raw_a, st_a = store.index.stats()
+    put_paths(store, [b])
+    n_b, raw_b, st_b = store.index.stats()
+    size_b = warm(b)
+    store.close()
+    shutil.rmtree(work / f"dd-{settings.chunk_avg}")
+    return {"b_bytes": size_b, "new_raw_bytes": raw_b - raw_a, "new_stored_bytes": st_b - st_a,
+            "shared_fraction": round(1 - (raw_b - raw_a) / size_b, 4), "objects": n_b}
+
+
+def find_second_sysimage() -> Path | None:
+    for p in sorted(BUILD_CACHE.rglob("sys*.so")):
+        if p.stat().st_size > 50 << 20:
+            return p
+    return None
+
+
+def mbps(nbytes: int, secs: float) -> float:
+    return round(nbytes / secs / 1e6, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sysimage", type=Path, default=STOCK)
+    ap.add_argument("--sysimage2", type=Path, default=None)
+    ap.add_argument("--tree-a", type=Path, default=None)
+    ap.add_argument("--tree-b", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/store"))
+    args = ap.parse_args()
+    results: dict = {"host": os.uname().nodename, "cores": os.cpu_count(),
+                     "date": time.strftime("%Y-%m-%d %H:%M")}
+    size = warm(args.sysimage)
+    results["input"] = {"path": str(args.sysimage), "bytes": size}
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+        work = Path(d)
+        base = baseline(args.sysimage, work)
+        cas = cas_round(args.sysimage, work, StoreSettings())
+        results["baseline_tar_zstd3"] = base | {"put_MBps": mbps(size, base["put_s"]),
+                                                "get_MBps": mbps(size, base["get_s"])}
+        results["cas"] = cas | {"put_MBps": mbps(size, cas["put_s"]),
+                                "put_again_MBps": mbps(size, cas["put_again_s"]),
+                                "get_MBps": mbps(size, cas["get_s"])}
+        second = args.sysimage2 or find_second_sysimage()
+        if second:
+            warm(second)
+            results["dedup_sysimages"] = {"a": str(args.sysimage), "b": str(second), "by_avg": {
+                str(avg): dedup(args.sysimage, second, work,
+                                StoreSettings(avg // 4, avg, avg * 4, durable=False))
+                for avg in (64 << 10, 256 << 10, 1 << 20, 4 << 20)}}
+        if args.tree_a and args.tree_b:
+            results["dedup_trees"] = {"a": str(args.tree_a), "b": str(args.tree_b),
+                                      **dedup(args.tree_a, args.tree_b, work, StoreSettings())}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(report(results))
+    print(report(results))
+
+
+def report(r: dict) -> str:
+    b, c = r["baseline_tar_zstd3"], r["cas"]
+    lines = [f"# Store benchmark ({r['date']}, {r['cores']} cores)", "",
+             f"Input: `{r['input']['path']}`, {r['input']['bytes'] / 1e6:.1f} MB", "",
+             "| operation | tar -c \\| zstd -3 | cas |", "|---|---|---|",
+             f"| fresh put (MB/s) | {b['put_MBps']} | {c['put_MBps']} |",
+             f"| put, already stored (MB/s) | - | {c['put_again_MBps']} |",
+             f"| get / extract (MB/s) | {b['get_MBps']} | {c['get_MBps']} |",
+             f"| stored bytes | {b['stored_bytes']} | {c['stored_bytes']} |", ""]
+    if "dedup_sysimages" in r:
+        lines += ["## Dedup between two sysimages, by FastCDC average chunk size", "",
+                  f"A = `{r['dedup_sysimages']['a']}`, B = `{r['dedup_sysimages']['b']}`", "",
+                  "| avg chunk | shared fraction of B | new stored bytes | objects |",
+                  "|---|---|---|---|"]
+        for avg, d in r["dedup_sysimages"]["by_avg"].items():
+            lines.append(f"| {int(avg) >> 10} KiB | {d['shared_fraction']:.3f} | "
+                         f"{d['new_stored_bytes']} | {d['objects']} |")
+        lines.append("")
+    if "dedup_trees" in r:
+        d = r["dedup_trees"]
+        lines += ["## Dedup between two depot trees", "",
+                  f"A = `{d['a']}`, B = `{d['b']}`: shared fraction of B "
+                  f"{d['shared_fraction']:.3f}, new stored bytes {d['new_stored_bytes']}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
