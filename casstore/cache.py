@@ -78,6 +78,7 @@ class FileCache:
         self.prefetch_min = prefetch_min
         self.wait_s = wait_s
         self.copies: dict[ObjectId, _Copy] = {}
+        self.closed = False
         self.stats = {"prefetches": 0, "hits": 0, "fallbacks": 0, "chunk_errors": 0,
                       "evictions": 0}
 
@@ -141,6 +142,8 @@ class FileCache:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         try:
             for i, oid in enumerate(copy.oids):
+                if self.closed:
+                    return
                 try:
                     self._fill_one(copy, i, oid)
                 except CasError as exc:
@@ -152,7 +155,8 @@ class FileCache:
                     copy.cond.notify_all()
             os.ftruncate(copy.fd, copy.size)
         except Exception:  # noqa: BLE001 - a thread must not die silently
-            log.exception("prefetch of %s failed", copy.path.name)
+            if not self.closed:  # at unmount the fd may close under us: expected
+                log.exception("prefetch of %s failed", copy.path.name)
         finally:
             with copy.cond:
                 copy.done = True
@@ -203,6 +207,7 @@ class FileCache:
         return out
 
     def close(self) -> None:
+        self.closed = True
         for copy in self.copies.values():
             os.close(copy.fd)
         self.copies.clear()
