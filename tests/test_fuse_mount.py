@@ -235,3 +235,31 @@ def test_dlopen_and_mmap_from_mount(kit: Kit, mounter: Mounter) -> None:
         touched = bytes(m[i] for i in range(0, len(m), 4096))
         assert touched == big[::4096]
         assert hashlib.sha256(m).digest() == hashlib.sha256(big).digest()
+
+
+def test_read_only_source_and_cache_copy_rehashed(kit: Kit, mounter: Mounter, tree) -> None:
+    """The source may be a read-only mount; a damaged cache copy is never served."""
+    src, _root = tree
+    ro = kit.base / "ro-store"
+    ro.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(kit.store.root), str(ro)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        kit.config.write_text(kit.config.read_text().replace('source = "store"',
+                                                             'source = "ro-store"'))
+        big = "d0/f9437184.bin"
+        mp = mounter.mount("depot")
+        assert (mp / big).read_bytes() == (src / big).read_bytes()
+        mounter.cleanup()
+        copies = list((kit.base / "cache" / "files").iterdir())
+        assert len(copies) == 1 and copies[0].stat().st_size == 9 << 20
+        with open(copies[0], "r+b") as f:  # damage the cached copy between mounts
+            f.seek(5 << 20)
+            f.write(b"\xff" * 4096)
+        mp = mounter.mount("depot", name="mnt2")
+        assert hashlib.sha256((mp / big).read_bytes()).digest() == hashlib.sha256(
+            (src / big).read_bytes()).digest()
+        assert describe(mp) == describe(src)
+    finally:
+        mounter.cleanup()
+        subprocess.run(["umount", str(ro)], check=False)
