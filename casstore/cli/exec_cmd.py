@@ -1,0 +1,81 @@
+"""``cas exec``: run one command with a release mounted, in a private mount namespace.
+
+This is how a batch job (or a test, or the benchmark) uses a release without
+touching the node's mount table: the mount exists only for the command's process
+tree and is unmounted when it ends, whatever its exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from casstore.cli.common import Ctx, command, pass_ctx
+from casstore.cli.main import cli
+from casstore.errors import MountError
+
+_INSIDE = "CAS_EXEC_IN_NAMESPACE"
+
+
+def _cas(*args: str) -> list[str]:
+    return [sys.executable, "-m", "casstore", *args]
+
+
+def _global_args(ctx: Ctx) -> list[str]:
+    given = click.get_current_context().find_root().params.get("store")
+    return ["--store", str(ctx.store_path)] if given or os.environ.get("CAS_STORE") else []
+
+
+@command(cli, "exec", context_settings={"ignore_unknown_options": True})
+@click.argument("release")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--mountpoint", type=click.Path(path_type=Path), default=Path("/depot"),
+              show_default=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="Client config TOML (as for cas mount).")
+@click.option("--arch", metavar="LEVEL", default=None, help="Force a CPU level.")
+@pass_ctx
+def exec_(ctx: Ctx, release: str, cmd: tuple[str, ...], mountpoint: Path,
+          config_path: Path | None, arch: str | None) -> None:
+    """Mount RELEASE at --mountpoint privately, run CMD, unmount; exit with CMD's status.
+
+    \b
+    Example:
+      cas exec depot -- /depot/julia/bin/julia -e 'using CasJets'
+    Needs root (a private mount namespace via unshare(1)).  The mount point is
+    created if missing; nothing else on the host changes.
+    """
+    if os.environ.get(_INSIDE) != str(os.getpid()):
+        sys.exit(_reexec())
+    opts = [*(["--config", str(config_path)] if config_path else []),
+            *(["--arch", arch] if arch else [])]
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(_cas(*_global_args(ctx), "-q", "mount", release, str(mountpoint),
+                                  *opts), stdout=sys.stderr)
+    if mounted.returncode != 0:
+        sys.exit(mounted.returncode)
+    try:
+        code = subprocess.run(list(cmd)).returncode
+    finally:
+        subprocess.run(_cas("-q", "umount", str(mountpoint),
+                            *(["--config", str(config_path)] if config_path else [])),
+                       stdout=subprocess.DEVNULL)
+    sys.exit(code)
+
+
+def _reexec() -> int:
+    """Run this same command again inside a new private mount namespace."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        raise MountError("cas exec needs root and unshare(1) for a private mount namespace")
+    # unshare execs python directly, so the child's pid is known only inside; the
+    # marker is set by a tiny shell that exports its own pid before exec.
+    script = f'export {_INSIDE}=$$; exec "$@"'
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+            sys.executable, "-m", "casstore", *sys.argv[1:]]
+    return subprocess.run(argv).returncode
