@@ -18,6 +18,14 @@ Concurrency: only the FUSE thread calls :meth:`FileCache.read` (and evicts);
 each prefetch thread writes its own file and publishes progress under a lock.
 The folder is bounded by ``max_bytes``; least recently used complete copies are
 deleted first.
+
+Known-bad objects (as S3QL does): :class:`KnownBad` remembers every object that
+failed.  A corrupt object (fails its hash, does not decode) is remembered for the
+life of the mount: later reads fail at once, with no new fetch and no re-hash.  A
+missing object is remembered for ``missing_retry_s`` only, because it may still
+appear (a mirror catching up); the first request after that fetches it again.
+:class:`GuardedReader` puts that check in front of every object the FUSE client
+fetches (trees, blob manifests, chunks), and the prefetch threads use it too.
 """
 
 from __future__ import annotations
@@ -32,13 +40,111 @@ from pathlib import Path
 
 import blake3
 
-from casstore.errors import CasError
+from casstore.errors import CasError, ObjectCorrupt, ObjectMissing
 from casstore.objects import ObjectId, ObjType
 from casstore.reader import TreeReader
-from casstore.remote import fetch
+from casstore.remote import ObjectSource, fetch
 from casstore.trees import Entry, Kind, Storage
 
 log = logging.getLogger("casstore.cache")
+MISSING_RETRY_S = 10.0
+
+
+class KnownBadCorrupt(ObjectCorrupt):
+    """A read touched an object already known to be corrupt (not fetched again)."""
+
+
+class KnownBadMissing(ObjectMissing):
+    """A read touched an object found missing less than the back-off ago."""
+
+
+class KnownBad:
+    """Objects that failed: corrupt ones for good, missing ones for a back-off.
+
+    Thread-safe: the FUSE thread and the prefetch threads share one instance.
+    """
+
+    def __init__(self, missing_retry_s: float = MISSING_RETRY_S,
+                 clock=time.monotonic) -> None:
+        self.missing_retry_s = missing_retry_s
+        self.clock = clock
+        self.corrupt: dict[ObjectId, str] = {}
+        self.missing: dict[ObjectId, tuple[float, str]] = {}  # retry-after time, message
+        self.fast_failures = 0
+        self._lock = threading.Lock()
+
+    def check(self, oid: ObjectId) -> None:
+        """Raise at once if ``oid`` is known bad (cheap when nothing has failed)."""
+        if not (self.corrupt or self.missing):
+            return
+        with self._lock:
+            msg = self.corrupt.get(oid)
+            if msg is not None:
+                self.fast_failures += 1
+                raise KnownBadCorrupt(f"{msg} (known bad since an earlier read; not re-fetched)")
+            until = self.missing.get(oid)
+            if until is not None:
+                if self.clock() < until[0]:
+                    self.fast_failures += 1
+                    raise KnownBadMissing(f"{until[1]} (known missing; retried after "
+                                          f"{self.missing_retry_s:g} s)")
+                del self.missing[oid]  # back-off over: the caller fetches again
+
+    def guard(self, oid: ObjectId, fn, *args):
+        """``fn(*args)`` (which fetches ``oid`` only), remembering ``oid`` if it fails."""
+        self.check(oid)
+        try:
+            return fn(*args)
+        except (KnownBadCorrupt, KnownBadMissing):
+            raise
+        except ObjectCorrupt as exc:  # incl. FormatError: the bytes will not change
+            with self._lock:
+                self.corrupt[oid] = str(exc)
+            raise
+        except ObjectMissing as exc:
+            with self._lock:
+                self.missing[oid] = (self.clock() + self.missing_retry_s, str(exc))
+            raise
+
+    def fetch(self, source: ObjectSource, oid: ObjectId, expect: ObjType | None = None) -> bytes:
+        return self.guard(oid, fetch, source, oid, expect)
+
+    def summary(self, limit: int = 20) -> dict:
+        with self._lock:
+            return {"corrupt": [str(o) for o in list(self.corrupt)[:limit]],
+                    "missing": [str(o) for o in list(self.missing)[:limit]],
+                    "n_corrupt": len(self.corrupt), "n_missing": len(self.missing),
+                    "fast_failures": self.fast_failures}
+
+
+class GuardedReader(TreeReader):
+    """A TreeReader whose object fetches go through a :class:`KnownBad` memory.
+
+    ``dir``, ``blob`` and ``chunk`` each fetch exactly the object they are given,
+    so wrapping them remembers exactly the object that failed.
+    """
+
+    def __init__(self, source: ObjectSource, bad: KnownBad | None = None, **kw) -> None:
+        super().__init__(source, **kw)
+        self.bad = bad if bad is not None else KnownBad()
+
+    def dir(self, oid: ObjectId):
+        hit = self.trees.get(oid)  # cached objects were verified: no check needed
+        if hit is not None:
+            return hit  # type: ignore[return-value]
+        return self.bad.guard(oid, super().dir, oid)
+
+    def blob(self, oid: ObjectId):
+        hit = self.blobs.get(oid)  # cached objects were verified: no check needed
+        if hit is not None:
+            return hit  # type: ignore[return-value]
+        return self.bad.guard(oid, super().blob, oid)
+
+    def chunk(self, oid: ObjectId) -> bytes:
+        hit = self.chunks.get(oid)  # cached objects were verified: no check needed
+        if hit is not None:
+            return hit  # type: ignore[return-value]
+        return self.bad.guard(oid, super().chunk, oid)
 
 
 @dataclass
@@ -167,7 +273,11 @@ class FileCache:
         old = os.pread(copy.fd, hi - lo, lo)
         if len(old) == hi - lo and blake3.blake3(old).digest() == oid.digest:
             return  # left by an earlier mount, and still correct
-        data = fetch(self.reader.source, oid, ObjType.CHUNK)
+        bad = getattr(self.reader, "bad", None)
+        if bad is not None:
+            data = bad.fetch(self.reader.source, oid, ObjType.CHUNK)
+        else:
+            data = fetch(self.reader.source, oid, ObjType.CHUNK)
         if len(data) != hi - lo:
             from casstore.errors import FormatError
 

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from casstore.cache import FileCache
+from casstore.cache import FileCache, GuardedReader, KnownBad
 from casstore.config import ClientConfig
 from casstore.errors import KeyFileError, MountError
 from casstore.fsutil import atomic_write
-from casstore.reader import TreeReader
 from casstore.releases import Release, SeenRevisions, load_verified
 from casstore.remote import LocalSource, ObjectSource
 from casstore.variants import MergedView, choose, host_levels
@@ -74,7 +73,7 @@ def prepare(name: str, cfg: ClientConfig, store: Path | None, arch: str | None,
 
 def build_fs(p: Prepared, cfg: ClientConfig) -> ReleaseFS:
     """The filesystem model for a prepared release (no FUSE involved)."""
-    reader = TreeReader(p.source)
+    reader = GuardedReader(p.source, KnownBad())
     overlay = p.release.variant_ids().get(p.level) if p.level else None
     view = MergedView(reader, p.release.root_id, overlay, p.level, p.release.created * 10**9)
     cache = FileCache(reader, cfg.cache_dir, cfg.cache_size, cfg.prefetch_min)
@@ -138,8 +137,10 @@ class StatusWriter:
 
     def snapshot(self) -> dict:
         cache = self.fs.cache.summary() if self.fs.cache else {}
+        bad = getattr(self.fs.view.reader, "bad", None)
         return {**self.base, "pid": os.getpid(), "updated": int(time.time()),
-                "cache": cache, "errors": dict(self.ops.errors)}
+                "cache": cache, "errors": dict(self.ops.errors),
+                "bad_objects": bad.summary() if bad is not None else {}}
 
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,12 @@
 
 This is the one place where errors become errno values: a :class:`CasError`
 becomes ``exc.errno`` (missing/corrupt objects -> EIO, with one log line naming
-the object and a counter), anything unexpected is logged at ERROR, counted and
-becomes EIO, so one bad request never takes the daemon down.  Every mutating
-call answers EROFS (the mount is also ``ro``, so the kernel usually answers
-first).  ``open`` answers ENOSYS so that, on libfuse3, the kernel switches to
-"no_open" and stops sending open/release round trips.
+the object and a counter; a repeat failure of a known-bad object is counted
+under ``known_bad`` too and logged at DEBUG only), anything unexpected is logged
+at ERROR, counted and becomes EIO, so one bad request never takes the daemon
+down.  Every mutating call answers EROFS (the mount is also ``ro``, so the
+kernel usually answers first).  ``open`` answers ENOSYS so that, on libfuse3,
+the kernel switches to "no_open" and stops sending open/release round trips.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 import mfusepy
 
+from casstore.cache import KnownBadCorrupt, KnownBadMissing
 from casstore.errors import CasError, NotFound, ObjectCorrupt, ObjectMissing
 from fuseclient.fs import XATTR_PREFIX, ReleaseFS
 
@@ -44,7 +46,12 @@ def boundary(fn: F) -> F:
                     else "corrupt" if isinstance(exc, ObjectCorrupt) else "other")
             self.errors[kind] += 1
             self.errors["eio" if exc.errno == errno.EIO else "errno"] += 1
-            log.error("%s %s: %s", fn.__name__, args[0] if args else "", exc)
+            if isinstance(exc, KnownBadCorrupt | KnownBadMissing):
+                # Already logged (naming the object) when it first failed.
+                self.errors["known_bad"] += 1
+                log.debug("%s %s: %s", fn.__name__, args[0] if args else "", exc)
+            else:
+                log.error("%s %s: %s", fn.__name__, args[0] if args else "", exc)
             self.on_error()
             raise mfusepy.FuseOSError(exc.errno) from None
         except Exception:  # noqa: BLE001 - the boundary: never crash the daemon
