@@ -1,0 +1,299 @@
+"""Build a Julia depot tree plus one overlay per CPU level from a SPEC.toml.
+
+Output layout (see docs/JULIA.md):
+  out_dir/root/                  common tree, exactly as it appears at /depot
+  out_dir/variants/<level>/      only the level-specific paths (same set for all)
+  out_dir/meta.json              versions, cpu targets, timings, sizes
+The view a node of level L mounts is root overlaid with variants/L.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casstore.julia import sysimage as si
+from casstore.julia.abcheck import parse_loading_log
+from casstore.julia.environment import check_package, write_environment
+from casstore.julia.fsutil import (
+    copy_tree,
+    file_digest,
+    link_tree,
+    rel_files,
+    set_mtimes,
+    tree_digest,
+    unpack_package,
+)
+from casstore.julia.namespace import DEPOT_MOUNT, run_bound
+from casstore.julia.spec import DepotSpec, VariantSpec, load_spec
+
+FORMAT = "casstore-julia-depot-1"
+Log = Callable[[str], None]
+
+
+class BuildError(RuntimeError):
+    """A build stage failed; the message names the stage."""
+
+
+@dataclass
+class BuildResult:
+    root: Path
+    variants: dict[str, Path]
+    baseline: str
+    meta: dict = field(default_factory=dict)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CAS_BUILD_CACHE", "/var/cache/casstore/build"))
+
+
+@contextmanager
+def _stage(name: str, timings: dict[str, float], log: Log) -> Iterator[None]:
+    """Time one stage and log its wall time."""
+    log(f"[{name}] start")
+    t0 = time.monotonic()
+    yield
+    timings[name] = round(time.monotonic() - t0, 2)
+    log(f"[{name}] done in {timings[name]:.2f} s")
+
+
+def _julia_env(spec: DepotSpec) -> dict[str, str]:
+    """Env for every build run: the spec's environment, found as a node finds it."""
+    env = {"JULIA_PKG_OFFLINE": "true", "JULIA_HISTORY": "/dev/null"}
+    if spec.env_name != spec.layout.default_env:
+        env["JULIA_PROJECT"] = str(DEPOT_MOUNT / "environments" / spec.env_name)
+    return env
+
+
+def stage_runtime(spec: DepotSpec, root: Path) -> None:
+    """Copy the Julia prefix to julia/, keeping the stock image as sys-stock.so."""
+    prefix, lay = spec.julia_prefix, spec.layout
+    if not (prefix / "bin/julia").is_file():
+        raise BuildError(f"no Julia at {prefix}; run tools/install-julia first")
+    copy_tree(prefix, root / "julia")
+    os.replace(root / "julia" / lay.sysimage, root / "julia" / lay.stock_sysimage)
+
+
+def stage_sources(spec: DepotSpec, root: Path) -> None:
+    """Packages into dev/<Name>, the environment, and the spec's extra files."""
+    projects = {}
+    for pkg in spec.packages:
+        dst = root / "dev" / pkg.name
+        unpack_package(pkg.source, dst)
+        projects[pkg.name] = check_package(pkg, dst)
+    write_environment(spec, root, projects, root / "julia" / spec.layout.stdlib)
+    for dst, src in spec.files.items():
+        if src.is_dir():
+            copy_tree(src, root / dst)
+        else:
+            (root / dst).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / dst)
+    if not (root / spec.workload).is_file():
+        raise BuildError(f"workload {spec.workload} is not in the staged depot")
+
+
+def input_key(spec: DepotSpec, root: Path) -> str:
+    """Digest of everything a variant overlay is built from (except the cpu target)."""
+    h = hashlib.sha256()
+    h.update(f"{FORMAT}\0{spec.julia_version}\0{spec.epoch}\0".encode())
+    h.update(si.OUTPUT_SCRIPT.encode())
+    jl = root / "julia"
+    for rel in (spec.layout.stock_sysimage, f"{spec.layout.libdir}/libjulia.so.1"):
+        h.update(file_digest(jl / rel).encode())
+    h.update(",".join(p.name for p in spec.sysimage_packages()).encode())
+    for sub in ["dev", "environments", *sorted(spec.files)]:
+        h.update(sub.encode() + b"\0" + tree_digest(root / sub).encode())
+    h.update(spec.workload.encode())
+    return h.hexdigest()
+
+
+def variant_key(base: str, v: VariantSpec) -> str:
+    return hashlib.sha256(f"{base}\0{v.cpu_target}".encode()).hexdigest()[:32]
+
+
+class _Builder:
+    """State of one build: spec, folders, the lazily produced trace."""
+
+    def __init__(self, spec: DepotSpec, out_dir: Path, log: Log):
+        self.spec, self.log = spec, log
+        self.root = out_dir / "root"
+        self.work = out_dir / ".work"
+        self.env = _julia_env(spec)
+        self._trace: Path | None = None
+        self.timings: dict[str, float] = {}
+
+    def scratch(self, name: str) -> Path:
+        d = self.work / f"scratch-{name}"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        return d
+
+    def trace(self) -> Path:
+        """Run the workload once with --trace-compile (shared by all variants)."""
+        if self._trace is None:
+            path = self.work / "trace.jl"
+            with _stage("trace workload", self.timings, self.log):
+                si.trace_workload(self.root, self.spec.layout, self.spec.workload,
+                                  self.scratch("trace"), path, self.env)
+            self._trace = path
+        return self._trace
+
+    def variant_tree(self, v: VariantSpec, overlay: Path) -> Path:
+        """A hard-linked copy of root with the overlay's files added."""
+        tree = self.work / f"tree-{v.name}"
+        shutil.rmtree(tree, ignore_errors=True)
+        link_tree(self.root, tree)
+        link_tree(overlay, tree)
+        return tree
+
+    def build_overlay(self, v: VariantSpec, dst: Path) -> None:
+        """Sysimage for `v`, then precompile caches of the non-image packages."""
+        lay = self.spec.layout
+        script = self.work / f"sysimage-{v.name}.jl"
+        pkgs = [p.name for p in self.spec.sysimage_packages()]
+        excluded = [p.uuid for p in self.spec.packages if not p.sysimage]
+        script.write_text(si.output_script(lay, pkgs, self.trace(), self.spec.workload,
+                                           excluded))
+        obj = self.work / f"sys-{v.name}.o"
+        with _stage(f"sysimage {v.name}", self.timings, self.log):
+            si.generate_object(self.root, lay, v.cpu_target, script, obj,
+                               self.scratch(v.name), self.env, self.log)
+            si.link_sysimage(obj, dst / "julia" / lay.sysimage, self.spec.julia_prefix, lay)
+        obj.unlink()
+        with _stage(f"precompile {v.name}", self.timings, self.log):
+            self.precompile(v, dst)
+
+    def precompile(self, v: VariantSpec, dst: Path) -> None:
+        """Create .ji caches against the variant's image; copy them into the overlay."""
+        names = [p.name for p in self.spec.packages if not p.sysimage]
+        if not names:
+            return
+        tree = self.variant_tree(v, dst)
+        scratch = self.scratch(f"pc-{v.name}")
+        code = "for p in ARGS; Base.require(Main, Symbol(p)); end"
+        argv = si.julia_argv(self.spec.layout, "-e", code, *names)
+        env = {**self.env, "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}"}
+        proc = run_bound(tree, argv, env, readonly=True, timeout=1800)
+        if proc.returncode != 0:
+            raise BuildError(f"precompile for {v.name} failed:\n{proc.stderr[-4000:]}")
+        compiled = self.spec.layout.compiled_subdir()
+        if not (scratch / compiled).is_dir():
+            raise BuildError(f"precompile for {v.name} wrote no caches (packages in the image?)")
+        copy_tree(scratch / compiled, dst / compiled)
+        shutil.rmtree(tree)
+
+    def overlay(self, v: VariantSpec, key: str) -> tuple[Path, bool]:
+        """The cached overlay for `key`, building it on a miss."""
+        cached = cache_root() / "overlays" / key
+        if cached.is_dir():
+            return cached, True
+        tmp = cached.with_name(f"{key}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.build_overlay(v, tmp)
+        set_mtimes(tmp, self.spec.epoch)
+        os.replace(tmp, cached)
+        return cached, False
+
+    def validate(self, v: VariantSpec, overlay: Path) -> dict:
+        """Run the workload on root+overlay bound read-only at /depot.
+
+        Evidence that the variant is complete: no rejected cache, no
+        precompilation, nothing written to the scratch depot's compiled/.
+        """
+        tree = self.variant_tree(v, overlay)
+        scratch = self.scratch(f"val-{v.name}")
+        preload = self.work / "preload.jl"  # the non-image packages, from their .ji
+        preload.write_text("".join(f"using {p.name}\n" for p in self.spec.packages
+                                   if not p.sysimage))
+        argv = si.julia_argv(self.spec.layout, "-L", str(preload),
+                             str(DEPOT_MOUNT / self.spec.workload))
+        env = {**self.env, "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}",
+               "JULIA_DEBUG": "loading"}
+        proc = run_bound(tree, argv, env, readonly=True, timeout=1800)
+        shutil.rmtree(tree)
+        if "Unable to find compatible target" in proc.stderr:
+            self.log(f"[validate {v.name}] host CPU cannot run {v.cpu_target}; not validated")
+            return {"validated": False, "reason": "host cpu lacks target"}
+        rejected, precompiled = parse_loading_log(proc.stderr)
+        written = sorted(rel_files(scratch / "compiled")) if (scratch / "compiled").exists() else []
+        if proc.returncode != 0 or rejected or precompiled or written:
+            raise BuildError(f"variant {v.name} does not load cleanly: rc={proc.returncode} "
+                             f"rejected={rejected} precompiled={precompiled} wrote={written}\n"
+                             f"{proc.stderr[-3000:]}")
+        loads = [ln for ln in proc.stderr.splitlines() if "Loading" in ln or "loading" in ln]
+        return {"validated": True, "loading_log": loads}
+
+
+def _sizes(overlay: Path, spec: DepotSpec) -> dict[str, int]:
+    return {rel: (overlay / rel).stat().st_size for rel in sorted(rel_files(overlay))}
+
+
+def _check_same_paths(variants: dict[str, Path]) -> None:
+    sets = {name: rel_files(p) for name, p in variants.items()}
+    first = next(iter(sets.values()))
+    for name, s in sets.items():
+        if s != first:
+            raise BuildError(f"variant {name} has different paths: {sorted(s ^ first)}")
+
+
+def _prepare(out_dir: Path) -> None:
+    for sub in ("root", "variants", ".work"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def build_depot(spec_path: Path, out_dir: Path, log: Log) -> BuildResult:
+    """Build the depot described by `spec_path` into `out_dir` (replacing it).
+
+    Expensive overlays (sysimage + caches per cpu target) come from
+    $CAS_BUILD_CACHE when their input key matches.
+    """
+    spec = load_spec(spec_path)
+    out_dir = Path(out_dir).resolve()
+    _prepare(out_dir)
+    b = _Builder(spec, out_dir, log)
+    t0 = time.monotonic()
+    with _stage("stage runtime", b.timings, log):
+        stage_runtime(spec, b.root)
+    with _stage("stage sources", b.timings, log):
+        stage_sources(spec, b.root)
+        set_mtimes(b.root, spec.epoch)
+    with _stage("input key", b.timings, log):
+        base = input_key(spec, b.root)
+    variants, vmeta = {}, {}
+    for v in spec.variants:
+        key = variant_key(base, v)
+        with _stage(f"overlay {v.name}", b.timings, log):
+            cached, hit = b.overlay(v, key)
+            log(f"[overlay {v.name}] key {key} {'cache hit' if hit else 'built'}")
+            dst = out_dir / "variants" / v.name
+            copy_tree(cached, dst)
+            set_mtimes(dst, spec.epoch)
+        variants[v.name] = dst
+        vmeta[v.name] = {"cpu_target": v.cpu_target, "key": key, "cache_hit": hit,
+                         "sizes": _sizes(dst, spec)}
+    _check_same_paths(variants)
+    for v in spec.variants:
+        with _stage(f"validate {v.name}", b.timings, log):
+            vmeta[v.name].update(b.validate(v, variants[v.name]))
+    shutil.rmtree(b.work, ignore_errors=True)
+    set_mtimes(b.root, spec.epoch)
+    b.timings["total"] = round(time.monotonic() - t0, 2)
+    meta = {
+        "format": FORMAT, "julia_version": spec.julia_version, "environment": spec.env_name,
+        "baseline": spec.baseline, "variants": vmeta, "input_key": base,
+        "packages": [{"name": p.name, "uuid": p.uuid, "version": p.version,
+                      "sysimage": p.sysimage} for p in spec.packages],
+        "variant_paths": sorted(rel_files(variants[spec.baseline])),
+        "timings": b.timings, "epoch": spec.epoch,
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return BuildResult(root=b.root, variants=variants, baseline=spec.baseline, meta=meta)
