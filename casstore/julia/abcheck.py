@@ -55,17 +55,21 @@ let out = get(ENV, "CAS_ABCHECK_OUT", "")
             println(io, "module\t", k.name, '\t', something(k.uuid, ""), '\t',
                     Base.module_build_id(m), '\t', p)
         end
-        sigs = String[]
+        # Snapshot first, stringify after: printing types compiles show methods,
+        # which must not leak into the set being measured.
+        mis = Core.MethodInstance[]
         for mt in methodtables(unique(mods))
             Base.visit(mt) do meth
                 sv = meth.specializations
                 for i in 1:length(sv)
                     mi = try sv[i] catch; nothing end  # unassigned slots throw
-                    mi isa Core.MethodInstance && compiled(mi) && push!(sigs, string(mi.specTypes))
+                    mi isa Core.MethodInstance && compiled(mi) && push!(mis, mi)
                 end
             end
         end
-        sort!(unique!(sigs))
+        sigs = sort!(unique!([string(mi.specTypes) for mi in mis]))
+        dump = get(ENV, "CAS_ABCHECK_SIGS", "")
+        isempty(dump) || open(f -> foreach(s -> println(f, s), sigs), dump, "w")
         h = 0xcbf29ce484222325
         for s in sigs; h = fnv(h, s); h = fnv(h, "\n"); end
         println(io, "mi_count\t", length(sigs))
@@ -137,11 +141,13 @@ def _parse_probe(text: str, res: JobResult) -> None:
 
 def run_job(julia_bin: str | Path, depot_path_env: str, job_script: str | Path,
             event_file: str | Path, extra_args: Sequence[str] = (), *,
-            tree: Path | None = None, readonly: bool = True, probe: bool = False,
+            job_args: Sequence[str] = (), tree: Path | None = None, readonly: bool = True,
+            probe: bool = False,
             debug_loading: bool = True, env: Mapping[str, str] | None = None,
             timeout: float = 1800) -> JobResult:
-    """Run `julia [extra_args] job_script event_file` and collect the evidence.
+    """Run `julia [extra_args] job_script event_file [job_args]`; collect the evidence.
 
+    `extra_args` go to Julia (e.g. `-J <image>`, `--cpu-target=...`).
     `tree`, if given, is bound at /depot in a private mount namespace (paths
     in the arguments are then as seen inside it, e.g. /depot/julia/bin/julia).
     """
@@ -150,7 +156,7 @@ def run_job(julia_bin: str | Path, depot_path_env: str, job_script: str | Path,
         pre = ["-L", str(Path(tmp) / "probe.jl")] if probe else []
         (Path(tmp) / "probe.jl").write_text(PROBE)
         argv = [str(julia_bin), "--startup-file=no", "--history-file=no", *pre,
-                *extra_args, str(job_script), str(event_file)]
+                *extra_args, str(job_script), str(event_file), *job_args]
         e = {"JULIA_DEPOT_PATH": depot_path_env, **(env or {})}
         if debug_loading:
             e["JULIA_DEBUG"] = "loading"
