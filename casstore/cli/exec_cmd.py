@@ -8,6 +8,7 @@ tree and is unmounted when it ends, whatever its exit status.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -51,20 +52,72 @@ def exec_(ctx: Ctx, release: str, cmd: tuple[str, ...], mountpoint: Path,
     """
     if os.environ.get(_INSIDE) != str(os.getpid()):
         sys.exit(_reexec())
+    from fuseclient.mount import is_mounted
+
+    signals = _Signals()  # from here on, a SIGTERM/SIGHUP never skips the unmount
     opts = [*(["--config", str(config_path)] if config_path else []),
             *(["--arch", arch] if arch else [])]
     mountpoint.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(_cas(*_global_args(ctx), "-q", "mount", release, str(mountpoint),
-                                  *opts), stdout=sys.stderr)
-    if mounted.returncode != 0:
-        sys.exit(mounted.returncode)
+    os.environ.pop(_INSIDE, None)
+    umount = _cas("-q", "umount", str(mountpoint),
+                  *(["--config", str(config_path)] if config_path else []))
     try:
-        code = subprocess.run(list(cmd)).returncode
+        mounted = subprocess.run(_cas(*_global_args(ctx), "-q", "mount", release,
+                                      str(mountpoint), *opts), stdout=sys.stderr)
+        if mounted.returncode != 0:
+            code = _status(mounted.returncode)
+        elif signals.pending:  # signalled while mounting: run nothing
+            code = 128 + signals.pending[0]
+        else:
+            code = signals.run(list(cmd))
     finally:
-        subprocess.run(_cas("-q", "umount", str(mountpoint),
-                            *(["--config", str(config_path)] if config_path else [])),
-                       stdout=subprocess.DEVNULL)
+        # Also when the mount was signalled half-way.  A command that leaves a
+        # process behind in the mount makes it busy: detach lazily then, or the
+        # daemon would live on in this namespace for ever.
+        if is_mounted(mountpoint) and subprocess.run(
+                umount, stdout=subprocess.DEVNULL).returncode != 0:
+            subprocess.run([*umount, "--lazy"], stdout=subprocess.DEVNULL)
     sys.exit(code)
+
+
+def _status(code: int) -> int:
+    """The shell's convention: 128+N for a child that died of signal N."""
+    return 128 - code if code < 0 else code
+
+
+class _Signals:
+    """SIGTERM/SIGHUP/SIGINT handling for both the outer and the inner process.
+
+    Before the child runs, a signal is only recorded (``pending``) so that the
+    process lives on to clean up; while it runs, SIGTERM and SIGHUP are passed on
+    to it and SIGINT is left to it (from a terminal it gets SIGINT itself).
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+        self.proc: subprocess.Popen | None = None
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, sig: int, _frame: object) -> None:
+        if self.proc is None:
+            self.pending.append(sig)
+        elif sig != signal.SIGINT and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def run(self, argv: list[str]) -> int:
+        """Run ``argv`` to its end; 127 if it does not exist, 126 if not executable."""
+        try:
+            self.proc = subprocess.Popen(argv, restore_signals=True)
+        except FileNotFoundError:
+            click.echo(f"cas: error: {argv[0]}: command not found", err=True)
+            return 127
+        except PermissionError as exc:
+            click.echo(f"cas: error: {argv[0]}: {exc.strerror}", err=True)
+            return 126
+        if self.pending and self.pending[0] != signal.SIGINT:
+            self.proc.send_signal(self.pending[0])
+        return _status(self.proc.wait())
 
 
 def _reexec() -> int:
@@ -78,4 +131,4 @@ def _reexec() -> int:
     script = f'export {_INSIDE}=$$; exec "$@"'
     argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
             sys.executable, "-m", "casstore", *sys.argv[1:]]
-    return subprocess.run(argv).returncode
+    return _Signals().run(argv)
