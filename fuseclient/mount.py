@@ -88,8 +88,41 @@ def canon(mountpoint: Path) -> Path:
     return Path(os.path.realpath(mountpoint.parent)) / mountpoint.name
 
 
+def mount_ns() -> str:
+    """This process's mount namespace id (the inode of /proc/self/ns/mnt)."""
+    try:
+        link = os.readlink("/proc/self/ns/mnt")  # "mnt:[4026531841]"
+    except OSError:
+        return "0"
+    return link.partition("[")[2].rstrip("]") or "0"
+
+
 def status_path(cfg: ClientConfig, mountpoint: Path) -> Path:
-    return cfg.run_dir / (quote(str(canon(mountpoint)), safe="") + ".json")
+    """``<quoted mountpoint>@<mount namespace>.json``: one per mount, even when several
+    private namespaces (``cas exec``) mount the same path with the same config."""
+    return cfg.run_dir / f"{quote(str(canon(mountpoint)), safe='')}@{mount_ns()}.json"
+
+
+def log_path(cfg: ClientConfig, mountpoint: Path) -> Path:
+    """One log per mount point path, shared by namespaces (every line has the pid)."""
+    return cfg.run_dir / (quote(str(canon(mountpoint)), safe="") + ".log")
+
+
+def prune_stale(cfg: ClientConfig, max_age_s: float = 600.0) -> None:
+    """Remove status files of daemons that died without cleaning up (e.g. SIGKILL).
+
+    A live daemon rewrites its file every 2 s, so an old file whose pid is gone
+    is safe to remove."""
+    now = time.time()
+    for path in cfg.run_dir.glob("*.json"):
+        try:
+            if now - path.stat().st_mtime < max_age_s:
+                continue
+            pid = int(json.loads(path.read_text()).get("pid", 0))
+        except (OSError, ValueError):
+            continue
+        if not _alive(pid):
+            path.unlink(missing_ok=True)
 
 
 def is_mounted(mountpoint: Path) -> bool:
@@ -205,7 +238,8 @@ def serve(p: Prepared, cfg: ClientConfig, mountpoint: Path, foreground: bool) ->
     mountpoint = canon(mountpoint)
     check_mountpoint(mountpoint)
     spath = status_path(cfg, mountpoint)
-    setup_logging(spath.with_suffix(".log"), foreground)
+    setup_logging(log_path(cfg, mountpoint), foreground)
+    prune_stale(cfg)
     fs = build_fs(p, cfg)
     base = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "root": p.release.root, "mountpoint": str(mountpoint),

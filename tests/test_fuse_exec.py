@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -187,4 +188,51 @@ def test_bad_release_runs_nothing(ex: Exec) -> None:
     assert res.returncode == UntrustedKey.exit_code
     assert "untrusted key" in res.stderr
     assert not marker.exists()
+    ex.assert_clean()
+
+
+def test_parallel_execs_same_config_and_mountpoint(ex: Exec) -> None:
+    """Two jobs mount different releases at the SAME path with the SAME config."""
+    src2 = ex.kit.base / "src2"
+    src2.mkdir()
+    (src2 / "hello.txt").write_text("second release\n")
+    ex.kit.publish("rel2", 1, ex.kit.put(src2))
+    cas = " ".join(CAS)
+    procs = {}
+    for name in ("rel", "rel2"):
+        out = ex.kit.base / f"{name}.out"
+        script = (f'cat "{ex.mp}/hello.txt" > "{out}.content"; '
+                  f'{cas} --json status --config "{ex.kit.config}" "{ex.mp}" > "{out}.status"; '
+                  f'touch "{out}.ready"; '
+                  # wait until the other job is up too, so the two mounts overlap
+                  f'for i in $(seq 100); do [ -e "{ex.kit.base}/rel.out.ready" ] && '
+                  f'[ -e "{ex.kit.base}/rel2.out.ready" ] && break; sleep 0.1; done; '
+                  f'ls "{ex.kit.base}/state/mounts" > "{out}.files"; '
+                  f'{cas} -q umount --config "{ex.kit.config}" "{ex.mp}" && '
+                  f'echo unmounted > "{out}.umount"; '
+                  f'cat "{ex.mp}/hello.txt" 2>/dev/null; exit 0')
+        procs[name] = ex.start(name, "sh", "-c", script)
+    try:
+        codes = {name: p.wait(60) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(30)
+    errs = {name: p.stderr.read() for name, p in procs.items()}
+    assert codes == {"rel": 0, "rel2": 0}, errs
+
+    pids = set()
+    for name, content in (("rel", "hello from the release\n"), ("rel2", "second release\n")):
+        base = ex.kit.base / f"{name}.out"
+        assert Path(f"{base}.content").read_text() == content
+        st = json.loads(Path(f"{base}.status").read_text())
+        assert st["release"] == name and st["mounted"] and st["alive"]
+        pids.add(st["pid"])
+        # Both daemons had their own status file at the same time.
+        files = Path(f"{base}.files").read_text().split()
+        assert len([f for f in files if f.endswith(".json")]) == 2, files
+        # `cas umount MP` from inside the namespace found its own daemon.
+        assert Path(f"{base}.umount").read_text() == "unmounted\n"
+    assert len(pids) == 2
     ex.assert_clean()

@@ -140,3 +140,28 @@ def test_config_parsing(tmp_path: Path) -> None:
     assert cfg.arch == "x86-64-v2"
     with pytest.raises(UsageError):
         load(tmp_path / "missing.toml")
+
+
+def test_status_files_are_per_namespace_and_stale_ones_pruned(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from casstore.config import ClientConfig
+    from fuseclient.mount import mount_ns, prune_stale, status_path
+
+    cfg = ClientConfig(state_dir=tmp_path)
+    spath = status_path(cfg, tmp_path / "depot")
+    assert spath.name.endswith(f"@{mount_ns()}.json") and mount_ns().isdigit()
+    cfg.run_dir.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    old = time.time() - 3600
+    files = {}
+    for name, pid, mtime in (("dead-old", dead.pid, old), ("dead-new", dead.pid, None),
+                             ("alive-old", os.getpid(), old)):
+        files[name] = cfg.run_dir / f"{name}.json"
+        files[name].write_text(json.dumps({"pid": pid}))
+        if mtime:
+            os.utime(files[name], (mtime, mtime))
+    prune_stale(cfg)
+    assert {n for n, p in files.items() if p.exists()} == {"dead-new", "alive-old"}
