@@ -194,12 +194,19 @@ class _Builder:
         cached = cache_root() / "overlays" / key
         if cached.is_dir():
             return cached, True
+        _drop_stale_tmp(cached.parent)
         tmp = cached.with_name(f"{key}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.build_overlay(v, tmp)
-        set_mtimes(tmp, self.spec.epoch)
-        os.replace(tmp, cached)
+        try:
+            self.build_overlay(v, tmp)
+            set_mtimes(tmp, self.spec.epoch)
+            os.replace(tmp, cached)
+        except OSError:
+            if not cached.is_dir():  # lost a race with a concurrent build: use theirs
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return cached, False
 
     def validate(self, v: VariantSpec, overlay: Path) -> dict:
@@ -230,6 +237,14 @@ class _Builder:
                              f"{proc.stderr[-3000:]}")
         loads = [ln for ln in proc.stderr.splitlines() if "Loading" in ln or "loading" in ln]
         return {"validated": True, "loading_log": loads}
+
+
+def _drop_stale_tmp(folder: Path) -> None:
+    """Remove half-built overlays left by builds that died (their pid is gone)."""
+    for tmp in folder.glob("*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _sizes(overlay: Path, spec: DepotSpec) -> dict[str, int]:
