@@ -140,3 +140,14 @@ def test_rebuild_is_identical_with_cache(built, tmp_path) -> None:
     st = [os.lstat(p / "dev/CasJets/src/CasJets.jl") for p in (built.root, again.root)]
     assert st[0].st_mtime_ns == st[1].st_mtime_ns == 1577836800 * 10**9
 
+
+
+@pytest.mark.julia
+@needs_ns
+def test_clustering_matches_brute_force(built, tmp_path) -> None:
+    view = _view(built, built.baseline, tmp_path / "view")
+    script = REPO / "examples/test/check_clustering.jl"
+    proc = run_bound(view, [JULIA, "--startup-file=no", str(script)],
+                     {"JULIA_DEPOT_PATH": f"{tmp_path}:/depot"}, readonly=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "CLUSTERING OK 75"
