@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import assert_one_line_error, cas, make_tree, snapshot
 
 

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, cas, make_tree
 
 from casstore.objects import ObjectId
 from casstore.remote import object_path
+
+from helpers import assert_one_line_error, cas, make_tree
 
 
 def _big_chunk_ids(store: Path, tree_id: str) -> list[str]:

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fuse_fixtures import CAS, ROOT, Kit, mounted
 
 from casstore.errors import UntrustedKey
+
+from fuse_fixtures import CAS, ROOT, Kit, mounted
 
 pytestmark = [
     pytest.mark.fuse,

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from fuse_fixtures import Kit, Mounter, mounted, run_cas
 
 from casstore.errors import BadSignature, ReleaseExpired, RollbackRefused, Unsigned, UntrustedKey
 from casstore.reader import TreeReader, root_entry
 from casstore.remote import object_path
+
+from fuse_fixtures import Kit, Mounter, mounted, run_cas
 
 pytestmark = pytest.mark.fuse
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import mfusepy
 import pytest
-from fuse_fixtures import Kit, Mounter, run_cas
 
 from casstore.cache import MISSING_RETRY_S, FileCache, GuardedReader, KnownBad
 from casstore.objects import ObjectId
@@ -25,6 +24,8 @@ from casstore.store import Store
 from casstore.variants import MergedView
 from fuseclient.fs import MountInfo, ReleaseFS
 from fuseclient.ops import CasOps
+
+from fuse_fixtures import Kit, Mounter, run_cas
 
 
 class CountingSource:

@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
-from fuse_fixtures import Kit, Mounter, mounted, run_cas
 
 from casstore.objects import ObjectId
 from casstore.reader import TreeReader, root_entry
 from casstore.trees import Storage
+
+from fuse_fixtures import Kit, Mounter, mounted, run_cas
 
 pytestmark = pytest.mark.fuse
 

@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-from fuse_fixtures import Kit, Mounter, run_cas
 
 from casstore.variants import choose
+
+from fuse_fixtures import Kit, Mounter, run_cas
 
 pytestmark = pytest.mark.fuse
 LEVELS = ("x86-64", "x86-64-v3")

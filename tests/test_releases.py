@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, cas
 
 from casstore.errors import BadSignature, ReleaseExpired, RollbackRefused, Unsigned, UntrustedKey
 from casstore.releases import (
@@ -22,6 +21,8 @@ from casstore.releases import (
     verify,
 )
 from casstore.remote import LocalSource
+
+from helpers import assert_one_line_error, cas
 
 ROOT = "b3-" + "ab" * 32
 

@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import make_tree, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +18,8 @@ from casstore.restore import restore
 from casstore.snapshot import put_paths
 from casstore.store import Store, StoreSettings
 from casstore.trees import Entry, Kind, Storage, decode_tree, encode_tree
+
+from helpers import make_tree, snapshot
 
 
 def _file(name: bytes, data: bytes = b"x") -> Entry:

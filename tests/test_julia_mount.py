@@ -1,0 +1,122 @@
+"""End to end: build the example depot, publish a signed release, mount it with real
+FUSE at /depot (private namespace) and run real Julia from it, per CPU variant."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from casstore.julia.abcheck import parse_loading_log
+from casstore.julia.install import ensure_julia
+from casstore.julia.namespace import namespaces_available
+
+from helpers import cas
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "examples" / "depot.toml"
+JULIA = "/depot/julia/bin/julia"
+SYSIMAGE = "/depot/julia/lib/x86_64-linux-gnu/julia/sys.so"
+EXPECTED_CHECKSUM = "65e16f18f73a1b88"  # 300 events, seed 20261125 (examples/jobs)
+
+pytestmark = [pytest.mark.julia, pytest.mark.fuse,
+              pytest.mark.skipif(not namespaces_available(),
+                                 reason="needs root and unshare(1) for private mounts")]
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`cas depot build` into a fresh store, released as 'demo', plus a client config."""
+    ensure_julia()
+    base = tmp_path_factory.mktemp("e2e")
+    key = base / "release.key"
+    cas(None, "keygen", str(key), check=True)
+    store = base / "store"
+    res = cas(store, "--json", "depot", "build", str(SPEC), "--out", str(base / "build"),
+              "--release", "demo", "--key", str(key), check=True, timeout=3600)
+    summary = json.loads(res.out)
+    cfg = base / "client.toml"
+    cfg.write_text(f'trusted_keys = ["{key}.pub"]\ncache_dir = "{base}/cache"\n'
+                   f'state_dir = "{base}/state"\n')
+    (base / "scratch").mkdir()
+    return {"store": store, "config": cfg, "base": base, "summary": summary}
+
+
+def run_on_mount(pub: dict, arch: str | None, script: str) -> subprocess.CompletedProcess:
+    """`cas exec` the release at /depot and run a shell script there."""
+    cmd = [sys.executable, "-m", "casstore", "--store", str(pub["store"]), "exec", "demo",
+           "--config", str(pub["config"]), *(["--arch", arch] if arch else []),
+           "--", "sh", "-c", script]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JULIA_")}
+    env["JULIA_DEPOT_PATH"] = f"{pub['base']}/scratch:/depot"
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def events(published: dict) -> Path:
+    out = published["base"] / "events.txt"
+    p = run_on_mount(published, None,
+                     f"{JULIA} --startup-file=no /depot/jobs/gen_events.jl {out} 300")
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def test_rebuild_of_same_spec_gives_same_ids(published: dict) -> None:
+    """With the artifact cache, a second build is bit-identical: same tree ids."""
+    res = cas(published["store"], "--json", "depot", "build", str(SPEC), "--out",
+              str(published["base"] / "build2"), check=True, timeout=3600)
+    again = json.loads(res.out)
+    first = published["summary"]
+    assert (again["root"], again["variants"]) == (first["root"], first["variants"])
+
+
+def test_release_lists_both_variants(published: dict) -> None:
+    assert set(published["summary"]["variants"]) == {"x86-64", "x86-64-v3"}
+    show = json.loads(cas(published["store"], "--json", "release", "show", "demo",
+                          "--trusted-key", f"{published['base']}/release.key.pub",
+                          check=True).out)
+    assert show["verified"] and show["baseline"] == "x86-64"
+    assert show["meta"]["variant_targets"]["x86-64-v3"].startswith("haswell")
+
+
+@pytest.mark.parametrize("arch", ["x86-64", "x86-64-v3"])
+def test_julia_job_runs_from_mount_without_recompiling(published: dict, events: Path,
+                                                       arch: str) -> None:
+    script = (f"python3 -c \"import os;print('VARIANT', os.getxattr('{SYSIMAGE}', "
+              f"'user.cas.variant').decode())\" && "
+              f"JULIA_DEBUG=loading {JULIA} --startup-file=no /depot/jobs/jetjob.jl {events}")
+    p = run_on_mount(published, arch, script)
+    assert p.returncode == 0, p.stderr
+    assert f"VARIANT {arch}" in p.stdout
+    assert f"CHECKSUM {EXPECTED_CHECKSUM}" in p.stdout
+    rejected, precompiled = parse_loading_log(p.stderr)
+    assert rejected == [] and precompiled == [], p.stderr[-2000:]
+    assert f"variant: {arch}, forced" in p.stderr or f"variant: {arch}" in p.stderr
+
+
+def test_host_detection_picks_a_runnable_variant(published: dict, events: Path) -> None:
+    p = run_on_mount(published, None,
+                     f"{JULIA} --startup-file=no /depot/jobs/jetjob.jl {events}")
+    assert p.returncode == 0, p.stderr
+    assert f"CHECKSUM {EXPECTED_CHECKSUM}" in p.stdout
+    assert "detected" in p.stderr
+
+
+def test_resolver_matters_v3_image_refused_on_baseline_cpu(published: dict) -> None:
+    """Forcing the v3 image onto a baseline CPU reproduces Julia's incompatibility error,
+    while the baseline variant's image runs under the same CPU restriction."""
+    probe = f"{JULIA} --startup-file=no --cpu-target=x86-64 -e 'println(1+1)'"
+    bad = run_on_mount(published, "x86-64-v3", probe)
+    assert bad.returncode != 0
+    assert "Unable to find compatible target in system image" in bad.stderr
+    good = run_on_mount(published, "x86-64", probe)
+    assert good.returncode == 0 and good.stdout.strip().endswith("2"), good.stderr
+
+
+def test_mount_writes_nothing_to_the_depot(published: dict, events: Path) -> None:
+    p = run_on_mount(published, None, "touch /depot/x 2>&1; echo rc=$?")
+    assert "Read-only file system" in p.stdout and "rc=1" in p.stdout
