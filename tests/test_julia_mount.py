@@ -120,3 +120,30 @@ def test_resolver_matters_v3_image_refused_on_baseline_cpu(published: dict) -> N
 def test_mount_writes_nothing_to_the_depot(published: dict, events: Path) -> None:
     p = run_on_mount(published, None, "touch /depot/x 2>&1; echo rc=$?")
     assert "Read-only file system" in p.stdout and "rc=1" in p.stdout
+
+
+@pytest.mark.parametrize("arch", ["x86-64", "x86-64-v3"])
+def test_abcheck_local_staging_equals_mounted_release(published: dict, arch: str) -> None:
+    res = cas(published["store"], "--json", "depot", "abcheck", str(published["base"] / "build"),
+              "demo", "--config", str(published["config"]), "--arch", arch, timeout=900)
+    report = json.loads(res.out)
+    assert res.code == 0 and report["identical"], report
+    assert report["variant"] == arch
+    assert report["local"]["checksum"] == EXPECTED_CHECKSUM
+    assert report["local"]["methods"] > 1000 and report["local"]["digest"]
+
+
+def test_abcheck_reports_a_difference(published: dict, tmp_path: Path) -> None:
+    """A staging depot whose job differs from the release's is caught."""
+    import shutil
+
+    bad = tmp_path / "build"
+    shutil.copytree(published["base"] / "build" / "root", bad / "root", symlinks=True)
+    shutil.copytree(published["base"] / "build" / "variants", bad / "variants", symlinks=True)
+    job = bad / "root" / "jobs" / "jetjob.jl"
+    job.write_text(job.read_text().replace('println("CHECKSUM ', 'println("CHECKSUM 0'))
+    res = cas(published["store"], "--json", "depot", "abcheck", str(bad), "demo",
+              "--config", str(published["config"]), "--arch", "x86-64", timeout=900)
+    report = json.loads(res.out)
+    assert res.code == 1 and not report["identical"]
+    assert any(d.startswith("checksum") for d in report["differences"])

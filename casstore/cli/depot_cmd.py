@@ -99,3 +99,77 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
     else:
         json.dump(summary, sys.stdout, indent=1)
         click.echo()
+
+
+def _view(build_dir: Path, level: str, dest: Path) -> Path:
+    """The staging depot as a node of ``level`` sees it: root merged with the overlay."""
+    from casstore.julia.fsutil import link_tree
+
+    link_tree(build_dir / "root", dest)
+    link_tree(build_dir / "variants" / level, dest)
+    return dest
+
+
+def _mounted_level(ctx: Ctx, release: str, config: Path | None, arch: str | None) -> str:
+    """The variant `cas mount` would choose, from the (verified) release."""
+    from casstore import variants
+    from casstore.config import load
+    from casstore.releases import load_verified
+
+    cfg = load(config)
+    rel = load_verified(ctx.source(), release, cfg.trusted(), None)
+    return variants.choose(sorted(rel.variants), rel.baseline, arch or cfg.arch)
+
+
+@command(depot, "abcheck")
+@click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("release")
+@click.option("--config", type=click.Path(path_type=Path), default=None,
+              help="Client config TOML (as for cas mount).")
+@click.option("--arch", default=None, metavar="LEVEL", help="Force a CPU level on both sides.")
+@click.option("--job", default="/depot/jobs/jetjob.jl", show_default=True)
+@click.option("--events", type=click.Path(path_type=Path), default=None,
+              help="Event file (default: generate 300 events with /depot/jobs/gen_events.jl).")
+@pass_ctx
+def abcheck(ctx: Ctx, build_dir: Path, release: str, config: Path | None, arch: str | None,
+            job: str, events: Path | None) -> None:
+    """Run the job from the local staging depot (BUILD_DIR, bound at /depot) and from
+    the mounted RELEASE, and compare: output checksum, loaded modules with build
+    ids, and a digest of the compiled method instances.  Exits 1 on any difference.
+    """
+    import tempfile
+
+    from casstore.julia import compare, run_job
+
+    level = _mounted_level(ctx, release, config, arch)
+    store_args = ["--store", str(ctx.store_path)]
+    wrapper = [sys.executable, "-m", "casstore", *store_args, "-q", "exec", release,
+               *(["--config", str(config)] if config else []), "--arch", level, "--"]
+    julia = "/depot/julia/bin/julia"
+    with tempfile.TemporaryDirectory(prefix="cas-ab-") as tmp:
+        t = Path(tmp)
+        for sub in ("scratch-a", "scratch-b"):
+            (t / sub).mkdir()
+        view = _view(build_dir, level, t / "view")
+        if events is None:
+            events = t / "events.txt"
+            gen = run_job(julia, f"{t}/scratch-a:/depot", "/depot/jobs/gen_events.jl",
+                          events, tree=view, job_args=["300"], debug_loading=False)
+            if gen.returncode != 0:
+                raise JuliaError(f"generating events failed: {gen.stderr.strip()[-300:]}")
+        a = run_job(julia, f"{t}/scratch-a:/depot", job, events, tree=view, probe=True)
+        b = run_job(julia, f"{t}/scratch-b:/depot", job, events, wrapper=wrapper, probe=True)
+    diffs = compare(a, b)
+    for label, r in (("local", a), ("mounted", b)):
+        if r.returncode != 0:
+            diffs.append(f"{label} run failed ({r.returncode}): {r.stderr.strip()[-300:]}")
+    report = {"variant": level, "identical": not diffs, "differences": diffs,
+              "local": {"checksum": a.checksum, "wall_s": a.wall_time, "modules":
+                        len(a.loaded_modules), "methods": a.mi_count, "digest": a.mi_digest},
+              "mounted": {"checksum": b.checksum, "wall_s": b.wall_time, "modules":
+                          len(b.loaded_modules), "methods": b.mi_count, "digest": b.mi_digest}}
+    text = (f"variant {level}: local {a.checksum} ({a.mi_count} methods, {a.mi_digest}) "
+            f"vs mounted {b.checksum} ({b.mi_count} methods, {b.mi_digest})\n"
+            + ("\n".join(diffs) if diffs else "A/B identical"))
+    ctx.emit(report, text)
+    sys.exit(1 if diffs else 0)

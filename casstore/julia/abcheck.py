@@ -142,7 +142,7 @@ def _parse_probe(text: str, res: JobResult) -> None:
 def run_job(julia_bin: str | Path, depot_path_env: str, job_script: str | Path,
             event_file: str | Path, extra_args: Sequence[str] = (), *,
             job_args: Sequence[str] = (), tree: Path | None = None, readonly: bool = True,
-            probe: bool = False,
+            probe: bool = False, wrapper: Sequence[str] = (),
             debug_loading: bool = True, env: Mapping[str, str] | None = None,
             timeout: float = 1800) -> JobResult:
     """Run `julia [extra_args] job_script event_file [job_args]`; collect the evidence.
@@ -150,12 +150,14 @@ def run_job(julia_bin: str | Path, depot_path_env: str, job_script: str | Path,
     `extra_args` go to Julia (e.g. `-J <image>`, `--cpu-target=...`).
     `tree`, if given, is bound at /depot in a private mount namespace (paths
     in the arguments are then as seen inside it, e.g. /depot/julia/bin/julia).
+    `wrapper` prefixes the command, e.g. `cas exec RELEASE --` to run Julia
+    from a FUSE mount of a release in its own namespace.
     """
     with tempfile.TemporaryDirectory(prefix="cas-abcheck-") as tmp:
         out = Path(tmp) / "probe.tsv"
         pre = ["-L", str(Path(tmp) / "probe.jl")] if probe else []
         (Path(tmp) / "probe.jl").write_text(PROBE)
-        argv = [str(julia_bin), "--startup-file=no", "--history-file=no", *pre,
+        argv = [*wrapper, str(julia_bin), "--startup-file=no", "--history-file=no", *pre,
                 *extra_args, str(job_script), str(event_file), *job_args]
         e = {"JULIA_DEPOT_PATH": depot_path_env, **(env or {})}
         if debug_loading:
