@@ -47,6 +47,25 @@ def _release_meta(meta: dict) -> dict:
             "input_key": meta.get("input_key")}
 
 
+def _publish(store, name: str, key: Path, root: str, overlays: dict[str, str], res,
+             expires_days: float) -> dict:
+    """Sign a new revision, unless the newest one already names these exact trees."""
+    from casstore.releases import unverified
+
+    revs = store.release_revisions(name) if name in store.release_names() else []
+    if revs:
+        last = unverified(store.read_release(name, revs[-1]))
+        if (last.root, last.variants, last.baseline) == (root, overlays, res.baseline) \
+                and last.expires > time.time() + DAY:
+            return {"name": name, "revision": last.revision, "unchanged": True}
+    now = int(time.time())
+    rel = Release(name, (revs[-1] + 1) if revs else 1, root, now,
+                  now + int(expires_days * DAY), overlays, res.baseline,
+                  _release_meta(res.meta))
+    store.write_release(rel.name, rel.revision, sign(rel, load_secret(key)))
+    return {"name": name, "revision": rel.revision, "unchanged": False}
+
+
 @command(depot, "build")
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -86,14 +105,10 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
     summary = {"root": root, "variants": overlays, "baseline": res.baseline,
                "timings": res.meta.get("timings"), "staging": str(out)}
     if release_name and key:
-        now = int(time.time())
-        revs = store.release_revisions(release_name) if release_name in \
-            store.release_names() else []
-        rel = Release(release_name, (revs[-1] + 1) if revs else 1, root, now,
-                      now + int(expires_days * DAY), overlays, res.baseline,
-                      _release_meta(res.meta))
-        store.write_release(rel.name, rel.revision, sign(rel, load_secret(key)))
-        summary["release"] = {"name": rel.name, "revision": rel.revision}
+        summary["release"] = _publish(store, release_name, key, root, overlays, res,
+                                      expires_days)
+        log(f"[release] {release_name} revision {summary['release']['revision']}"
+            + (" (unchanged)" if summary["release"]["unchanged"] else ""))
     if ctx.as_json:
         ctx.emit(summary)
     else:
