@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat as st
+import struct
 from dataclasses import dataclass
 
 from casstore.cache import FileCache
@@ -25,6 +26,10 @@ from casstore.variants import MergedView, Node
 
 XATTR_PREFIX = "user.cas."
 MAX_NODES = 500_000
+# struct stat on Linux x86-64: dev, ino, nlink, mode, uid, gid, pad, rdev, size,
+# blksize, blocks, atim, mtim, ctim, 3 reserved longs.  fuseclient.mount checks it
+# against mfusepy's c_stat before using it, and falls back to getattr otherwise.
+STAT = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
 
 
 @dataclass(frozen=True)
@@ -64,25 +69,39 @@ class ReleaseFS:
         return found
 
     # -- metadata ----------------------------------------------------------------
-    def getattr(self, path: str) -> dict[str, int]:
+    def _attrs(self, path: str) -> tuple[int, int, int, int]:
+        """(mode, nlink, size, mtime_ns) of a path."""
         node = self.node(path)
         e = node.entry
-        if e.kind == Kind.DIR:
-            mode, nlink = st.S_IFDIR | e.mode, self._dir_nlink(path, node)
-        elif e.kind == Kind.SYMLINK:
-            mode, nlink = st.S_IFLNK | 0o777, 1
-        else:
-            mode, nlink = st.S_IFREG | e.mode, 1
-        size = e.size if e.kind != Kind.DIR else 4096
+        kind = e.kind
+        if kind == Kind.FILE:
+            return st.S_IFREG | e.mode, 1, e.size, e.mtime_ns
+        if kind == Kind.DIR:
+            return st.S_IFDIR | e.mode, self._dir_nlink(path, node), 4096, e.mtime_ns
+        return st.S_IFLNK | 0o777, 1, e.size, e.mtime_ns
+
+    def getattr(self, path: str) -> dict[str, int]:
+        mode, nlink, size, mtime = self._attrs(path)
         return {"st_mode": mode, "st_nlink": nlink, "st_size": size,
                 "st_uid": self.uid, "st_gid": self.gid, "st_blocks": (size + 511) // 512,
-                "st_mtime": e.mtime_ns, "st_atime": e.mtime_ns, "st_ctime": e.mtime_ns}
+                "st_mtime": mtime, "st_atime": mtime, "st_ctime": mtime}
+
+    def stat_bytes(self, path: str) -> bytes:
+        """:meth:`getattr` packed as a Linux x86-64 ``struct stat`` (see STAT)."""
+        mode, nlink, size, mtime = self._attrs(path)
+        sec, nsec = divmod(mtime, 1_000_000_000)
+        return STAT.pack(0, 0, nlink, mode, self.uid, self.gid, 0, 0, size, 0,
+                         (size + 511) // 512, sec, nsec, sec, nsec, sec, nsec)
 
     def _dir_nlink(self, path: str, node: Node) -> int:
         """2 + subdirectories, as on a local filesystem (find relies on it)."""
         n = self._nlink.get(path)
         if n is None:
-            n = 2 + sum(1 for c in self.view.listdir(node) if c.entry.kind == Kind.DIR)
+            if node.overlay is None:  # plain tree: count entries, no Node objects
+                kids = self.view.reader.listdir(node.entry)
+                n = 2 + sum(1 for e in kids if e.kind == Kind.DIR)
+            else:
+                n = 2 + sum(1 for c in self.view.listdir(node) if c.entry.kind == Kind.DIR)
             self._nlink[path] = n
         return n
 

@@ -90,6 +90,11 @@ class CasOps(mfusepy.Operations):
         return self.fs.getattr(path)
 
     @boundary
+    def stat_bytes(self, path: str) -> bytes:
+        """getattr as a packed struct stat (the fast path of mount.FastFUSE)."""
+        return self.fs.stat_bytes(path)
+
+    @boundary
     def readdir(self, path: str, fh: int) -> list[str]:
         return self.fs.readdir(path)
 

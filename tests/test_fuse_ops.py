@@ -165,3 +165,33 @@ def test_status_files_are_per_namespace_and_stale_ones_pruned(tmp_path: Path) ->
             os.utime(files[name], (mtime, mtime))
     prune_stale(cfg)
     assert {n for n, p in files.items() if p.exists()} == {"dead-new", "alive-old"}
+
+
+def test_fast_getattr_writes_what_mfusepy_would(fs) -> None:
+    """The packed-struct getattr path is byte-identical to mfusepy's own."""
+    import ctypes
+
+    from fuseclient.mount import fast_getattr_ok, fuse_class
+
+    rfs, _store, _files = fs
+    assert fast_getattr_ok()  # else the mount silently loses the fast path
+    fast_cls = fuse_class()
+    assert fast_cls is not mfusepy.FUSE
+    ops = CasOps(rfs)
+    fast = fast_cls.__new__(fast_cls)  # no mount: only the callback is exercised
+    slow = mfusepy.FUSE.__new__(mfusepy.FUSE)
+    for f in (fast, slow):
+        f.operations, f.raw_fi, f.use_ns = ops, False, True
+        f.encoding, f.errors = "utf-8", "surrogateescape"
+    buf = ctypes.pointer(mfusepy.c_stat())
+    for path in ("/", "/small", "/big", "/ln", "/sub", "/sub/mid"):
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        assert slow.getattr_fuse_3(path.encode(), buf, None) == 0
+        want = bytes(buf.contents)
+        ctypes.memset(buf, 0xAB, ctypes.sizeof(mfusepy.c_stat))
+        assert fast.getattr_fuse_3(path.encode(), buf, None) == 0
+        assert bytes(buf.contents) == want, path
+    assert buf.contents.st_size == 100_000 and buf.contents.st_mode == stat.S_IFREG | 0o644
+    with pytest.raises(mfusepy.FuseOSError) as info:
+        fast.getattr_fuse_3(b"/nope", buf, None)
+    assert info.value.errno == errno.ENOENT
