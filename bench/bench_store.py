@@ -1,12 +1,13 @@
 """Store throughput and dedup, side by side with `tar -c | zstd -3` in the same run.
 
 Usage: python bench/bench_store.py [--sysimage A.so] [--sysimage2 B.so]
-          [--tree-a DIR --tree-b DIR] [--out bench/results/store]
+          [--tree-a DIR --tree-b DIR [--tree-by-avg]] [--out bench/results/store]
 
 Defaults: the stock sys.so of the Julia prefix (tools/install-julia) as the large
 file; for the second sysimage and depot versions, whatever builds exist in the
-build cache.  Inputs are read once first so both contenders start page-cache warm.
-Results go to <out>.json and <out>.md.
+build cache.  --tree-by-avg also measures the tree dedup at each average chunk size
+(by default only at the default settings).  Inputs are read once first so both
+contenders start page-cache warm.  Results go to <out>.json and <out>.md.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def cas_round(path: Path, work: Path, settings: StoreSettings) -> dict:
 def dedup(a: Path, b: Path, work: Path, settings: StoreSettings) -> dict:
     """Share of B's bytes already stored after A (by raw chunk bytes)."""
     store = Store.init(work / f"dd-{settings.chunk_avg}", settings)
+    size_a = warm(a)
     put_paths(store, [a])
     n_a, raw_a, st_a = store.index.stats()
     put_paths(store, [b])
@@ -88,7 +90,17 @@ def dedup(a: Path, b: Path, work: Path, settings: StoreSettings) -> dict:
     store.close()
     shutil.rmtree(work / f"dd-{settings.chunk_avg}")
     return {"b_bytes": size_b, "new_raw_bytes": raw_b - raw_a, "new_stored_bytes": st_b - st_a,
-            "shared_fraction": round(1 - (raw_b - raw_a) / size_b, 4), "objects": n_b}
+            "shared_fraction": round(1 - (raw_b - raw_a) / size_b, 4), "objects": n_b,
+            "a_bytes": size_a, "objects_a": n_a, "new_objects": n_b - n_a,
+            "stored_a_bytes": st_a}
+
+
+AVGS = (64 << 10, 256 << 10, 1 << 20, 4 << 20)
+
+
+def by_avg(avg: int) -> StoreSettings:
+    """FastCDC min/avg/max = avg/4, avg, 4*avg (the default is 256 KiB/1 MiB/4 MiB)."""
+    return StoreSettings(avg // 4, avg, avg * 4, durable=False)
 
 
 def find_second_sysimage() -> Path | None:
@@ -108,6 +120,8 @@ def main() -> None:
     ap.add_argument("--sysimage2", type=Path, default=None)
     ap.add_argument("--tree-a", type=Path, default=None)
     ap.add_argument("--tree-b", type=Path, default=None)
+    ap.add_argument("--tree-by-avg", action="store_true",
+                    help="tree dedup at 64 KiB/256 KiB/1 MiB/4 MiB average chunk sizes too")
     ap.add_argument("--out", type=Path, default=Path("bench/results/store"))
     args = ap.parse_args()
     results: dict = {"host": os.uname().nodename, "cores": os.cpu_count(),
@@ -127,12 +141,14 @@ def main() -> None:
         if second:
             warm(second)
             results["dedup_sysimages"] = {"a": str(args.sysimage), "b": str(second), "by_avg": {
-                str(avg): dedup(args.sysimage, second, work,
-                                StoreSettings(avg // 4, avg, avg * 4, durable=False))
-                for avg in (64 << 10, 256 << 10, 1 << 20, 4 << 20)}}
+                str(avg): dedup(args.sysimage, second, work, by_avg(avg)) for avg in AVGS}}
         if args.tree_a and args.tree_b:
             results["dedup_trees"] = {"a": str(args.tree_a), "b": str(args.tree_b),
                                       **dedup(args.tree_a, args.tree_b, work, StoreSettings())}
+            if args.tree_by_avg:
+                results["dedup_trees"]["by_avg"] = {
+                    str(avg): dedup(args.tree_a, args.tree_b, work, by_avg(avg))
+                    for avg in AVGS}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(report(results))
@@ -151,17 +167,29 @@ def report(r: dict) -> str:
     if "dedup_sysimages" in r:
         lines += ["## Dedup between two sysimages, by FastCDC average chunk size", "",
                   f"A = `{r['dedup_sysimages']['a']}`, B = `{r['dedup_sysimages']['b']}`", "",
-                  "| avg chunk | shared fraction of B | new stored bytes | objects |",
-                  "|---|---|---|---|"]
+                  "| avg chunk | shared fraction of B | new stored bytes | objects "
+                  "| objects for A | new objects for B |", "|---|---|---|---|---|---|"]
         for avg, d in r["dedup_sysimages"]["by_avg"].items():
             lines.append(f"| {int(avg) >> 10} KiB | {d['shared_fraction']:.3f} | "
-                         f"{d['new_stored_bytes']} | {d['objects']} |")
+                         f"{d['new_stored_bytes']} | {d['objects']} | "
+                         f"{d.get('objects_a', '-')} | {d.get('new_objects', '-')} |")
         lines.append("")
     if "dedup_trees" in r:
         d = r["dedup_trees"]
         lines += ["## Dedup between two depot trees", "",
                   f"A = `{d['a']}`, B = `{d['b']}`: shared fraction of B "
                   f"{d['shared_fraction']:.3f}, new stored bytes {d['new_stored_bytes']}", ""]
+        if "by_avg" in d:
+            lines += [f"B is {d['b_bytes']} bytes; A alone is stored as "
+                      f"{d['stored_a_bytes']} bytes in {d['objects_a']} objects "
+                      "(default settings).", "",
+                      "| avg chunk | shared fraction of B | new raw bytes | new stored bytes "
+                      "| objects for A | new objects for B |", "|---|---|---|---|---|---|"]
+            for avg, t in d["by_avg"].items():
+                lines.append(f"| {int(avg) >> 10} KiB | {t['shared_fraction']:.4f} | "
+                             f"{t['new_raw_bytes']} | {t['new_stored_bytes']} | "
+                             f"{t['objects_a']} | {t['new_objects']} |")
+            lines.append("")
     return "\n".join(lines)
 
 
