@@ -237,3 +237,16 @@ def test_parallel_execs_same_config_and_mountpoint(ex: Exec) -> None:
         assert Path(f"{base}.umount").read_text() == "unmounted\n"
     assert len(pids) == 2
     ex.assert_clean()
+
+
+def test_mountpoint_already_mounted_on_host(ex: Exec, mounter) -> None:
+    from casstore.errors import MountError
+
+    mp = mounter.mount("rel", name="hostmnt")
+    marker = ex.kit.base / "ran"
+    res = subprocess.run(ex.argv("rel", "touch", str(marker), mp=mp), capture_output=True,
+                         text=True, env=ex.env, timeout=60)
+    assert res.returncode == MountError.exit_code, res.stderr
+    assert "already a mount point" in res.stderr and not marker.exists()
+    assert (mp / "hello.txt").read_text() == "hello from the release\n"  # host mount intact
+    assert mounter.procs[-1][0].poll() is None

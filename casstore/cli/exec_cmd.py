@@ -61,6 +61,7 @@ def exec_(ctx: Ctx, release: str, cmd: tuple[str, ...], mountpoint: Path,
     os.environ.pop(_INSIDE, None)
     umount = _cas("-q", "umount", str(mountpoint),
                   *(["--config", str(config_path)] if config_path else []))
+    before = is_mounted(mountpoint)  # then `cas mount` refuses: leave it alone
     try:
         mounted = subprocess.run(_cas(*_global_args(ctx), "-q", "mount", release,
                                       str(mountpoint), *opts), stdout=sys.stderr)
@@ -74,7 +75,7 @@ def exec_(ctx: Ctx, release: str, cmd: tuple[str, ...], mountpoint: Path,
         # Also when the mount was signalled half-way.  A command that leaves a
         # process behind in the mount makes it busy: detach lazily then, or the
         # daemon would live on in this namespace for ever.
-        if is_mounted(mountpoint) and subprocess.run(
+        if not before and is_mounted(mountpoint) and subprocess.run(
                 umount, stdout=subprocess.DEVNULL).returncode != 0:
             subprocess.run([*umount, "--lazy"], stdout=subprocess.DEVNULL)
     sys.exit(code)
