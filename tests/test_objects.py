@@ -62,7 +62,9 @@ def test_wrong_type_is_refused() -> None:
 
 
 def test_exit_codes_are_unique_and_documented() -> None:
+    # Subclasses that only refine a message (e.g. the cache's known-bad errors)
+    # inherit their parent's code; every class that defines a code has its own.
     classes = all_error_classes()
-    codes = [c.exit_code for c in classes]
+    codes = [c.exit_code for c in classes if "exit_code" in vars(c)]
     assert len(codes) == len(set(codes)), codes
     assert all(c.__doc__ for c in classes)
