@@ -17,7 +17,7 @@ from pathlib import Path
 from casstore.errors import CasError, ObjectMissing
 from casstore.fsutil import TMP_PREFIX
 from casstore.index import IndexEntry
-from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode, peek_header
+from casstore.objects import ObjectId, ObjType, decode
 from casstore.releases import unverified
 from casstore.remote import object_path
 from casstore.store import Store
@@ -176,10 +176,3 @@ def _sweep_tmp(tmpdir: Path, cutoff: float, dry_run: bool) -> int:
                 p.unlink(missing_ok=True)
     return n
 
-
-def index_entry_from_file(store: Store, oid: ObjectId) -> IndexEntry:
-    """Header-only index entry (cheap), used when a full verify is not wanted."""
-    path = object_path(store.root, oid)
-    with open(path, "rb") as f:
-        kind, raw = peek_header(oid, f.read(HEADER_SIZE))
-    return IndexEntry(kind, raw, path.stat().st_size)

@@ -144,15 +144,3 @@ def _unpack(oid: ObjectId, codec: Codec, payload: memoryview, size: int) -> byte
         raise ObjectCorrupt(f"object {oid} has the wrong size ({len(raw)} != {size})")
     return raw
 
-
-def peek_header(oid: ObjectId, head: bytes) -> tuple[ObjType, int]:
-    """Type and raw size from a header, for the index rebuild (no hash check)."""
-    if len(head) < HEADER_SIZE:
-        raise ObjectCorrupt(f"object {oid} is truncated")
-    magic, kind, _codec, _res, size = HEADER.unpack_from(head)
-    if magic != MAGIC:
-        raise ObjectCorrupt(f"object {oid} has a bad header")
-    try:
-        return ObjType(kind), size
-    except ValueError:
-        raise ObjectCorrupt(f"object {oid} has an unknown type") from None
