@@ -166,18 +166,6 @@ class TreeReader:
             i += 1
         return b"".join(parts)
 
-    def iter_file(self, entry: Entry) -> Iterator[bytes]:
-        """A file's bytes in chunk-sized pieces, without filling the chunk cache."""
-        if entry.storage == Storage.INLINE:
-            yield entry.data
-            return
-        assert entry.oid is not None
-        if entry.storage == Storage.CHUNK:
-            yield fetch(self.source, entry.oid, ObjType.CHUNK)
-            return
-        for oid in self.blob(entry.oid).oids:
-            yield fetch(self.source, oid, ObjType.CHUNK)
-
     def file_chunk_ids(self, entry: Entry) -> list[ObjectId]:
         """The chunk ids a file's bytes come from (for prefetch and diagnostics)."""
         if entry.kind != Kind.FILE or entry.storage == Storage.INLINE or entry.oid is None:

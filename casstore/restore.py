@@ -17,7 +17,7 @@ from casstore.errors import NotFound, StoreError
 from casstore.objects import ObjectId, ObjType, decode
 from casstore.reader import TreeReader
 from casstore.remote import ObjectSource, fetch
-from casstore.trees import Entry, Kind, Storage, decode_blob
+from casstore.trees import Entry, Kind, Storage
 
 Progress = Callable[[int], None]
 _WINDOW = 8
@@ -124,10 +124,3 @@ def restore(source: ObjectSource, oid: ObjectId, dest: Path, subpath: str = "",
     finally:
         r.close()
 
-
-def blob_size(source: ObjectSource, oid: ObjectId) -> int:
-    """Size of the file an id names (chunk or blob), for progress and ``cas stat``."""
-    kind, raw = decode(oid, source.read_stored(oid))
-    if kind == ObjType.BLOB:
-        return decode_blob(raw)[0]
-    return len(raw)

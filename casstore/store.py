@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from casstore.errors import NotFound, StoreError
@@ -42,7 +42,6 @@ class StoreSettings:
     inline_max: int = 16 * 1024
     zstd_level: int = 3
     durable: bool = True
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -142,13 +141,6 @@ class Store(LocalSource):
         atomic_write(dest, stored, self.tmp, durable=self.settings.durable)
         return oid, IndexEntry(kind, len(raw), len(stored))
 
-    def put_object(self, kind: ObjType, raw: bytes) -> ObjectId:
-        """Store one object and index it at once (for metadata objects)."""
-        oid, entry = self.put_raw(kind, raw)
-        if entry is not None:
-            self.index.add([(oid, entry)])
-        return oid
-
     def iter_object_ids(self) -> Iterator[ObjectId]:
         """Every object file name in the store (the ground truth, not the index)."""
         objdir = self.root / "objects"
@@ -182,13 +174,6 @@ class Store(LocalSource):
     def refs(self) -> dict[str, ObjectId]:
         folder = self.root / "refs"
         return {n: self.get_ref(n) for n in sorted(os.listdir(folder))}
-
-    def delete_ref(self, name: str) -> None:
-        try:
-            os.unlink(self.root / "refs" / check_ref_name(name))
-        except FileNotFoundError:
-            raise NotFound(f"no ref named {name!r}") from None
-        self.index.set_ref(name, None)
 
     # -- releases ----------------------------------------------------------------
     def write_release(self, name: str, revision: int, doc: bytes) -> Path:
