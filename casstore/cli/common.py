@@ -20,6 +20,7 @@ import click
 from casstore.errors import CasError, StoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
+INTERNAL_EXIT = 70  # EX_SOFTWARE: not a CasError, so not a user mistake
 
 
 def default_store() -> Path:
@@ -96,6 +97,14 @@ def handle_errors(fn: F) -> F:
             where = f" {exc.filename}" if exc.filename else ""
             click.echo(f"cas: error:{where} {exc.strerror or exc}", err=True)
             sys.exit(StoreError.exit_code)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # a bug or an unmapped library error: still one line
+            if os.environ.get("CAS_DEBUG"):
+                raise
+            click.echo(f"cas: internal error: {type(exc).__name__}: {exc} "
+                       "(set CAS_DEBUG=1 for a traceback)", err=True)
+            sys.exit(INTERNAL_EXIT)
 
     return wrapper  # type: ignore[return-value]
 
