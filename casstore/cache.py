@@ -191,7 +191,7 @@ class FileCache:
     # -- policy ------------------------------------------------------------------
     def wants(self, entry: Entry) -> bool:
         """Large stored files are served from whole-file copies."""
-        return (entry.kind == Kind.FILE and entry.storage != Storage.INLINE
+        return (entry.kind == Kind.FILE and entry.storage in (Storage.CHUNK, Storage.BLOB)
                 and entry.oid is not None and self.prefetch_min <= entry.size <= self.max_bytes)
 
     def used_bytes(self) -> int:

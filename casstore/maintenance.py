@@ -48,7 +48,7 @@ def children(kind: ObjType, raw: bytes) -> Iterator[tuple[ObjectId, ObjType]]:
         for e in decode_tree(raw):
             if e.kind == Kind.DIR:
                 yield e.oid, ObjType.TREE  # type: ignore[misc]
-            elif e.kind == Kind.FILE and e.storage == Storage.CHUNK:
+            elif e.kind == Kind.FILE and e.storage in (Storage.CHUNK, Storage.PACKED):
                 yield e.oid, ObjType.CHUNK  # type: ignore[misc]
             elif e.kind == Kind.FILE and e.storage == Storage.BLOB:
                 yield e.oid, ObjType.BLOB  # type: ignore[misc]

@@ -66,6 +66,14 @@ class Blob:
     starts: list[int]
 
 
+def packed_bytes(pack: bytes, entry: Entry) -> bytes:
+    """A packed file's bytes, refusing a range the pack does not hold."""
+    end = entry.offset + entry.size
+    if end > len(pack):
+        raise FormatError(f"pack {entry.oid} is too short for {entry.name!r}")
+    return pack[entry.offset:end]
+
+
 def root_entry(tree: ObjectId, mtime_ns: int = 0) -> Entry:
     """The synthetic entry for a root tree (its own mode and mtime are not stored)."""
     return Entry(b"", Kind.DIR, 0o755, 0, mtime_ns, None, tree)
@@ -74,20 +82,21 @@ def root_entry(tree: ObjectId, mtime_ns: int = 0) -> Entry:
 class TreeReader:
     """Read-only access to trees and files from any :class:`ObjectSource`."""
 
-    def __init__(self, source: ObjectSource, *, tree_cache: int = 4096,
+    def __init__(self, source: ObjectSource, *, tree_cache_bytes: int = 64 << 20,
                  chunk_cache_bytes: int = 128 << 20) -> None:
         self.source = source
-        self.trees = LRU(tree_cache)
-        self.blobs = LRU(tree_cache)
+        self.trees = LRU(tree_cache_bytes)  # weighed by raw size: memory stays bounded
+        self.blobs = LRU(tree_cache_bytes)
         self.chunks = LRU(chunk_cache_bytes)
 
     # -- metadata ----------------------------------------------------------------
     def dir(self, oid: ObjectId) -> Dir:
         d = self.trees.get(oid)
         if d is None:
-            entries = decode_tree(fetch(self.source, oid, ObjType.TREE))
+            raw = fetch(self.source, oid, ObjType.TREE)
+            entries = decode_tree(raw)
             d = Dir(entries, {e.name: e for e in entries})
-            self.trees.put(oid, d, 1)
+            self.trees.put(oid, d, len(raw))
         return d  # type: ignore[return-value]
 
     def listdir(self, entry: Entry) -> list[Entry]:
@@ -125,13 +134,14 @@ class TreeReader:
     def blob(self, oid: ObjectId) -> Blob:
         b = self.blobs.get(oid)
         if b is None:
-            size, refs = decode_blob(fetch(self.source, oid, ObjType.BLOB))
+            raw = fetch(self.source, oid, ObjType.BLOB)
+            size, refs = decode_blob(raw)
             starts, pos = [], 0
             for r in refs:
                 starts.append(pos)
                 pos += r.length
             b = Blob(size, [r.oid for r in refs], starts)
-            self.blobs.put(oid, b, 1)
+            self.blobs.put(oid, b, len(raw))
         return b  # type: ignore[return-value]
 
     def chunk(self, oid: ObjectId) -> bytes:
@@ -153,6 +163,8 @@ class TreeReader:
         assert entry.oid is not None
         if entry.storage == Storage.CHUNK:
             return self.chunk(entry.oid)[offset:end]
+        if entry.storage == Storage.PACKED:
+            return packed_bytes(self.chunk(entry.oid), entry)[offset:end]
         return self._read_blob(self.blob(entry.oid), offset, end)
 
     def _read_blob(self, b: Blob, offset: int, end: int) -> bytes:
@@ -170,6 +182,6 @@ class TreeReader:
         """The chunk ids a file's bytes come from (for prefetch and diagnostics)."""
         if entry.kind != Kind.FILE or entry.storage == Storage.INLINE or entry.oid is None:
             return []
-        if entry.storage == Storage.CHUNK:
+        if entry.storage in (Storage.CHUNK, Storage.PACKED):
             return [entry.oid]
         return list(self.blob(entry.oid).oids)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from casstore.errors import NotFound, StoreError
 from casstore.objects import ObjectId, ObjType, decode
-from casstore.reader import TreeReader
+from casstore.reader import TreeReader, packed_bytes
 from casstore.remote import ObjectSource, fetch
 from casstore.trees import Entry, Kind, Storage
 
@@ -36,6 +36,7 @@ class Restorer:
         self.reader = TreeReader(source, chunk_cache_bytes=0)
         self.progress = progress or (lambda n: None)
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+        self._last_pack: tuple[ObjectId | None, bytes] = (None, b"")
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -51,15 +52,26 @@ class Restorer:
             futs[i] = None  # type: ignore[call-overload]
             yield data
 
-    def file_pieces(self, storage: Storage, oid: ObjectId | None, data: bytes) -> Iterator[bytes]:
+    def file_pieces(self, storage: Storage, oid: ObjectId | None, data: bytes,
+                    entry: Entry | None = None) -> Iterator[bytes]:
         if storage == Storage.INLINE:
             yield data
             return
         assert oid is not None
+        if storage == Storage.PACKED:
+            assert entry is not None
+            yield packed_bytes(self._pack(oid), entry)
+            return
         if storage == Storage.CHUNK:
             yield from self._chunks([oid])
         else:
             yield from self._chunks(self.reader.blob(oid).oids)
+
+    def _pack(self, oid: ObjectId) -> bytes:
+        """The pack most recently used: a directory's small files share one."""
+        if self._last_pack[0] != oid:
+            self._last_pack = (oid, fetch(self.source, oid, ObjType.CHUNK))
+        return self._last_pack[1]
 
     def write_file(self, dest: Path, pieces: Iterator[bytes], mode: int | None,
                    mtime_ns: int | None, size: int | None = None) -> None:
@@ -92,7 +104,7 @@ class Restorer:
             os.utime(dest, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
         else:
             assert e.storage is not None
-            self.write_file(dest, self.file_pieces(e.storage, e.oid, e.data), e.mode,
+            self.write_file(dest, self.file_pieces(e.storage, e.oid, e.data, e), e.mode,
                             e.mtime_ns, e.size)
 
     def tree(self, oid: ObjectId, dest: Path) -> None:

@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 
 from casstore.chunking import chunk_spans
@@ -140,7 +141,36 @@ class Snapshot:
             names = sorted(it, key=lambda d: os.fsencode(d.name))
         for d in names:
             entries.append(self.entry_for(Path(d.path), os.fsencode(d.name)))
-        return self.put_meta(ObjType.TREE, encode_tree(entries))
+        return self.put_meta(ObjType.TREE, encode_tree(self._pack(entries)))
+
+    def _pack(self, entries: list[Entry]) -> list[Entry]:
+        """Move small files' bytes into packs of about ``chunk_avg`` bytes.
+
+        The tree then holds metadata only (a stat never decodes file bytes) while a
+        directory of small sources still costs one or a few fetches.  Files go into
+        packs in name order, so the same directory always gives the same packs.
+        """
+        out: list[Entry] = []
+        batch: list[Entry] = []
+        for e in entries + [None]:  # type: ignore[list-item]
+            small = e is not None and e.storage == Storage.INLINE and e.size > 0
+            full = sum(b.size for b in batch) + (e.size if small else 0) > self.s.chunk_avg
+            if batch and (not small or full):
+                out.extend(self._flush_pack(batch))
+                batch = []
+            if small:
+                batch.append(e)
+            elif e is not None:
+                out.append(e)
+        return out
+
+    def _flush_pack(self, batch: list[Entry]) -> list[Entry]:
+        pack = self.put_meta(ObjType.CHUNK, b"".join(e.data for e in batch))
+        out, offset = [], 0
+        for e in batch:
+            out.append(replace(e, storage=Storage.PACKED, oid=pack, data=b"", offset=offset))
+            offset += e.size
+        return out
 
     def entry_for(self, path: Path, name: bytes) -> Entry:
         """The tree entry of one path (recursing into directories)."""

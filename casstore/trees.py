@@ -22,6 +22,7 @@ _ENTRY_HEAD = struct.Struct("<BHQq")  # kind, mode, size, mtime_ns
 _COUNT = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _CHUNKREF = struct.Struct("<32sI")
+_PACKREF = struct.Struct("<32sQ")
 MAX_NAME = 4096
 MODE_MASK = 0o7777
 
@@ -35,14 +36,19 @@ class Kind(enum.IntEnum):
 class Storage(enum.IntEnum):
     """Where a file's bytes live."""
 
-    INLINE = 0  # in the tree entry itself
+    INLINE = 0  # in the tree entry itself (writers use it for empty files only)
     CHUNK = 1  # one chunk object
     BLOB = 2  # a blob manifest listing chunks
+    PACKED = 3  # a byte range of a pack: one chunk holding a directory's small files
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One directory entry, decoded.  ``data`` is inline bytes or a symlink target."""
+    """One directory entry, decoded.
+
+    ``data`` is inline bytes or a symlink target; ``oid`` is the child tree, chunk,
+    blob or pack; ``offset`` is where a packed file's bytes start in its pack.
+    """
 
     name: bytes
     kind: Kind
@@ -52,6 +58,7 @@ class Entry:
     storage: Storage | None = None
     oid: ObjectId | None = None
     data: bytes = b""
+    offset: int = 0
 
     @property
     def executable(self) -> bool:
@@ -95,6 +102,8 @@ def _encode_entry(e: Entry) -> bytes:
             raise FormatError(f"file {e.name!r}: size does not match inline data")
         return head + bytes([Storage.INLINE]) + e.data
     assert e.oid is not None and e.storage is not None
+    if e.storage == Storage.PACKED:
+        return head + bytes([Storage.PACKED]) + _PACKREF.pack(e.oid.digest, e.offset)
     return head + bytes([e.storage]) + e.oid.digest
 
 
@@ -149,6 +158,10 @@ def _decode_file(view: memoryview, pos: int, name: bytes, mode: int, size: int,
     if storage == Storage.INLINE:
         data = _take(view, pos, size)
         return Entry(name, Kind.FILE, mode, size, mtime, storage, data=data), pos + size
+    if storage == Storage.PACKED:
+        digest, offset = _unpack(_PACKREF, view, pos)
+        entry = Entry(name, Kind.FILE, mode, size, mtime, storage, ObjectId(digest), offset=offset)
+        return entry, pos + _PACKREF.size
     oid = ObjectId(_take(view, pos, ID_BYTES))
     return Entry(name, Kind.FILE, mode, size, mtime, storage, oid), pos + ID_BYTES
 

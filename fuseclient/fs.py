@@ -147,13 +147,17 @@ class ReleaseFS:
         return {XATTR_PREFIX + k: v.encode() for k, v in out.items()}
 
     def object_id(self, node: Node) -> str:
-        """The object id of a file or dir; for inline files, the id its bytes would have.
+        """The object id of a file or dir; for inline and packed files, the id its
+        bytes would have.
 
-        An inline file has no object of its own (its bytes sit in the parent tree), so
-        its id is BLAKE3 of its content: exactly the chunk id it would get if it were
-        stored as one chunk.  ``user.cas.storage`` says which case applies.
+        An inline or packed file has no object of its own (its bytes sit in the parent
+        tree or in a pack shared with its siblings), so its id is BLAKE3 of its
+        content: exactly the chunk id it would get if it were stored as one chunk.
+        ``user.cas.storage`` says which case applies.
         """
         e = node.entry
+        if e.storage == Storage.PACKED:
+            return str(ObjectId.of(self.view.read(node, 0, e.size)))
         if e.oid is not None:
             return str(e.oid)
         return str(ObjectId.of(e.data))  # inline file (or symlink target)

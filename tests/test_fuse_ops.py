@@ -97,7 +97,7 @@ def test_xattrs_model(fs) -> None:
     rfs, _store, files = fs
     x = rfs.xattrs("/small")
     assert x["user.cas.id"] == str(ObjectId.of(files["small"])).encode()
-    assert x["user.cas.storage"] == b"inline" and x["user.cas.revision"] == b"3"
+    assert x["user.cas.storage"] == b"packed" and x["user.cas.revision"] == b"3"
     assert "user.cas.variant" not in x
     assert rfs.xattrs("/")["user.cas.level"] == b"none"
 

@@ -140,3 +140,34 @@ def _copy_times(src: Path, dst: Path) -> None:
         st_ = os.lstat(p)
         os.utime(dst / p.relative_to(src), ns=(st_.st_mtime_ns, st_.st_mtime_ns),
                  follow_symlinks=False)
+
+
+def test_small_files_are_packed_per_directory(tmp_path: Path) -> None:
+    """Small files' bytes live in a shared pack, so the tree holds metadata only."""
+    from casstore.reader import TreeReader, root_entry
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i:02}.jl").write_bytes(random.Random(i).randbytes(3000))
+    (src / "empty").write_bytes(b"")
+    store = Store.init(tmp_path / "store", StoreSettings(chunk_avg=64 * 1024, durable=False))
+    oid = put_paths(store, [src])
+    reader = TreeReader(store)
+    entries = reader.dir(oid).entries
+    packs = {e.oid for e in entries if e.storage == Storage.PACKED}
+    assert len(packs) == 3  # 150 kB in packs of at most 64 KiB
+    assert [e.storage for e in entries if e.name == b"empty"] == [Storage.INLINE]
+    assert len(store.read_stored(oid)) < 4000  # metadata only, no file bytes
+    for i in (0, 21, 49):
+        e = reader.lookup(root_entry(oid), f"f{i:02}.jl")
+        assert reader.read(e, 0, 10**6) == (src / f"f{i:02}.jl").read_bytes()
+        assert reader.read(e, 100, 50) == (src / f"f{i:02}.jl").read_bytes()[100:150]
+
+
+def test_pack_too_short_is_an_error(tmp_path: Path) -> None:
+    from casstore.reader import packed_bytes
+
+    e = Entry(b"x", Kind.FILE, 0o644, 10, 0, Storage.PACKED, ObjectId.of(b"p"), offset=5)
+    with pytest.raises(FormatError):
+        packed_bytes(b"0123456789", e)

@@ -34,7 +34,7 @@ def cat(ctx: Ctx, spec: str) -> None:
             e = TreeReader(source).lookup(root_entry(oid), sub)
             if e.kind != Kind.FILE:
                 raise UsageError(f"{spec} is not a regular file")
-            pieces = r.file_pieces(e.storage, e.oid, e.data)  # type: ignore[arg-type]
+            pieces = r.file_pieces(e.storage, e.oid, e.data, e)  # type: ignore[arg-type]
         else:
             pieces = r.file_pieces(Storage.BLOB if kind == ObjType.BLOB else Storage.CHUNK,
                                    oid, b"")
@@ -49,7 +49,9 @@ def cat(ctx: Ctx, spec: str) -> None:
 def _describe(e: Entry) -> dict:
     d = {"name": os.fsdecode(e.name), "kind": e.kind.name.lower(), "mode": oct(e.mode),
          "size": e.size, "mtime_ns": e.mtime_ns}
-    if e.oid is not None:
+    if e.storage == Storage.PACKED:
+        d["pack"], d["offset"] = str(e.oid), e.offset
+    elif e.oid is not None:
         d["id"] = str(e.oid)
     if e.kind == Kind.SYMLINK:
         d["target"] = os.fsdecode(e.data)
