@@ -125,7 +125,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results/store"))
     args = ap.parse_args()
     results: dict = {"host": os.uname().nodename, "cores": os.cpu_count(),
-                     "date": time.strftime("%Y-%m-%d %H:%M")}
+                     "date": time.strftime("%Y-%m-%d %H:%M"), "git": subprocess.run(
+                         ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse",
+                          "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+                     "load_before": [round(x, 2) for x in os.getloadavg()]}
     size = warm(args.sysimage)
     results["input"] = {"path": str(args.sysimage), "bytes": size}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
@@ -157,7 +160,8 @@ def main() -> None:
 
 def report(r: dict) -> str:
     b, c = r["baseline_tar_zstd3"], r["cas"]
-    lines = [f"# Store benchmark ({r['date']}, {r['cores']} cores)", "",
+    lines = [f"# Store benchmark ({r['date']}, {r['cores']} cores, git {r.get('git', '?')}, "
+             f"load before {r.get('load_before', '?')})", "",
              f"Input: `{r['input']['path']}`, {r['input']['bytes'] / 1e6:.1f} MB", "",
              "| operation | tar -c \\| zstd -3 | cas |", "|---|---|---|",
              f"| fresh put (MB/s) | {b['put_MBps']} | {c['put_MBps']} |",
