@@ -73,15 +73,16 @@ class Snapshot:
             data = _read_exact(path, size)
             self.progress(size)
             return Storage.INLINE, None, data
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ,
-                                              flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as mm:
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ,
+                           flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        view = memoryview(mm)
+        try:
             if len(mm) != size:
                 raise StoreError(f"{path} changed size while being read")
-            view = memoryview(mm)
-            try:
-                refs = self._put_chunks(mm, view)
-            finally:
-                view.release()  # the mmap cannot close while a view is exported
+            refs = self._put_chunks(view)
+        finally:
+            _unmap(mm, view)
         if len(refs) == 1:
             return Storage.CHUNK, refs[0].oid, b""
         return Storage.BLOB, self.put_meta(ObjType.BLOB, encode_blob(refs)), b""
@@ -99,19 +100,21 @@ class Snapshot:
         assert oid is not None
         return oid
 
-    def _put_chunks(self, mm: mmap.mmap, view: memoryview) -> list[ChunkRef]:
+    def _put_chunks(self, view: memoryview) -> list[ChunkRef]:
         """Cut, hash, compress and write chunks, at most _MAX_PENDING in flight.
 
         Cutting runs here while the pool hashes and writes earlier chunks, so the
-        two overlap; MAP_POPULATE above spares a page fault per 4 KiB.
+        two overlap.  Chunks are zero-copy slices of the mapping: copying them cost
+        more than hashing (fresh pages fault in), and a chunk already stored is
+        only ever hashed.
         """
         pending: list[Future] = []
         refs: list[ChunkRef] = []
         spans = chunk_spans(view, self.s.chunk_min, self.s.chunk_avg, self.s.chunk_max)
         try:
-            for off, length in spans:
+            for off, length in list(spans):  # cut first: the cutter holds the GIL
                 pending.append(self.pool.submit(self.store.put_raw, ObjType.CHUNK,
-                                                mm[off:off + length]))
+                                                view[off:off + length]))
                 refs.append(ChunkRef(None, length))  # type: ignore[arg-type]
                 if len(pending) >= _MAX_PENDING:
                     self._drain(pending, refs, len(refs) - len(pending))
@@ -187,6 +190,19 @@ class Snapshot:
             return Entry(name, Kind.SYMLINK, mode, len(target), mtime, data=target)
         storage, oid, data = self.put_file(path, st)
         return Entry(name, Kind.FILE, mode, st.st_size, mtime, storage, oid, data)
+
+
+def _unmap(mm: mmap.mmap, view: memoryview) -> None:
+    """Unmap now if no chunk view is still alive; else the last view's owner does.
+
+    After an error, cancelled pool items may still hold slices for a moment;
+    closing then would raise BufferError and hide the real error.
+    """
+    try:
+        view.release()
+        mm.close()
+    except BufferError:
+        pass
 
 
 def _check_kind(path: Path) -> os.stat_result:

@@ -36,7 +36,7 @@ CONFIG_FILE = "casstore.json"
 class StoreSettings:
     """Writer settings; they change ids of nothing, only dedup and speed."""
 
-    chunk_min: int = 256 * 1024
+    chunk_min: int = 512 * 1024
     chunk_avg: int = 1024 * 1024
     chunk_max: int = 4 * 1024 * 1024
     inline_max: int = 16 * 1024
