@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,36 +47,55 @@ def warm(path: Path) -> int:
 
 
 def timed(fn) -> tuple[float, object]:
+    """Wall time of fn(), after flushing earlier runs' dirty pages so they don't interfere."""
+    os.sync()
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
 
 
-def baseline(path: Path, work: Path) -> dict:
+def median_of(runs: list[float]) -> dict:
+    return {"median": statistics.median(runs), "min": min(runs), "max": max(runs), "runs": runs}
+
+
+def baseline(path: Path, work: Path, repeat: int) -> dict:
     """tar -c | zstd -3 and back: what a user would otherwise reach for."""
     arc = work / "base.tar.zst"
     cmd = f"tar -C {path.parent} -cf - {path.name} | zstd -3 -q -f -o {arc}"
-    t_put, _ = timed(lambda: subprocess.run(cmd, shell=True, check=True))
-    out = work / "base-out"
-    out.mkdir()
-    t_get, _ = timed(lambda: subprocess.run(f"zstd -d -q -c {arc} | tar -C {out} -xf -",
-                                            shell=True, check=True))
-    shutil.rmtree(out)
-    return {"put_s": t_put, "get_s": t_get, "stored_bytes": arc.stat().st_size}
+    puts, gets = [], []
+    for _ in range(repeat):
+        puts.append(timed(lambda: subprocess.run(cmd, shell=True, check=True))[0])
+        out = work / "base-out"
+        out.mkdir()
+        unpack = f"zstd -d -q -c {arc} | tar -C {out} -xf -"
+        gets.append(timed(lambda c=unpack: subprocess.run(c, shell=True, check=True))[0])
+        shutil.rmtree(out)
+    return {"put_s": median_of(puts), "get_s": median_of(gets),
+            "stored_bytes": arc.stat().st_size}
 
 
-def cas_round(path: Path, work: Path, settings: StoreSettings) -> dict:
-    store = Store.init(work / "store", settings)
-    t_put, oid = timed(lambda: put_paths(store, [path]))
-    t_again, oid2 = timed(lambda: put_paths(store, [path]))
-    assert oid == oid2
-    t_get, _ = timed(lambda: restore(store, oid, work / "out"))
-    _n, _raw, stored = store.index.stats()
+def cas_round(path: Path, work: Path, settings: StoreSettings, repeat: int) -> dict:
+    """Fresh put (new store each time), put of stored data, and get; medians."""
+    puts, agains, gets = [], [], []
+    for _ in range(repeat):
+        shutil.rmtree(work / "store", ignore_errors=True)
+        store = Store.init(work / "store", settings)
+        t_put, oid = timed(lambda s=store: put_paths(s, [path]))
+        puts.append(t_put)
+        store.close()
+    store = Store.open(work / "store")
+    for _ in range(repeat):
+        t_again, oid2 = timed(lambda: put_paths(store, [path]))
+        assert oid == oid2
+        agains.append(t_again)
+    for _ in range(repeat):
+        gets.append(timed(lambda: restore(store, oid, work / "out"))[0])
+        (work / "out").unlink()
+    n, _raw, stored = store.index.stats()
     store.close()
-    (work / "out").unlink()
     shutil.rmtree(work / "store")
-    return {"put_s": t_put, "put_again_s": t_again, "get_s": t_get, "stored_bytes": stored,
-            "objects": _n}
+    return {"put_s": median_of(puts), "put_again_s": median_of(agains),
+            "get_s": median_of(gets), "stored_bytes": stored, "objects": n}
 
 
 def dedup(a: Path, b: Path, work: Path, settings: StoreSettings) -> dict:
@@ -123,6 +143,8 @@ def main() -> None:
     ap.add_argument("--tree-by-avg", action="store_true",
                     help="tree dedup at 64 KiB/256 KiB/1 MiB/4 MiB average chunk sizes too")
     ap.add_argument("--out", type=Path, default=Path("bench/results/store"))
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="Repetitions of each throughput measurement (medians reported).")
     args = ap.parse_args()
     results: dict = {"host": os.uname().nodename, "cores": os.cpu_count(),
                      "date": time.strftime("%Y-%m-%d %H:%M"), "git": subprocess.run(
@@ -133,13 +155,15 @@ def main() -> None:
     results["input"] = {"path": str(args.sysimage), "bytes": size}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
         work = Path(d)
-        base = baseline(args.sysimage, work)
-        cas = cas_round(args.sysimage, work, StoreSettings())
-        results["baseline_tar_zstd3"] = base | {"put_MBps": mbps(size, base["put_s"]),
-                                                "get_MBps": mbps(size, base["get_s"])}
-        results["cas"] = cas | {"put_MBps": mbps(size, cas["put_s"]),
-                                "put_again_MBps": mbps(size, cas["put_again_s"]),
-                                "get_MBps": mbps(size, cas["get_s"])}
+        base = baseline(args.sysimage, work, args.repeat)
+        cas = cas_round(args.sysimage, work, StoreSettings(), args.repeat)
+        results["repeat"] = args.repeat
+        results["baseline_tar_zstd3"] = base | {
+            "put_MBps": mbps(size, base["put_s"]["median"]),
+            "get_MBps": mbps(size, base["get_s"]["median"])}
+        results["cas"] = cas | {"put_MBps": mbps(size, cas["put_s"]["median"]),
+                                "put_again_MBps": mbps(size, cas["put_again_s"]["median"]),
+                                "get_MBps": mbps(size, cas["get_s"]["median"])}
         second = args.sysimage2 or find_second_sysimage()
         if second:
             warm(second)
@@ -163,6 +187,7 @@ def report(r: dict) -> str:
     lines = [f"# Store benchmark ({r['date']}, {r['cores']} cores, git {r.get('git', '?')}, "
              f"load before {r.get('load_before', '?')})", "",
              f"Input: `{r['input']['path']}`, {r['input']['bytes'] / 1e6:.1f} MB", "",
+             f"Medians of {r.get('repeat', 1)} runs each.", "",
              "| operation | tar -c \\| zstd -3 | cas |", "|---|---|---|",
              f"| fresh put (MB/s) | {b['put_MBps']} | {c['put_MBps']} |",
              f"| put, already stored (MB/s) | - | {c['put_again_MBps']} |",
