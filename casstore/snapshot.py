@@ -147,7 +147,7 @@ class Snapshot:
         return self.put_meta(ObjType.TREE, encode_tree(self._pack(entries)))
 
     def _pack(self, entries: list[Entry]) -> list[Entry]:
-        """Move small files' bytes into packs of about ``chunk_avg`` bytes.
+        """Move small files' bytes into packs of at most about ``pack_max`` bytes.
 
         The tree then holds metadata only (a stat never decodes file bytes) while a
         directory of small sources still costs one or a few fetches.  Files go into
@@ -157,7 +157,7 @@ class Snapshot:
         batch: list[Entry] = []
         for e in entries + [None]:  # type: ignore[list-item]
             small = e is not None and e.storage == Storage.INLINE and e.size > 0
-            full = sum(b.size for b in batch) + (e.size if small else 0) > self.s.chunk_avg
+            full = sum(b.size for b in batch) + (e.size if small else 0) > self.s.pack_max
             if batch and (not small or full):
                 out.extend(self._flush_pack(batch))
                 batch = []

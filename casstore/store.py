@@ -40,6 +40,7 @@ class StoreSettings:
     chunk_avg: int = 1024 * 1024
     chunk_max: int = 4 * 1024 * 1024
     inline_max: int = 16 * 1024
+    pack_max: int = 256 * 1024
     zstd_level: int = 3
     durable: bool = True
 
@@ -48,7 +49,7 @@ class StoreSettings:
             "format": FORMAT_NAME, "version": FORMAT_VERSION, "hash": "blake3-256",
             "chunking": {"algorithm": "fastcdc-2016", "min": self.chunk_min,
                          "avg": self.chunk_avg, "max": self.chunk_max,
-                         "inline_max": self.inline_max},
+                         "inline_max": self.inline_max, "pack_max": self.pack_max},
             "compression": {"codec": "zstd", "level": self.zstd_level},
         }
 
@@ -59,7 +60,8 @@ class StoreSettings:
         if doc.get("version") != FORMAT_VERSION:
             raise StoreError(f"unsupported store format version {doc.get('version')}")
         ch, co = doc["chunking"], doc["compression"]
-        return cls(ch["min"], ch["avg"], ch["max"], ch["inline_max"], co["level"])
+        return cls(ch["min"], ch["avg"], ch["max"], ch["inline_max"],
+                   ch.get("pack_max", cls.pack_max), co["level"])
 
 
 class Store(LocalSource):

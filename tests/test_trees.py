@@ -151,7 +151,7 @@ def test_small_files_are_packed_per_directory(tmp_path: Path) -> None:
     for i in range(50):
         (src / f"f{i:02}.jl").write_bytes(random.Random(i).randbytes(3000))
     (src / "empty").write_bytes(b"")
-    store = Store.init(tmp_path / "store", StoreSettings(chunk_avg=64 * 1024, durable=False))
+    store = Store.init(tmp_path / "store", StoreSettings(pack_max=64 * 1024, durable=False))
     oid = put_paths(store, [src])
     reader = TreeReader(store)
     entries = reader.dir(oid).entries
