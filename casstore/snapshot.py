@@ -73,9 +73,12 @@ class Snapshot:
             data = _read_exact(path, size)
             self.progress(size)
             return Storage.INLINE, None, data
-        with open(path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ,
-                           flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        try:
+            with open(path, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ,
+                               flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        except (OSError, ValueError) as exc:  # ValueError: it became empty meanwhile
+            raise StoreError(f"{path}: cannot read ({exc})") from None
         view = memoryview(mm)
         try:
             if len(mm) != size:
@@ -101,18 +104,18 @@ class Snapshot:
         return oid
 
     def _put_chunks(self, view: memoryview) -> list[ChunkRef]:
-        """Cut, hash, compress and write chunks, at most _MAX_PENDING in flight.
+        """Cut, then hash, compress and write chunks on the pool, _MAX_PENDING in flight.
 
-        Cutting runs here while the pool hashes and writes earlier chunks, so the
-        two overlap.  Chunks are zero-copy slices of the mapping: copying them cost
-        more than hashing (fresh pages fault in), and a chunk already stored is
-        only ever hashed.
+        All cut points are found first: the cutter holds the GIL, so interleaving it
+        with the pool only made the hashing threads wait for it.  Chunks are
+        zero-copy slices of the mapping: copying them cost more than hashing (fresh
+        pages fault in), and a chunk already stored is only ever hashed.
         """
         pending: list[Future] = []
         refs: list[ChunkRef] = []
         spans = chunk_spans(view, self.s.chunk_min, self.s.chunk_avg, self.s.chunk_max)
         try:
-            for off, length in list(spans):  # cut first: the cutter holds the GIL
+            for off, length in list(spans):
                 pending.append(self.pool.submit(self.store.put_raw, ObjType.CHUNK,
                                                 view[off:off + length]))
                 refs.append(ChunkRef(None, length))  # type: ignore[arg-type]
