@@ -109,7 +109,8 @@ def test_mount_is_private_to_the_command(ex: Exec) -> None:
     marker = ex.kit.base / "marker"
     inside = ex.kit.base / "inside-mounts"
     proc = ex.start("rel", "sh", "-c", f'cat /proc/self/mounts > "{inside}"; '
-                                       f'cp "{ex.mp}/hello.txt" "{marker}"; sleep 1')
+                                       f'cp "{ex.mp}/hello.txt" "{marker}.tmp"; '
+                                       f'mv "{marker}.tmp" "{marker}"; sleep 1')
     try:
         deadline = time.monotonic() + 30
         while not marker.exists():
