@@ -8,7 +8,9 @@ thread pool (zstd and BLAKE3 release the GIL).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,23 +77,27 @@ class Restorer:
 
     def write_file(self, dest: Path, pieces: Iterator[bytes], mode: int | None,
                    mtime_ns: int | None, size: int | None = None) -> None:
-        tmp = dest.with_name(f".{dest.name}.cas-tmp")
+        """Write to a fresh temp file (O_EXCL: never through a symlink a tree planted),
+        set mode and mtime on the descriptor, then rename into place."""
+        fd, tmpname = tempfile.mkstemp(prefix=f".{dest.name[:40]}.", suffix=".cas-tmp",
+                                       dir=dest.parent)
         written = 0
         try:
-            with open(tmp, "wb") as f:
+            with os.fdopen(fd, "wb") as f:
                 for piece in pieces:
                     f.write(piece)
                     written += len(piece)
                     self.progress(len(piece))
-            if size is not None and written != size:
-                raise StoreError(f"{dest}: restored {written} bytes, expected {size}")
-            if mode is not None:
-                os.chmod(tmp, mode)
-            if mtime_ns is not None:
-                os.utime(tmp, ns=(mtime_ns, mtime_ns))
-            os.rename(tmp, dest)
+                if size is not None and written != size:
+                    raise StoreError(f"{dest}: restored {written} bytes, expected {size}")
+                f.flush()
+                os.fchmod(f.fileno(), 0o644 if mode is None else mode)
+                if mtime_ns is not None:
+                    os.utime(f.fileno(), ns=(mtime_ns, mtime_ns))
+            os.rename(tmpname, dest)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmpname)
             raise
 
     def entry(self, e: Entry, dest: Path) -> None:

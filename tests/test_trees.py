@@ -171,3 +171,20 @@ def test_pack_too_short_is_an_error(tmp_path: Path) -> None:
     e = Entry(b"x", Kind.FILE, 0o644, 10, 0, Storage.PACKED, ObjectId.of(b"p"), offset=5)
     with pytest.raises(FormatError):
         packed_bytes(b"0123456789", e)
+
+
+def test_restore_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    """A tree may hold symlinks named like temp files; restoring must not follow them."""
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x").write_bytes(b"payload" * 5000)
+    for name in (".x.cas-tmp", ".x.tmp", "x.cas-tmp"):
+        os.symlink(victim, src / name)
+    store = Store.open(tmp_path / "store", create=True)
+    oid = put_paths(store, [src])
+    restore(store, oid, tmp_path / "out")
+    assert victim.read_text() == "untouched"
+    assert (tmp_path / "out" / "x").read_bytes() == b"payload" * 5000
+    assert not (tmp_path / "out" / "x").is_symlink()
