@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casstore.errors import CasError, ObjectMissing
+from casstore.errors import CasError, ObjectMissing, StoreError
 from casstore.fsutil import TMP_PREFIX
 from casstore.index import IndexEntry
 from casstore.objects import ObjectId, ObjType, decode
@@ -138,14 +138,23 @@ class GcReport:
     problems: list[str] = field(default_factory=list)
 
 
-def gc(store: Store, grace_seconds: float, dry_run: bool = False) -> GcReport:
-    """Mark from roots and sweep what is unreachable and older than the grace period."""
+def gc(store: Store, grace_seconds: float, dry_run: bool = False,
+       force: bool = False) -> GcReport:
+    """Mark from roots and sweep what is unreachable and older than the grace period.
+
+    If marking met a missing, corrupt or unreadable object, whatever hangs below it
+    was not marked, so sweeping would delete live data: refuse unless forced.
+    """
     rep = GcReport()
     cutoff = time.time() - grace_seconds
     with store.lock(exclusive=True):
         m = mark(store)
         rep.problems = m.problems
         rep.live = len(m.live)
+        if m.problems and not force:
+            raise StoreError(f"gc found {len(m.problems)} problem(s) while marking, e.g. "
+                             f"{m.problems[0]}; nothing deleted (run 'cas fsck', or "
+                             "'cas gc --force' to sweep anyway)")
         doomed = []
         for oid in store.iter_object_ids():
             if oid.digest in m.live:

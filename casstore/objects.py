@@ -25,6 +25,9 @@ ID_BYTES = 32
 MAGIC = b"CSO1"
 HEADER = struct.Struct("<4sBBHQ")  # magic, type, codec, reserved, raw size
 HEADER_SIZE = HEADER.size
+# No writer makes objects near this (chunks <= 4 MiB, packs <= 256 KiB); readers
+# refuse larger claims so a forged header cannot force a huge allocation.
+MAX_RAW_SIZE = 256 << 20
 
 
 class ObjType(enum.IntEnum):
@@ -132,10 +135,22 @@ def decode(oid: ObjectId, stored: bytes, expect: ObjType | None = None) -> tuple
 
 
 def _unpack(oid: ObjectId, codec: Codec, payload: memoryview, size: int) -> bytes:
-    """Decompress a payload, refusing anything whose size disagrees with the header."""
+    """Decompress a payload, refusing anything whose size disagrees with the header.
+
+    Objects may come from an untrusted mirror: a header or zstd frame claiming a
+    huge size must be an error, not a huge allocation.
+    """
+    if size > MAX_RAW_SIZE:
+        raise ObjectCorrupt(f"object {oid} claims {size} bytes (limit {MAX_RAW_SIZE})")
     if codec == Codec.RAW:
         raw = bytes(payload)
     else:
+        try:
+            claimed = zstandard.frame_content_size(payload)
+        except zstandard.ZstdError:
+            raise ObjectCorrupt(f"object {oid} does not decompress") from None
+        if claimed not in (-1, size):
+            raise ObjectCorrupt(f"object {oid} has the wrong size ({claimed} != {size})")
         try:
             raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
         except zstandard.ZstdError:

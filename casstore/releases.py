@@ -132,8 +132,12 @@ def _outer(doc: bytes) -> dict:
 
 
 def unverified(doc: bytes) -> Release:
-    """Parse a body WITHOUT checking it: for ``cas release list`` display only."""
-    return _body(base64.b64decode(_outer(doc).get("body", "")))
+    """Parse a body WITHOUT checking its signature: for listings and gc's marking."""
+    try:
+        body = base64.b64decode(_outer(doc).get("body", ""), validate=True)
+    except (ValueError, TypeError):
+        raise FormatError("release body is not base64") from None
+    return _body(body)
 
 
 def verify(doc: bytes, trusted: list[str], *, now: float | None = None) -> Release:

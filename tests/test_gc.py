@@ -92,3 +92,19 @@ def test_concurrent_puts(tmp_path: Path) -> None:
     assert cas(store, "fsck").code == 0
     stat = json.loads(cas(store, "--json", "stat", check=True).out)
     assert stat["objects"] == _objects(store)
+
+
+def test_gc_refuses_to_sweep_when_marking_finds_damage(tmp_path: Path) -> None:
+    """A corrupt tree hides everything below it from marking: sweeping would lose it."""
+    from casstore.objects import ObjectId
+    from casstore.remote import object_path
+
+    store = tmp_path / "store"
+    oid = cas(store, "put", str(_tree(tmp_path / "a", 1)), "--name", "keep", check=True).out
+    path = object_path(store, ObjectId.parse(oid.strip()))
+    path.write_bytes(path.read_bytes()[:-3])
+    _age(store, 2 * 86400)
+    before = _objects(store)
+    res = cas(store, "gc")
+    assert res.code != 0 and "nothing deleted" in res.err and _objects(store) == before
+    assert cas(store, "gc", "--force").code == 0 and _objects(store) < before

@@ -68,3 +68,23 @@ def test_exit_codes_are_unique_and_documented() -> None:
     codes = [c.exit_code for c in classes if "exit_code" in vars(c)]
     assert len(codes) == len(set(codes)), codes
     assert all(c.__doc__ for c in classes)
+
+
+def test_forged_sizes_are_refused_without_allocating() -> None:
+    import struct
+
+    import zstandard
+
+    from casstore.objects import HEADER, MAGIC, Codec
+
+    raw = b"x" * 1000
+    oid = ObjectId.of(raw)
+    frame = zstandard.ZstdCompressor().compress(raw)
+    huge = HEADER.pack(MAGIC, ObjType.CHUNK, Codec.ZSTD, 0, 1 << 46) + frame
+    with pytest.raises(ObjectCorrupt, match="claims"):
+        decode(oid, huge)
+    # a frame whose own header claims another size than the object header
+    lying = HEADER.pack(MAGIC, ObjType.CHUNK, Codec.ZSTD, 0, 999) + frame
+    with pytest.raises(ObjectCorrupt, match="wrong size"):
+        decode(oid, lying)
+    assert struct.calcsize("<4sBBHQ") == HEADER_SIZE

@@ -13,15 +13,18 @@ from casstore.maintenance import gc
 @click.option("--grace", default="24h", show_default=True,
               help="Keep unreferenced objects younger than this (s, m, h or d suffix).")
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option("--force", is_flag=True,
+              help="Sweep even if marking found missing or corrupt objects (loses data "
+                   "below them).")
 @pass_ctx
-def gc_cmd(ctx: Ctx, grace: str, dry_run: bool) -> None:
+def gc_cmd(ctx: Ctx, grace: str, dry_run: bool, force: bool) -> None:
     """Mark from refs and all releases, then sweep unreachable objects and temp files.
 
     Objects younger than --grace survive, so a put that has not been referenced
     yet (or one running right now) loses nothing.
     """
     store = ctx.open_store()
-    rep = gc(store, _seconds(grace), dry_run)
+    rep = gc(store, _seconds(grace), dry_run, force)
     verb = "would delete" if dry_run else "deleted"
     ctx.emit(vars(rep), f"{verb} {rep.deleted} objects ({rep.deleted_bytes} bytes), "
              f"kept {rep.kept_young} young, {rep.live} live, {rep.tmp_removed} temp files")
