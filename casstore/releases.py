@@ -161,6 +161,11 @@ def verify(doc: bytes, trusted: list[str], *, now: float | None = None) -> Relea
     return rel
 
 
+def check_body(body: bytes) -> Release:
+    """Parse and validate a body as every verifier will (used before signing too)."""
+    return _body(body)
+
+
 def _body(body: bytes) -> Release:
     try:
         d = json.loads(body)

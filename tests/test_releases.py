@@ -177,3 +177,34 @@ def test_release_renamed_on_disk_refused(tmp_path: Path, keys) -> None:
 def test_keygen_refuses_overwrite(tmp_path: Path) -> None:
     cas(None, "keygen", str(tmp_path / "k"), check=True)
     assert_one_line_error(cas(None, "keygen", str(tmp_path / "k")))
+
+
+def test_create_refuses_what_verifiers_would_refuse(tmp_path: Path) -> None:
+    store, key, t1 = _store_with_release(tmp_path)
+    # variants without the baseline level
+    res = cas(store, "release", "create", "julia", t1, "--key", str(key),
+              "--variant", f"x86-64-v3={t1}")
+    assert_one_line_error(res)
+    assert "baseline" in res.err
+    res = cas(store, "release", "create", "julia", t1, "--key", str(key),
+              "--variant", f"pentium={t1}", "--baseline", "pentium")
+    assert_one_line_error(res)
+    assert "unknown CPU level" in res.err
+    blob = cas(store, "put", str(tmp_path / "src" / "v"), check=True).out.strip()
+    assert_one_line_error(cas(store, "release", "create", "julia", blob, "--key", str(key)))
+    revs = json.loads(cas(store, "--json", "release", "list", "julia", check=True).out)
+    assert [r["revision"] for r in revs] == [1]
+
+
+def test_rollback_never_resigns_a_tampered_revision(tmp_path: Path) -> None:
+    store, key, _t1 = _store_with_release(tmp_path)
+    path = store / "releases" / "julia" / "000000000001.release"
+    doc = json.loads(path.read_text())
+    body = json.loads(base64.b64decode(doc["body"]))
+    body["root"] = "b3-" + "ee" * 32
+    doc["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    path.write_text(json.dumps(doc))
+    res = cas(store, "release", "rollback", "julia", "--to", "1", "--key", str(key))
+    assert_one_line_error(res)
+    assert res.code == BadSignature.exit_code
+    assert sorted(p.name for p in path.parent.iterdir()) == ["000000000001.release"]

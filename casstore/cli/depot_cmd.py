@@ -12,7 +12,7 @@ import click
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.errors import JuliaError
-from casstore.releases import Release, load_secret, sign
+from casstore.releases import load_secret
 from casstore.snapshot import put_paths, total_size
 
 DAY = 86400
@@ -49,20 +49,16 @@ def _release_meta(meta: dict) -> dict:
 
 def _publish(store, name: str, key: Path, root: str, overlays: dict[str, str], res,
              expires_days: float) -> dict:
-    """Sign a new revision, unless the newest one already names these exact trees."""
-    from casstore.releases import unverified
+    """Sign a new revision, unless our newest one already names these exact trees."""
+    from casstore.publish import latest_own, publish
 
-    revs = store.release_revisions(name) if name in store.release_names() else []
-    if revs:
-        last = unverified(store.read_release(name, revs[-1]))
-        if (last.root, last.variants, last.baseline) == (root, overlays, res.baseline) \
-                and last.expires > time.time() + DAY:
-            return {"name": name, "revision": last.revision, "unchanged": True}
-    now = int(time.time())
-    rel = Release(name, (revs[-1] + 1) if revs else 1, root, now,
-                  now + int(expires_days * DAY), overlays, res.baseline,
-                  _release_meta(res.meta))
-    store.write_release(rel.name, rel.revision, sign(rel, load_secret(key)))
+    sk = load_secret(key)
+    last = latest_own(store, name, sk)
+    if last is not None and (last.root, last.variants, last.baseline) == \
+            (root, overlays, res.baseline) and last.expires > time.time() + DAY:
+        return {"name": name, "revision": last.revision, "unchanged": True}
+    rel = publish(store, sk, name, root, overlays, res.baseline, _release_meta(res.meta),
+                  expires_days)
     return {"name": name, "revision": rel.revision, "unchanged": False}
 
 

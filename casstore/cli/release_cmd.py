@@ -10,21 +10,16 @@ import click
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.cli.resolve import resolve
-from casstore.errors import NotFound, UsageError
-from casstore.objects import ObjType
+from casstore.errors import UsageError
+from casstore.publish import own_release, publish
 from casstore.releases import (
     Release,
     SeenRevisions,
     load_secret,
     load_verified,
     parse_public,
-    sign,
     unverified,
 )
-from casstore.restore import object_type
-from casstore.store import Store
-
-DAY = 86400
 
 
 @cli.group("release")
@@ -32,19 +27,9 @@ def release() -> None:
     """Signed releases: a name, an ever-increasing revision, a root tree, variants."""
 
 
-def _next_revision(store: Store, name: str) -> int:
-    try:
-        revs = store.release_revisions(name)
-    except NotFound:
-        return 1
-    return (revs[-1] + 1) if revs else 1
-
-
-def _publish(ctx: Ctx, store: Store, rel: Release, key: Path) -> None:
-    doc = sign(rel, load_secret(key))
-    path = store.write_release(rel.name, rel.revision, doc)
+def _emit(ctx: Ctx, rel: Release) -> None:
     ctx.emit({"name": rel.name, "revision": rel.revision, "root": rel.root,
-              "variants": rel.variants, "path": str(path)},
+              "variants": rel.variants},
              f"{rel.name} revision {rel.revision} -> {rel.root}")
 
 
@@ -73,15 +58,10 @@ def create(ctx: Ctx, name: str, tree: str, key: Path, variants: tuple[str, ...],
            baseline: str, expires_days: float, meta: tuple[str, ...]) -> None:
     """Sign and publish a new revision of release NAME pointing at TREE."""
     store = ctx.open_store()
-    root = resolve(store, tree)
-    if object_type(store, root) != ObjType.TREE:
-        raise UsageError(f"{tree} is not a tree")
     var = {lvl: str(resolve(store, t)) for lvl, t in _parse_kv(variants, "--variant").items()}
-    now = int(time.time())
-    rel = Release(name, _next_revision(store, name), str(root), now,
-                  now + int(expires_days * DAY), var, baseline if var else None,
-                  _parse_kv(meta, "--meta"))
-    _publish(ctx, store, rel, key)
+    rel = publish(store, load_secret(key), name, str(resolve(store, tree)), var, baseline,
+                  _parse_kv(meta, "--meta"), expires_days)
+    _emit(ctx, rel)
 
 
 @command(release, "rollback")
@@ -96,12 +76,11 @@ def rollback(ctx: Ctx, name: str, to_rev: int, key: Path, expires_days: float) -
     Revisions never go back, so nodes that refuse older revisions still accept it.
     """
     store = ctx.open_store()
-    old = unverified(store.read_release(name, to_rev))
-    now = int(time.time())
+    sk = load_secret(key)
+    old = own_release(store, name, to_rev, sk)  # never re-sign what we cannot verify
     meta = dict(old.meta, rolled_back_to=to_rev)
-    rel = Release(name, _next_revision(store, name), old.root, now,
-                  now + int(expires_days * DAY), old.variants, old.baseline, meta)
-    _publish(ctx, store, rel, key)
+    _emit(ctx, publish(store, sk, name, old.root, old.variants, old.baseline, meta,
+                       expires_days))
 
 
 @command(release, "list")
