@@ -27,7 +27,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(dest: Path, data: bytes | memoryview, tmpdir: Path, *, durable: bool = True,
-                 replace: bool = True) -> bool:
+                 replace: bool = True, mode: int = 0o644) -> bool:
     """Write ``data`` to ``dest`` atomically; return False if ``replace`` is off and it exists.
 
     The temporary file lives in ``tmpdir`` (same filesystem) so that an interrupted
@@ -36,6 +36,7 @@ def atomic_write(dest: Path, data: bytes | memoryview, tmpdir: Path, *, durable:
     fd, tmpname = tempfile.mkstemp(prefix=TMP_PREFIX, dir=tmpdir)
     try:
         try:
+            os.fchmod(fd, mode)  # mkstemp makes 0600; mirrors serve stores to everyone
             _write_all(fd, data)
             if durable:
                 os.fsync(fd)

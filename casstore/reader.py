@@ -162,16 +162,28 @@ class TreeReader:
             return entry.data[offset:end]
         assert entry.oid is not None
         if entry.storage == Storage.CHUNK:
-            return self.chunk(entry.oid)[offset:end]
+            data = self.chunk(entry.oid)
+            if len(data) != entry.size:
+                raise FormatError(f"chunk {entry.oid} has {len(data)} bytes, "
+                                  f"the entry says {entry.size}")
+            return data[offset:end]
         if entry.storage == Storage.PACKED:
             return packed_bytes(self.chunk(entry.oid), entry)[offset:end]
-        return self._read_blob(self.blob(entry.oid), offset, end)
+        blob = self.blob(entry.oid)
+        if blob.size != entry.size:
+            raise FormatError(f"blob {entry.oid} holds {blob.size} bytes, "
+                              f"the entry says {entry.size}")
+        return self._read_blob(blob, offset, end)
 
     def _read_blob(self, b: Blob, offset: int, end: int) -> bytes:
         i = bisect.bisect_right(b.starts, offset) - 1
         parts = []
         while i < len(b.oids) and b.starts[i] < end:
             data = self.chunk(b.oids[i])
+            want = (b.starts[i + 1] if i + 1 < len(b.starts) else b.size) - b.starts[i]
+            if len(data) != want:
+                raise FormatError(f"chunk {b.oids[i]} has {len(data)} bytes, "
+                                  f"its manifest says {want}")
             lo = max(0, offset - b.starts[i])
             hi = min(len(data), end - b.starts[i])
             parts.append(data[lo:hi])

@@ -84,8 +84,9 @@ class LocalSource:
         folder = self.root / "releases" / check_ref_name(name)
         if not folder.is_dir():
             raise NotFound(f"no release named {name!r}")
-        revs = [int(f[: -len(RELEASE_SUFFIX)]) for f in os.listdir(folder)
-                if f.endswith(RELEASE_SUFFIX) and f[: -len(RELEASE_SUFFIX)].isdigit()]
+        stems = [f[: -len(RELEASE_SUFFIX)] for f in os.listdir(folder)
+                 if f.endswith(RELEASE_SUFFIX)]
+        revs = [int(x) for x in stems if len(x) == 12 and x.isdigit()]
         return sorted(revs)
 
     def read_release(self, name: str, revision: int) -> bytes:

@@ -1,7 +1,8 @@
 """``cas put``: turn files and directories into stored objects.
 
-Small files go inline into their directory's tree object, so a directory of Julia
-sources costs one fetch, not thousands.  Files up to ``chunk_min`` become a single
+Small files go into packs shared with their directory's other small files, so a
+directory of Julia sources costs a few fetches, not one per file, and trees hold
+metadata only.  Files up to ``chunk_min`` become a single
 chunk; larger files are cut with FastCDC and listed in a blob manifest.  Hashing,
 compression and writes run on a thread pool (BLAKE3, zstd and file I/O all release
 the GIL), so both cores work on a fresh put.
@@ -158,14 +159,16 @@ class Snapshot:
         """
         out: list[Entry] = []
         batch: list[Entry] = []
+        batch_bytes = 0
         for e in entries + [None]:  # type: ignore[list-item]
             small = e is not None and e.storage == Storage.INLINE and e.size > 0
-            full = sum(b.size for b in batch) + (e.size if small else 0) > self.s.pack_max
+            full = batch_bytes + (e.size if small else 0) > self.s.pack_max
             if batch and (not small or full):
                 out.extend(self._flush_pack(batch))
-                batch = []
+                batch, batch_bytes = [], 0
             if small:
                 batch.append(e)
+                batch_bytes += e.size
             elif e is not None:
                 out.append(e)
         return out
@@ -264,4 +267,4 @@ def put_paths(store: Store, paths: list[Path], progress: Progress | None = None)
                 return snap.put_single_file(p)
         entries = [snap.entry_for(p, os.fsencode(os.path.basename(os.path.abspath(p))))
                    for p in paths]
-        return snap.put_meta(ObjType.TREE, encode_tree(entries))
+        return snap.put_meta(ObjType.TREE, encode_tree(snap._pack(entries)))

@@ -140,7 +140,9 @@ class Store(LocalSource):
         stored = encode(kind, raw, self.settings.zstd_level)
         dest = object_path(self.root, oid)
         dest.parent.mkdir(exist_ok=True)
-        atomic_write(dest, stored, self.tmp, durable=self.settings.durable)
+        if not atomic_write(dest, stored, self.tmp, durable=self.settings.durable,
+                            replace=False):
+            return oid, None  # a concurrent writer stored it first
         return oid, IndexEntry(kind, len(raw), len(stored))
 
     def iter_object_ids(self) -> Iterator[ObjectId]:

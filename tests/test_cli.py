@@ -100,3 +100,11 @@ def test_help_explains() -> None:
                          text=True, check=True).stdout
     for word in ("put", "get", "release", "fsck", "gc", "--store"):
         assert word in out
+
+
+def test_bad_depot_spec_is_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.toml"
+    spec.write_text("[julia\nversion = 1.5")
+    res = cas(tmp_path / "store", "depot", "build", str(spec), "--out", str(tmp_path / "o"))
+    assert_one_line_error(res)
+    assert "TOML" in res.err

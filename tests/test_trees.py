@@ -188,3 +188,28 @@ def test_restore_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
     assert victim.read_text() == "untouched"
     assert (tmp_path / "out" / "x").read_bytes() == b"payload" * 5000
     assert not (tmp_path / "out" / "x").is_symlink()
+
+
+def test_reader_refuses_sizes_that_disagree(tmp_path: Path) -> None:
+    """Every object verifies, but the entry's size lies: an error, not short bytes."""
+    from casstore.objects import ObjType
+    from casstore.reader import TreeReader, root_entry
+
+    store = Store.open(tmp_path / "store", create=True)
+    chunk, _ = store.put_raw(ObjType.CHUNK, b"y" * 20000)
+    lying = Entry(b"f", Kind.FILE, 0o644, 30000, 0, Storage.CHUNK, chunk)
+    tree, _ = store.put_raw(ObjType.TREE, encode_tree([lying]))
+    reader = TreeReader(store)
+    with pytest.raises(FormatError, match="entry says"):
+        reader.read(reader.lookup(root_entry(tree), "f"), 0, 100)
+
+
+def test_store_files_are_world_readable(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(random.Random(3).randbytes(50_000))
+    store = Store.open(tmp_path / "store", create=True)
+    put_paths(store, [src])
+    modes = {p.stat().st_mode & 0o777 for p in (tmp_path / "store" / "objects").rglob("*")
+             if p.is_file()}
+    assert modes == {0o644}

@@ -83,7 +83,13 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
     staged depot at /depot in a private mount namespace, then `cas put` the
     common tree and one overlay per variant and sign a release listing them.
     """
+    import subprocess
+    import tomllib
+
     from casstore.julia.builder import BuildError, build_depot
+    from casstore.julia.namespace import NamespaceError
+    from casstore.julia.spec import SpecError
+    from casstore.julia.sysimage import SysimageError
 
     if release_name and not key:
         raise JuliaError("--release needs --key to sign it")
@@ -91,8 +97,12 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
     log = _log(ctx.quiet or ctx.as_json)
     try:
         res = build_depot(spec, out, log)
-    except BuildError as exc:
+    except (BuildError, SpecError, SysimageError, NamespaceError) as exc:
         raise JuliaError(str(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JuliaError(f"{spec}: not valid TOML ({exc})") from None
+    except subprocess.TimeoutExpired as exc:
+        raise JuliaError(f"a build step timed out after {exc.timeout} s") from None
     store = ctx.open_store(create=True)
     t0 = time.monotonic()
     root = _put(ctx, store, res.root, "root")

@@ -10,7 +10,7 @@ import click
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.cli.resolve import resolve
-from casstore.errors import UsageError
+from casstore.errors import NotFound, UsageError
 from casstore.publish import own_release, publish
 from casstore.releases import (
     Release,
@@ -114,8 +114,10 @@ def show(ctx: Ctx, spec: str, keys: tuple[str, ...]) -> None:
     if keys:
         rel = load_verified(source, name, [parse_public(k) for k in keys], None, revision)
     else:
-        revision = revision or source.release_revisions(name)[-1]
-        rel = unverified(source.read_release(name, revision))
+        revs = source.release_revisions(name)
+        if revision is None and not revs:
+            raise NotFound(f"release {name!r} has no revisions")
+        rel = unverified(source.read_release(name, revision or revs[-1]))
     data = vars(rel) | {"verified": bool(keys)}
     text = "\n".join(f"{k}: {v}" for k, v in data.items())
     ctx.emit(data, text)

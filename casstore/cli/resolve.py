@@ -23,7 +23,11 @@ def resolve(source: LocalSource, head: str) -> ObjectId:
     name, _, rev = head.partition("@")
     if name in source.release_names():
         revs = source.release_revisions(name)
-        revision = int(rev) if rev.isdigit() else revs[-1]
+        if rev and not rev.isdigit():
+            raise NotFound(f"bad revision {rev!r} in {head!r} (use NAME@N)")
+        if not revs:
+            raise NotFound(f"release {name!r} has no revisions")
+        revision = int(rev) if rev else revs[-1]
         return unverified(source.read_release(name, revision)).root_id
     raise NotFound(f"{head!r} is not an object id, ref or release")
 
