@@ -158,8 +158,10 @@ class _Copy:
     fd: int
     have: list[bool]
     done: bool = False
+    cursor: int = 0  # the chunk the prefetch thread works on next
     last_use: float = field(default_factory=time.monotonic)
     cond: threading.Condition = field(default_factory=threading.Condition)
+    thread: threading.Thread | None = None
 
     def span(self, i: int) -> tuple[int, int]:
         end = self.starts[i + 1] if i + 1 < len(self.starts) else self.size
@@ -170,6 +172,9 @@ class _Copy:
 
         return range(bisect.bisect_right(self.starts, offset) - 1,
                      bisect.bisect_left(self.starts, end))
+
+
+AHEAD_CHUNKS = 4  # reads this many chunks past the prefetch cursor do not wait
 
 
 class FileCache:
@@ -204,7 +209,14 @@ class FileCache:
         if offset >= end:
             return b""
         assert entry.oid is not None
-        copy = self.copies.get(entry.oid) or self._start(entry)
+        copy = self.copies.get(entry.oid)
+        if copy is None:
+            try:
+                copy = self._start(entry)
+            except OSError as exc:  # cache folder unusable: serve from the store
+                log.warning("cannot cache %s: %s", entry.oid, exc)
+                self.stats["fallbacks"] += 1
+                return self.reader.read(entry, offset, size)
         copy.last_use = time.monotonic()
         need = copy.chunks_for(offset, end)
         if self._wait(copy, need):
@@ -214,9 +226,15 @@ class FileCache:
         return self.reader.read(entry, offset, size)
 
     def _wait(self, copy: _Copy, need: range) -> bool:
-        """Wait (bounded) until the chunks are verified or the prefetch has finished."""
+        """Wait (bounded) until the chunks are verified or the prefetch has finished.
+
+        The FUSE loop is single-threaded, so a read far ahead of the prefetch
+        cursor is served directly at once instead of stalling every other request.
+        """
         deadline = time.monotonic() + self.wait_s
         with copy.cond:
+            if need and not copy.have[need.start] and need.start > copy.cursor + AHEAD_CHUNKS:
+                return False
             while not all(copy.have[i] for i in need):
                 left = deadline - time.monotonic()
                 if copy.done or left <= 0:
@@ -238,8 +256,9 @@ class FileCache:
         copy = _Copy(path, entry.size, oids, list(starts), fd, [False] * len(oids))
         self.copies[entry.oid] = copy
         self.stats["prefetches"] += 1
-        threading.Thread(target=self._fill, args=(copy,), daemon=True,
-                         name=f"prefetch-{entry.oid.hex[:8]}").start()
+        copy.thread = threading.Thread(target=self._fill, args=(copy,), daemon=True,
+                                       name=f"prefetch-{entry.oid.hex[:8]}")
+        copy.thread.start()
         return copy
 
     def _fill(self, copy: _Copy) -> None:
@@ -250,6 +269,7 @@ class FileCache:
             for i, oid in enumerate(copy.oids):
                 if self.closed:
                     return
+                copy.cursor = i
                 try:
                     self._fill_one(copy, i, oid)
                 except CasError as exc:
@@ -317,9 +337,13 @@ class FileCache:
         return out
 
     def close(self) -> None:
+        """Stop the prefetch threads, then close their files (never under a writer)."""
         self.closed = True
         for copy in self.copies.values():
-            os.close(copy.fd)
+            if copy.thread is not None:
+                copy.thread.join(timeout=10)
+            if copy.thread is None or not copy.thread.is_alive():
+                os.close(copy.fd)
         self.copies.clear()
 
     def summary(self) -> dict:

@@ -113,7 +113,8 @@ class ReleaseFS:
         prefix = path.rstrip("/") + "/"
         for child in self.view.listdir(node):
             name = os.fsdecode(child.entry.name)
-            self._nodes.setdefault(prefix + name, child)
+            if len(self._nodes) < MAX_NODES:
+                self._nodes.setdefault(prefix + name, child)
             names.append(name)
         return [".", "..", *names]
 

@@ -152,11 +152,15 @@ def read_status(cfg: ClientConfig, mountpoint: Path) -> dict:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+    except ProcessLookupError:
         return False
-    return pid > 0
+    except PermissionError:  # it exists, it is just not ours to signal
+        return True
+    return True
 
 
 class StatusWriter:
