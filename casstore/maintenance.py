@@ -106,7 +106,11 @@ class FsckReport:
 
 def fsck(store: Store, tick: Tick | None = None, rebuild_index: bool = False) -> FsckReport:
     """Verify every object file, then reachability; optionally rebuild the index."""
-    tick = tick or (lambda n: None)
+    with store.lock():  # shared: a concurrent gc cannot sweep under the check
+        return _fsck(store, tick or (lambda n: None), rebuild_index)
+
+
+def _fsck(store: Store, tick: Tick, rebuild_index: bool) -> FsckReport:
     rep = FsckReport()
     batch: list[tuple[ObjectId, IndexEntry]] = []
     if rebuild_index:

@@ -8,6 +8,7 @@ implementation; an HTTP remote is a second one, not a rewrite.  Sources return
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -52,6 +53,20 @@ def fetch(source: ObjectSource, oid: ObjectId, expect: ObjType | None = None) ->
     return raw
 
 
+def check_store_format(root: Path) -> None:
+    """Refuse a store written in a format version this reader does not know."""
+    try:
+        doc = json.loads((root / "casstore.json").read_text())
+    except FileNotFoundError:
+        return  # a bare mirror of objects/ and releases/ is still readable
+    except (OSError, ValueError):
+        raise StoreError(f"{root}/casstore.json is damaged") from None
+    if not isinstance(doc, dict) or doc.get("format") != "casstore":
+        raise StoreError(f"{root} is not a casstore store (bad casstore.json)")
+    if doc.get("version") != 1:
+        raise StoreError(f"{root}: unsupported store format version {doc.get('version')}")
+
+
 def object_path(root: Path, oid: ObjectId) -> Path:
     h = oid.hex
     return root / "objects" / h[:2] / h[2:]
@@ -68,6 +83,7 @@ class LocalSource:
         self.root = Path(root)
         if not (self.root / "objects").is_dir():
             raise StoreError(f"{self.root} is not a casstore store (no objects/ folder)")
+        check_store_format(self.root)
 
     def read_stored(self, oid: ObjectId) -> bytes:
         try:

@@ -58,8 +58,8 @@ def _describe(e: Entry) -> dict:
     return d
 
 
-def _line(e: Entry, long: bool) -> str:
-    name = os.fsdecode(e.name) + ("/" if e.kind == Kind.DIR else "")
+def _line(e: Entry, long: bool, shown: bytes | None = None) -> str:
+    name = os.fsdecode(shown or e.name) + ("/" if e.kind == Kind.DIR else "")
     if e.kind == Kind.SYMLINK:
         name += " -> " + os.fsdecode(e.data)
     if not long:
@@ -89,8 +89,7 @@ def ls(ctx: Ctx, spec: str, long: bool, recursive: bool) -> None:
         ctx.emit([dict(_describe(e), path=os.fsdecode(p)) for p, e in items])
         return
     for p, e in items:
-        line = _line(e, long)
-        click.echo(line if not recursive else line.replace(os.fsdecode(e.name), os.fsdecode(p), 1))
+        click.echo(_line(e, long, p))
 
 
 @command(cli, "diff")
@@ -104,8 +103,8 @@ def diff(ctx: Ctx, a: str, b: str) -> None:
     """
     source = ctx.source()
     reader = TreeReader(source)
-    ta = reader.lookup(root_entry(resolve_spec(source, a)[0]), resolve_spec(source, a)[1])
-    tb = reader.lookup(root_entry(resolve_spec(source, b)[0]), resolve_spec(source, b)[1])
+    (oa, pa), (ob, pb) = resolve_spec(source, a), resolve_spec(source, b)
+    ta, tb = reader.lookup(root_entry(oa), pa), reader.lookup(root_entry(ob), pb)
     changes = list(_diff(reader, ta, tb, b""))
     if ctx.as_json:
         ctx.emit([{"change": c, "path": os.fsdecode(p)} for c, p in changes])

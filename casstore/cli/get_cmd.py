@@ -26,4 +26,5 @@ def get(ctx: Ctx, spec: str, dest: Path) -> None:
     oid, sub = resolve_spec(source, spec)
     with ctx.progress(0, "get") as tick:
         restore(source, oid, dest, sub, tick)
-    ctx.emit({"id": str(oid), "dest": str(dest)}, "") if ctx.as_json else None
+    if ctx.as_json:
+        ctx.emit({"id": str(oid), "dest": str(dest)})
