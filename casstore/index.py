@@ -54,18 +54,6 @@ class Index:
             for oid, e in items:
                 txn.put(oid.digest, _ENTRY.pack(int(e.kind), e.raw_size, e.stored_size))
 
-    def get(self, oid: ObjectId) -> IndexEntry | None:
-        with self._env.begin(db=self._objects) as txn:
-            val = txn.get(oid.digest)
-        if val is None:
-            return None
-        kind, raw, stored = _ENTRY.unpack(val)
-        return IndexEntry(ObjType(kind), raw, stored)
-
-    def __contains__(self, oid: ObjectId) -> bool:
-        with self._env.begin(db=self._objects) as txn:
-            return txn.get(oid.digest) is not None
-
     def remove(self, oids: Iterable[ObjectId]) -> None:
         with self._env.begin(write=True, db=self._objects) as txn:
             for oid in oids:
@@ -84,10 +72,6 @@ class Index:
                 txn.delete(name.encode())
             else:
                 txn.put(name.encode(), str(oid).encode())
-
-    def refs(self) -> dict[str, ObjectId]:
-        with self._env.begin(db=self._refs) as txn:
-            return {k.decode(): ObjectId.parse(v.decode()) for k, v in txn.cursor()}
 
     def clear(self) -> None:
         """Drop every entry, for a rebuild."""

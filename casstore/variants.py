@@ -10,7 +10,6 @@ never offered a level above what it can run.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from casstore.errors import NotFound, UsageError
@@ -130,13 +129,6 @@ class MergedView:
             return [Node(e, None, node.variant) for e in self.reader.listdir(node.entry)]
         merged = self.children(node)
         return [merged[k] for k in sorted(merged)]
-
-    def walk(self, node: Node | None = None, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
-        for child in self.listdir(node or self.root):
-            path = prefix + child.entry.name
-            yield path, child
-            if child.entry.kind == Kind.DIR:
-                yield from self.walk(child, path + b"/")
 
     def read(self, node: Node, offset: int, size: int) -> bytes:
         return self.reader.read(node.entry, offset, size)

@@ -32,7 +32,7 @@ from casstore.errors import KeyFileError, MountError
 from casstore.fsutil import atomic_write
 from casstore.releases import Release, SeenRevisions, load_verified
 from casstore.remote import LocalSource, ObjectSource
-from casstore.variants import MergedView, choose, host_levels
+from casstore.variants import MergedView, choose
 from fuseclient.fs import MountInfo, ReleaseFS
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
@@ -349,7 +349,3 @@ def _status_pid(cfg: ClientConfig, mountpoint: Path) -> int:
         return int(json.loads(status_path(cfg, mountpoint).read_text()).get("pid", 0))
     except (OSError, ValueError):
         return 0
-
-
-def host_summary() -> str:
-    return ", ".join(host_levels())
