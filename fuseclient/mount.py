@@ -163,6 +163,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
+OWNER_ENV = "CAS_MOUNT_OWNER"
+
+
 class StatusWriter:
     """A thread that rewrites the status file and raises the mount's readahead."""
 
@@ -171,6 +174,9 @@ class StatusWriter:
         self.mountpoint = mountpoint
         self.stop = threading.Event()
         self.wake = threading.Event()
+        # `cas exec` names itself as the owner: if it is SIGKILLed, nobody would
+        # ever unmount this private mount, so the daemon detaches itself.
+        self.owner = int(os.environ.get(OWNER_ENV, "0") or 0)
 
     def snapshot(self) -> dict:
         cache = self.fs.cache.summary() if self.fs.cache else {}
@@ -196,9 +202,15 @@ class StatusWriter:
                 self.write()
             except OSError as exc:
                 log.warning("cannot write status file %s: %s", self.path, exc)
-            self.wake.wait(0.5 if tick < 10 else 2.0)
+            self.wake.wait(0.5 if tick < 10 else 1.0)
             self.wake.clear()
             if self.stop.is_set():
+                return
+            if self.owner and not _alive(self.owner):
+                log.warning("owner process %d is gone: unmounting %s", self.owner,
+                            self.mountpoint)
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)],
+                               capture_output=True)
                 return
 
     def poke(self) -> None:

@@ -251,3 +251,27 @@ def test_mountpoint_already_mounted_on_host(ex: Exec, mounter) -> None:
     assert "already a mount point" in res.stderr and not marker.exists()
     assert (mp / "hello.txt").read_text() == "hello from the release\n"  # host mount intact
     assert mounter.procs[-1][0].poll() is None
+
+
+def test_sigkill_of_cas_exec_still_unmounts(ex: Exec) -> None:
+    """A batch system's SIGKILL leaves no FUSE daemon behind: it detaches itself."""
+    marker = ex.kit.base / "running"
+    proc = ex.start("rel", "sh", "-c", f'touch "{marker}"; sleep 30')
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        daemons = [json.loads(p.read_text())["pid"] for p in ex.status_files()]
+        assert len(daemons) == 1
+        os.killpg(proc.pid, signal.SIGKILL)  # cas exec, inner process and command
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{daemons[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{daemons[0]}").exists(), "the daemon outlived its owner"
+        ex.assert_clean()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -63,8 +63,11 @@ def exec_(ctx: Ctx, release: str, cmd: tuple[str, ...], mountpoint: Path,
                   *(["--config", str(config_path)] if config_path else []))
     before = is_mounted(mountpoint)  # then `cas mount` refuses: leave it alone
     try:
+        from fuseclient.mount import OWNER_ENV
+
         mounted = subprocess.run(_cas(*_global_args(ctx), "-q", "mount", release,
-                                      str(mountpoint), *opts), stdout=sys.stderr)
+                                      str(mountpoint), *opts), stdout=sys.stderr,
+                                 env=dict(os.environ, **{OWNER_ENV: str(os.getpid())}))
         if mounted.returncode != 0:
             code = _status(mounted.returncode)
         elif signals.pending:  # signalled while mounting: run nothing
