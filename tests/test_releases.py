@@ -208,3 +208,22 @@ def test_rollback_never_resigns_a_tampered_revision(tmp_path: Path) -> None:
     assert_one_line_error(res)
     assert res.code == BadSignature.exit_code
     assert sorted(p.name for p in path.parent.iterdir()) == ["000000000001.release"]
+
+
+def test_release_names_are_verified_when_keys_are_configured(tmp_path: Path) -> None:
+    store, key, t1 = _store_with_release(tmp_path)
+    res = cas(store, "ls", "julia", check=True)
+    assert "without a signature check" in res.err and "v" in res.out.split()
+    cfg = tmp_path / "client.toml"
+    cfg.write_text(f'trusted_keys = ["{key}.pub"]\n')
+    ok = cas(store, "ls", "julia", env={"CAS_CONFIG": str(cfg)}, check=True)
+    assert ok.err == "" and "v" in ok.out.split()
+    path = store / "releases" / "julia" / "000000000001.release"
+    doc = json.loads(path.read_text())
+    body = json.loads(base64.b64decode(doc["body"]))
+    body["meta"] = {"evil": 1}
+    doc["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    path.write_text(json.dumps(doc))
+    bad = cas(store, "ls", "julia", env={"CAS_CONFIG": str(cfg)})
+    assert_one_line_error(bad)
+    assert bad.code == BadSignature.exit_code
