@@ -132,10 +132,14 @@ class ReleaseFS:
         return self.view.read(node, offset, size)
 
     # -- magic xattrs ------------------------------------------------------------
-    def xattrs(self, path: str) -> dict[str, bytes]:
-        """``user.cas.*`` for a path (CVMFS-style): ids, release, revision, variant."""
+    def xattrs(self, path: str, with_id: bool = True) -> dict[str, bytes]:
+        """``user.cas.*`` for a path (CVMFS-style): ids, release, revision, variant.
+
+        ``with_id=False`` gives ``user.cas.id`` as empty bytes: listing names must
+        not read and hash a packed file just to compute a value nobody asked for.
+        """
         node = self.node(path)
-        out = {"id": self.object_id(node), "release": self.info.release,
+        out = {"id": self.object_id(node) if with_id else "", "release": self.info.release,
                "revision": str(self.info.revision)}
         if node.entry.kind == Kind.FILE:
             storage = node.entry.storage or Storage.INLINE

@@ -119,14 +119,14 @@ class CasOps(mfusepy.Operations):
             raise mfusepy.FuseOSError(ENOATTR)
         if name == XATTR_PREFIX + "nioerr":
             return str(self.errors["eio"]).encode()
-        value = self.fs.xattrs(path).get(name)
+        value = self.fs.xattrs(path, with_id=name == XATTR_PREFIX + "id").get(name)
         if value is None:
             raise mfusepy.FuseOSError(ENOATTR)
         return value
 
     @boundary
     def listxattr(self, path: str) -> list[str]:
-        names = list(self.fs.xattrs(path))
+        names = list(self.fs.xattrs(path, with_id=False))
         return [*names, XATTR_PREFIX + "nioerr"] if path == "/" else names
 
     # Everything that would change the tree: EROFS.
