@@ -20,6 +20,7 @@ from casstore.objects import ObjectId
 from casstore.reader import TreeReader, root_entry
 from casstore.remote import LocalSource, object_path
 from casstore.snapshot import put_paths
+from casstore.sources import verified
 from casstore.store import Store
 from casstore.variants import MergedView
 from fuseclient.fs import MountInfo, ReleaseFS
@@ -38,6 +39,9 @@ class CountingSource:
     def read_stored(self, oid: ObjectId) -> bytes:
         self.reads[oid] += 1
         return self.inner.read_stored(oid)
+
+    def fetch(self, oid: ObjectId, expect=None) -> bytes:
+        return verified(oid, self.read_stored(oid), expect)
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
