@@ -159,3 +159,20 @@ def _unpack(oid: ObjectId, codec: Codec, payload: memoryview, size: int) -> byte
         raise ObjectCorrupt(f"object {oid} has the wrong size ({len(raw)} != {size})")
     return raw
 
+
+
+def peek_type(oid: ObjectId, head: bytes) -> ObjType:
+    """The type a stored object's header claims, from its first HEADER_SIZE bytes.
+
+    Cheap (no decompression, no hash): for checks such as "is this root a tree"
+    before signing.  The claim is only a hint until :func:`decode` verifies it.
+    """
+    if len(head) < HEADER_SIZE:
+        raise ObjectCorrupt(f"object {oid} is truncated ({len(head)} bytes)")
+    magic, kind, _codec, _res, _size = HEADER.unpack_from(head)
+    if magic != MAGIC:
+        raise ObjectCorrupt(f"object {oid} has a bad header")
+    try:
+        return ObjType(kind)
+    except ValueError:
+        raise ObjectCorrupt(f"object {oid} has an unknown type") from None

@@ -27,6 +27,7 @@ from casstore.errors import (
     RollbackRefused,
     Unsigned,
     UntrustedKey,
+    UsageError,
 )
 from casstore.fsutil import atomic_write
 from casstore.objects import ObjectId
@@ -38,6 +39,7 @@ SIGNING_CONTEXT = b"casstore release v1\n"
 SECRET_TAG = "casstore-ed25519-secret"
 PUBLIC_TAG = "casstore-ed25519"
 MAX_DOC = 1 << 20
+DAY = 86400
 
 
 @dataclass
@@ -180,6 +182,21 @@ def _body(body: bytes) -> Release:
     if rel.variants and rel.baseline not in rel.variants:
         raise FormatError("release variants do not include the baseline")
     return rel
+
+
+def parse_spec(text: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME@REV`` -> (name, revision or None); a bad revision is an error.
+
+    Only a plain positive decimal revision is accepted: ``NAME@abc``, ``NAME@-1`` and
+    ``NAME@0`` must never quietly mean "the newest".
+    """
+    name, at, rev = text.partition("@")
+    check_ref_name(name)
+    if not at:
+        return name, None
+    if not (rev.isascii() and rev.isdigit()) or int(rev) < 1:
+        raise UsageError(f"bad revision {rev!r} in {text!r} (use NAME@N with N >= 1)")
+    return name, int(rev)
 
 
 class SeenRevisions:
