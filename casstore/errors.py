@@ -141,6 +141,18 @@ class JuliaError(CasError):
     exit_code = 20
 
 
+class IndexDamaged(StoreError):
+    """The LMDB index cannot be read; ``cas fsck --rebuild-index`` recreates it."""
+
+    exit_code = 30
+
+
+class GcRefused(StoreError):
+    """gc found damage while marking and deleted nothing (it would lose live data)."""
+
+    exit_code = 31
+
+
 def all_error_classes() -> list[type[CasError]]:
     """Every CasError subclass, for the uniqueness check in the tests."""
     seen: list[type[CasError]] = []

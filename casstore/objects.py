@@ -124,7 +124,9 @@ def decode(oid: ObjectId, stored: bytes, expect: ObjType | None = None) -> tuple
         codec = Codec(codec)
     except ValueError:
         raise ObjectCorrupt(f"object {oid} has an unknown type or codec") from None
-    if expect is not None and kind != expect:
+    # A chunk is uninterpreted bytes, so any verified object serves a chunk reference;
+    # a tree or blob reference needs that exact type (FORMAT §3.3, "same bytes, two types").
+    if expect is not None and expect != ObjType.CHUNK and kind != expect:
         raise FormatError(f"object {oid} is a {kind.name.lower()}, "
                           f"expected a {expect.name.lower()}")
     payload = memoryview(stored)[HEADER_SIZE:]

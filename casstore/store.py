@@ -13,23 +13,39 @@ Layout (docs/FORMAT.md has the normative version)::
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
+import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from casstore.errors import NotFound, StoreError
+from casstore.errors import CasError, NotFound, ObjectCorrupt, ObjectMissing, StoreError
 from casstore.fsutil import atomic_write
 from casstore.index import Index, IndexEntry
-from casstore.objects import ObjectId, ObjType, encode, is_object_id
+from casstore.objects import (
+    HEADER_SIZE,
+    MAX_RAW_SIZE,
+    ObjectId,
+    ObjType,
+    decode,
+    encode,
+    is_object_id,
+)
 from casstore.remote import LocalSource, check_ref_name, object_path, release_path
 
 FORMAT_NAME = "casstore"
 FORMAT_VERSION = 1
 CONFIG_FILE = "casstore.json"
+# Writers store a payload raw when zstd does not make it smaller (FORMAT §3.2).
+MAX_STORED_SIZE = HEADER_SIZE + MAX_RAW_SIZE
+log = logging.getLogger(__name__)
+_INDEX_OPEN = threading.Lock()  # LMDB refuses to open one environment twice per process
 
 
 @dataclass
@@ -54,14 +70,80 @@ class StoreSettings:
         }
 
     @classmethod
-    def from_json(cls, doc: dict) -> StoreSettings:
-        if doc.get("format") != FORMAT_NAME:
+    def from_json(cls, doc: object) -> StoreSettings:
+        """Parse casstore.json, refusing settings a writer could not work with."""
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise StoreError("not a casstore store (bad casstore.json)")
         if doc.get("version") != FORMAT_VERSION:
             raise StoreError(f"unsupported store format version {doc.get('version')}")
-        ch, co = doc["chunking"], doc["compression"]
-        return cls(ch["min"], ch["avg"], ch["max"], ch["inline_max"],
-                   ch.get("pack_max", cls.pack_max), co["level"])
+        ch, co = doc.get("chunking"), doc.get("compression")
+        if not isinstance(ch, dict) or not isinstance(co, dict):
+            raise StoreError("casstore.json: 'chunking' and 'compression' must be objects")
+        s = cls(_setting(ch, "min"), _setting(ch, "avg"), _setting(ch, "max"),
+                _setting(ch, "inline_max", low=0), _setting(ch, "pack_max", cls.pack_max, low=0),
+                _setting(co, "level", low=-(1 << 17), high=22))
+        if not s.chunk_min <= s.chunk_avg <= s.chunk_max <= MAX_RAW_SIZE:
+            raise StoreError("casstore.json: chunk sizes must satisfy min <= avg <= max <= "
+                             f"{MAX_RAW_SIZE} (got {s.chunk_min}, {s.chunk_avg}, {s.chunk_max})")
+        if s.inline_max > s.chunk_min or s.pack_max > MAX_RAW_SIZE:
+            raise StoreError("casstore.json: inline_max must be <= min and pack_max <= "
+                             f"{MAX_RAW_SIZE}")
+        return s
+
+
+def _setting(section: dict, key: str, default: int | None = None, *, low: int = 64,
+             high: int = MAX_RAW_SIZE) -> int:
+    """One integer setting in [low, high]; a one-line error names the bad key."""
+    val = section.get(key, default)
+    if isinstance(val, bool) or not isinstance(val, int) or not low <= val <= high:
+        raise StoreError(f"casstore.json: {key} must be an integer in [{low}, {high}], "
+                         f"not {val!r}")
+    return val
+
+
+def read_object_file(path: Path) -> tuple[bytes, os.stat_result]:
+    """Read one object file as hostile input: no symlink, FIFO or device, bounded size.
+
+    O_NONBLOCK makes a FIFO planted at an object path an error instead of a hang;
+    the size is checked with fstat before a byte is read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ObjectMissing(f"object file {path} is missing") from None
+    except OSError as exc:
+        what = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
+        raise ObjectCorrupt(f"object file {path} {what}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ObjectCorrupt(f"object file {path} is not a regular file")
+        if st.st_size > MAX_STORED_SIZE:
+            raise ObjectCorrupt(f"object file {path} is too large ({st.st_size} bytes)")
+        parts, left = [], st.st_size + 1
+        while left > 0:
+            part = os.read(fd, min(left, 1 << 24))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        if left <= 0:
+            raise ObjectCorrupt(f"object file {path} grew while being read")
+        return b"".join(parts), st
+    except OSError as exc:
+        raise ObjectCorrupt(f"object file {path} cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def type_fits(stored: ObjType, wanted: ObjType) -> bool:
+    """Whether an object stored as ``stored`` can serve a reference that wants ``wanted``.
+
+    Ids do not cover the type, so a chunk's bytes can equal a tree's or a blob's
+    encoding.  A chunk is uninterpreted bytes, so any verified object serves a chunk
+    reference; a tree or blob reference needs that exact type (FORMAT §3.3).
+    """
+    return wanted == ObjType.CHUNK or stored == wanted
 
 
 class Store(LocalSource):
@@ -84,7 +166,7 @@ class Store(LocalSource):
             return cls.init(root)
         try:
             settings = StoreSettings.from_json(json.loads(cfg.read_text()))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, OSError):
             raise StoreError(f"{cfg} is damaged") from None
         return cls(root, settings)
 
@@ -103,8 +185,17 @@ class Store(LocalSource):
 
     @property
     def index(self) -> Index:
+        """The LMDB index, opened on first use (from any of put's worker threads)."""
         if self._index is None:
-            self._index = Index(self.root / "index")
+            with _INDEX_OPEN:
+                if self._index is None:
+                    self._index = Index(self.root / "index")
+        return self._index
+
+    def reset_index(self) -> Index:
+        """Throw the index away (even a garbage LMDB file) and open a new, empty one."""
+        self.close()
+        self._index = Index.recreate(self.root / "index")
         return self._index
 
     def close(self) -> None:
@@ -124,39 +215,111 @@ class Store(LocalSource):
 
     # -- objects -----------------------------------------------------------------
     def has(self, oid: ObjectId) -> bool:
-        """True if the object file exists; refreshes its mtime for gc's grace period."""
-        try:
-            os.utime(object_path(self.root, oid))
-            return True
-        except FileNotFoundError:
-            return False
+        """True if the index lists the object: the cheap has-lookup (no file I/O).
+
+        The index may lag behind the object files after a crash (a false "no" only
+        costs a re-check); ``cas fsck`` reports, and ``--rebuild-index`` fixes, drift.
+        """
+        return self.index.get(oid) is not None
+
+    def lookup(self, oid: ObjectId) -> IndexEntry | None:
+        """Type and sizes of an object from the index, or None if it is not listed."""
+        return self.index.get(oid)
 
     def put_raw(self, kind: ObjType, raw: bytes | memoryview,
                 oid: ObjectId | None = None) -> tuple[ObjectId, IndexEntry | None]:
-        """Store an object unless present; returns the index entry to record if new."""
+        """Store an object, or reuse a present copy once it is proven good.
+
+        A present file is trusted without reading it only while the index's
+        verified marker matches its ctime and size; otherwise it is decoded, and a
+        corrupt, unreadable or (for a tree or blob) wrong-typed file is replaced
+        atomically by the good copy being put (FORMAT §3.3: the one case where an
+        object file is rewritten).  Every reuse refreshes the file's mtime, so gc's
+        grace period protects objects a new tree reuses.  The returned entry (a new
+        object, a repair, or a refreshed marker) must be recorded in the index.
+        """
         oid = oid or ObjectId.of(raw)
-        if self.has(oid):
-            return oid, None
+        path = object_path(self.root, oid)
+        known = self.index.get(oid)
+        for _attempt in range(4):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                entry = self._write_object(kind, raw, path, replace=False)
+                if entry is not None:
+                    return oid, entry
+                continue  # a concurrent writer stored it first: check its copy
+            if known is None or not self._trusted(known, st, kind, len(raw)):
+                known = self._check_present(kind, oid, path, len(raw))
+                if known is None:
+                    return oid, self._write_object(kind, raw, path, replace=True)
+            try:
+                os.utime(path)  # gc's grace period counts from the last reuse
+                st = os.lstat(path)
+            except FileNotFoundError:
+                known = None
+                continue
+            return oid, IndexEntry(known.kind, len(raw), st.st_size, st.st_ctime_ns)
+        raise StoreError(f"object {oid} keeps changing under {path}; is another "
+                         "program writing to the store?")
+
+    @staticmethod
+    def _trusted(known: IndexEntry, st: os.stat_result, kind: ObjType, raw_size: int) -> bool:
+        return (known.verified_ctime != 0 and known.verified_ctime == st.st_ctime_ns
+                and known.stored_size == st.st_size and known.raw_size == raw_size
+                and stat.S_ISREG(st.st_mode) and type_fits(known.kind, kind))
+
+    def _check_present(self, kind: ObjType, oid: ObjectId, path: Path,
+                       raw_size: int) -> IndexEntry | None:
+        """Decode a present file; None if it must be replaced (damaged or wrong type)."""
+        try:
+            stored, st = read_object_file(path)
+            have, _raw = decode(oid, stored)
+        except ObjectMissing:
+            return None
+        except CasError as exc:
+            log.warning("repairing object %s: %s", oid, exc)
+            return None
+        if not type_fits(have, kind):
+            log.warning("object %s is stored as a %s; rewriting it as a %s (same bytes)",
+                        oid, have.name.lower(), kind.name.lower())
+            return None
+        return IndexEntry(have, raw_size, st.st_size, st.st_ctime_ns)
+
+    def _write_object(self, kind: ObjType, raw: bytes | memoryview, path: Path, *,
+                      replace: bool) -> IndexEntry | None:
+        """Write a new object file (or replace a bad one); None if another writer won."""
         stored = encode(kind, raw, self.settings.zstd_level)
-        dest = object_path(self.root, oid)
-        dest.parent.mkdir(exist_ok=True)
-        if not atomic_write(dest, stored, self.tmp, durable=self.settings.durable,
-                            replace=False):
-            return oid, None  # a concurrent writer stored it first
-        return oid, IndexEntry(kind, len(raw), len(stored))
+        try:
+            path.parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {path.parent}: {exc.strerror}") from None
+        if not atomic_write(path, stored, self.tmp, durable=self.settings.durable,
+                            replace=replace):
+            return None
+        st = os.lstat(path)
+        return IndexEntry(kind, len(raw), len(stored), st.st_ctime_ns)
 
     def iter_object_ids(self) -> Iterator[ObjectId]:
-        """Every object file name in the store (the ground truth, not the index)."""
+        """Every well-named object file in the store (the ground truth, not the index).
+
+        Stray names are skipped here; ``cas fsck`` reports them.
+        """
         objdir = self.root / "objects"
         for sub in sorted(os.listdir(objdir)):
             if len(sub) != 2:
                 continue
-            for name in sorted(os.listdir(objdir / sub)):
+            try:
+                names = sorted(os.listdir(objdir / sub))
+            except (NotADirectoryError, PermissionError):
+                continue
+            for name in names:
                 text = "b3-" + sub + name
                 if is_object_id(text):
                     yield ObjectId.parse(text)
 
     def delete_object(self, oid: ObjectId) -> None:
+        """Remove an object file (gc's sweep; the caller drops its index entry)."""
         try:
             os.unlink(object_path(self.root, oid))
         except FileNotFoundError:

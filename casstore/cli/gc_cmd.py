@@ -23,20 +23,31 @@ def gc_cmd(ctx: Ctx, grace: str, dry_run: bool, force: bool) -> None:
     Objects younger than --grace survive, so a put that has not been referenced
     yet (or one running right now) loses nothing.
     """
+    seconds = _seconds(grace)
     store = ctx.open_store()
-    rep = gc(store, _seconds(grace), dry_run, force)
+    rep = gc(store, seconds, dry_run, force)
     verb = "would delete" if dry_run else "deleted"
-    ctx.emit(vars(rep), f"{verb} {rep.deleted} objects ({rep.deleted_bytes} bytes), "
-             f"kept {rep.kept_young} young, {rep.live} live, {rep.tmp_removed} temp files")
+    ctx.emit(vars(rep), "\n".join(rep.problems + [
+        f"{verb} {rep.deleted} objects ({rep.deleted_bytes} bytes), kept {rep.kept_young} "
+        f"young, {rep.live} live, {rep.tmp_removed} temp files"]))
 
 
 def _seconds(text: str) -> float:
+    """A duration; NaN, infinity and negative values are refused (they would sweep a
+    fresh put, or never expire anything by accident)."""
     from casstore.errors import UsageError
+    from casstore.maintenance import check_grace
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
     except ValueError:
         raise UsageError(f"bad duration {text!r} (use e.g. 30m, 24h, 7d)") from None
+    try:
+        return check_grace(value)
+    except UsageError:
+        raise UsageError(f"bad duration {text!r}: it must be finite and not negative "
+                         "(use e.g. 0, 30m, 24h, 7d)") from None
