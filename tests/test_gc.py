@@ -108,3 +108,18 @@ def test_gc_refuses_to_sweep_when_marking_finds_damage(tmp_path: Path) -> None:
     res = cas(store, "gc")
     assert res.code != 0 and "nothing deleted" in res.err and _objects(store) == before
     assert cas(store, "gc", "--force").code == 0 and _objects(store) < before
+
+
+def test_gc_refuses_grace_that_is_not_finite_and_non_negative(tmp_path: Path) -> None:
+    """`--grace nan` and `--grace -1h` used to delete a fresh, unreferenced put."""
+    from helpers import assert_one_line_error
+
+    store = tmp_path / "store"
+    cas(store, "put", str(_tree(tmp_path / "a", 1)), check=True)
+    total = _objects(store)
+    for grace in ("nan", "-1h", "-5", "inf", "infd", "-0.5s"):
+        res = cas(store, "gc", f"--grace={grace}")
+        assert_one_line_error(res)
+        assert res.code == 2 and "finite" in res.err, (grace, res)
+        assert _objects(store) == total, grace
+    assert cas(store, "gc", "--grace=0s", check=True).code == 0
