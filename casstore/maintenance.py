@@ -140,8 +140,8 @@ def _check_signature(doc: bytes, where: str, problems: list[str]) -> None:
     try:
         key = json.loads(doc).get("key")
         verify(doc, [str(key).lower()], now=-math.inf)
-    except (CasError, ValueError, AttributeError) as exc:
-        problems.append(f"{where}: {exc}")
+    except (CasError, ValueError, AttributeError, TypeError) as exc:
+        problems.append(f"{where}: {exc if isinstance(exc, CasError) else 'malformed'}")
 
 
 def roots(store: Store, problems: list[str]) -> list[tuple[str, ObjectId]]:

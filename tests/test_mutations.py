@@ -32,7 +32,7 @@ from casstore.maintenance import fsck
 from casstore.objects import HEADER, ObjectId, decode
 from casstore.releases import parse_public, unverified, verify
 from casstore.restore import restore
-from casstore.sources.layout import object_path, release_path
+from casstore.sources.layout import release_path
 from casstore.sources.local import LocalSource
 from casstore.store import Store
 
