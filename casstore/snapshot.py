@@ -59,6 +59,13 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
+def _default_workers() -> int:
+    """Twice the cores (at least 4): a worker waiting in fsync leaves its core to
+    another that compresses, and on a shared node more runnable threads hold their
+    share of the CPU.  Memory stays bounded by the two read windows."""
+    return min(32, max(4, 2 * (os.cpu_count() or 2)))
+
+
 @contextmanager
 def os_errors(label: str) -> Iterator[None]:
     """Turn OSErrors into one-line CasErrors naming ``label``; disk full is NoSpace.
@@ -104,7 +111,7 @@ class Snapshot:
         self.store = store
         self.s = store.settings
         self.progress = progress or (lambda n: None)
-        self.pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2)
+        self.pool = ThreadPoolExecutor(max_workers=workers or _default_workers())
         self.new: list[tuple[ObjectId, IndexEntry]] = []
         self.new_bytes = 0
         self.window = max(_WINDOW, 4 * self.s.chunk_max, 1 << 16)

@@ -9,7 +9,6 @@ refuses anything a canonical encoder would not have written.  See docs/FORMAT.md
 from __future__ import annotations
 
 import enum
-import logging
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ _CHUNKREF = struct.Struct("<32sI")
 _PACKREF = struct.Struct("<32sQ")
 MAX_NAME = 255  # bytes, as Linux's NAME_MAX (FORMAT §4)
 MODE_MASK = 0o7777
-log = logging.getLogger("casstore.trees")
 
 
 class Kind(enum.IntEnum):
@@ -117,6 +115,10 @@ def decode_tree(raw: bytes) -> list[Entry]:
     hide their siblings.  :func:`decode_tree_checked` also returns them.
     """
     entries, skipped = decode_tree_checked(raw)
+    if skipped:  # rare: import logging only then (it costs every short command)
+        import logging
+
+        log = logging.getLogger("casstore.trees")
     for name in skipped:
         log.warning("skipping a tree entry whose name is %d bytes (limit %d): %r...",
                     len(name), MAX_NAME, name[:40])
