@@ -98,6 +98,41 @@ def cas_round(path: Path, work: Path, settings: StoreSettings, repeat: int) -> d
             "get_s": median_of(gets), "stored_bytes": stored, "objects": n}
 
 
+CAS = [sys.executable, "-m", "casstore"]
+
+
+def whole_process(path: Path, work: Path, repeat: int) -> dict:
+    """`cas put` / `cas get` as commands (start-up included) against the tar/zstd
+    pipelines, interleaved in one loop so that load changes hit both sides alike."""
+    arc, store, out = work / "wp.tar.zst", work / "wp-store", work / "wp-out"
+    tar_put = f"tar -C {path.parent} -cf - {path.name} | zstd -3 -q -f -o {arc}"
+    tar_get = f"zstd -d -q -c {arc} | tar -C {out} -xf -"
+    runs: dict[str, list[float]] = {"tar_put": [], "cas_put": [], "tar_get": [], "cas_get": []}
+    loads = []
+    oid = ""
+    for _ in range(repeat):
+        loads.append(round(os.getloadavg()[0], 2))
+        runs["tar_put"].append(timed(lambda: subprocess.run(tar_put, shell=True, check=True))[0])
+        shutil.rmtree(store, ignore_errors=True)
+        t, p = timed(lambda: subprocess.run(CAS + ["-q", "--store", str(store), "put",
+                                                   str(path)], check=True,
+                                                  capture_output=True, text=True))
+        runs["cas_put"].append(t)
+        oid = p.stdout.strip()
+        out.mkdir()
+        runs["tar_get"].append(timed(lambda: subprocess.run(tar_get, shell=True, check=True))[0])
+        shutil.rmtree(out)
+        runs["cas_get"].append(timed(lambda o=oid: subprocess.run(
+            CAS + ["-q", "--store", str(store), "get", o, str(out)], check=True))[0])
+        out.unlink()
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    shutil.rmtree(store, ignore_errors=True)
+    return {k: median_of(v) for k, v in runs.items()} | {
+        "put_ratio": round(med["tar_put"] / med["cas_put"], 3),
+        "get_ratio": round(med["tar_get"] / med["cas_get"], 3),
+        "load_1min": loads}
+
+
 def dedup(a: Path, b: Path, work: Path, settings: StoreSettings) -> dict:
     """Share of B's bytes already stored after A (by raw chunk bytes)."""
     store = Store.init(work / f"dd-{settings.chunk_avg}", settings)
@@ -143,6 +178,8 @@ def main() -> None:
     ap.add_argument("--tree-by-avg", action="store_true",
                     help="tree dedup at 64 KiB/256 KiB/1 MiB/4 MiB average chunk sizes too")
     ap.add_argument("--out", type=Path, default=Path("bench/results/store"))
+    ap.add_argument("--only-throughput", action="store_true",
+                    help="Skip the dedup measurements.")
     ap.add_argument("--repeat", type=int, default=5,
                     help="Repetitions of each throughput measurement (medians reported).")
     args = ap.parse_args()
@@ -164,7 +201,12 @@ def main() -> None:
         results["cas"] = cas | {"put_MBps": mbps(size, cas["put_s"]["median"]),
                                 "put_again_MBps": mbps(size, cas["put_again_s"]["median"]),
                                 "get_MBps": mbps(size, cas["get_s"]["median"])}
-        second = args.sysimage2 or find_second_sysimage()
+        results["whole_process"] = whole_process(args.sysimage, work, args.repeat)
+        if args.only_throughput:
+            second = None
+            args.tree_a = args.tree_b = None
+        else:
+            second = args.sysimage2 or find_second_sysimage()
         if second:
             warm(second)
             results["dedup_sysimages"] = {"a": str(args.sysimage), "b": str(second), "by_avg": {
@@ -176,6 +218,7 @@ def main() -> None:
                 results["dedup_trees"]["by_avg"] = {
                     str(avg): dedup(args.tree_a, args.tree_b, work, by_avg(avg))
                     for avg in AVGS}
+    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(report(results))
@@ -193,6 +236,23 @@ def report(r: dict) -> str:
              f"| put, already stored (MB/s) | - | {c['put_again_MBps']} |",
              f"| get / extract (MB/s) | {b['get_MBps']} | {c['get_MBps']} |",
              f"| stored bytes | {b['stored_bytes']} | {c['stored_bytes']} |", ""]
+    if "whole_process" in r:
+        w = r["whole_process"]
+        lines += ["## Whole processes (start-up included), interleaved in one loop", "",
+                  "`tar -c | zstd -3` and `zstd -dc | tar -x` against `cas put` (fresh "
+                  "store, durable writes) and `cas get`; medians of "
+                  f"{len(w['cas_put']['runs'])} runs, seconds (min-max).  1-minute load "
+                  f"average at each run: {w['load_1min']}; after the benchmark: "
+                  f"{r.get('load_after', '?')}.", "",
+                  "| operation | tar/zstd (s) | cas (s) | speed vs tar/zstd |",
+                  "|---|---|---|---|"]
+        for op, base_k, cas_k, ratio in (("put", "tar_put", "cas_put", "put_ratio"),
+                                          ("get", "tar_get", "cas_get", "get_ratio")):
+            b_, c_ = w[base_k], w[cas_k]
+            lines.append(f"| {op} | {b_['median']:.3f} ({b_['min']:.3f}-{b_['max']:.3f}) | "
+                         f"{c_['median']:.3f} ({c_['min']:.3f}-{c_['max']:.3f}) | "
+                         f"{w[ratio]:.2f}x |")
+        lines.append("")
     if "dedup_sysimages" in r:
         lines += ["## Dedup between two sysimages, by FastCDC average chunk size", "",
                   f"A = `{r['dedup_sysimages']['a']}`, B = `{r['dedup_sysimages']['b']}`", "",

@@ -153,6 +153,18 @@ class GcRefused(StoreError):
     exit_code = 31
 
 
+class FileChanged(CasError):
+    """A file kept changing while ``put`` read it, so no consistent copy was taken."""
+
+    exit_code = 34
+
+
+class NameTooLong(UnsupportedFile):
+    """A file name longer than the format's 255-byte limit (FORMAT §4)."""
+
+    exit_code = 35
+
+
 def all_error_classes() -> list[type[CasError]]:
     """Every CasError subclass, for the uniqueness check in the tests."""
     seen: list[type[CasError]] = []

@@ -33,7 +33,10 @@ def atomic_write(dest: Path, data: bytes | memoryview, tmpdir: Path, *, durable:
     The temporary file lives in ``tmpdir`` (same filesystem) so that an interrupted
     write leaves only a ``tmp-*`` file there, which ``cas gc`` removes.
     """
-    fd, tmpname = tempfile.mkstemp(prefix=TMP_PREFIX, dir=tmpdir)
+    try:
+        fd, tmpname = tempfile.mkstemp(prefix=TMP_PREFIX, dir=tmpdir)
+    except OSError as exc:  # ENOSPC here means no free inodes
+        raise os_error(exc, dest) from None
     try:
         try:
             os.fchmod(fd, mode)  # mkstemp makes 0600; mirrors serve stores to everyone
@@ -56,12 +59,17 @@ def atomic_write(dest: Path, data: bytes | memoryview, tmpdir: Path, *, durable:
         return True
     except OSError as exc:
         _discard(tmpname)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpace(f"no space left on device while writing {dest}") from None
-        raise StoreError(f"cannot write {dest}: {exc.strerror}") from None
+        raise os_error(exc, dest) from None
     except BaseException:
         _discard(tmpname)
         raise
+
+
+def os_error(exc: OSError, dest: Path | str) -> StoreError | NoSpace:
+    """The CasError for a failed write: disk full, no free inodes or over quota is NoSpace."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"no space left on device (or no free inodes) while writing {dest}")
+    return StoreError(f"cannot write {dest}: {exc.strerror or exc}")
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

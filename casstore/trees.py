@@ -23,7 +23,7 @@ _COUNT = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _CHUNKREF = struct.Struct("<32sI")
 _PACKREF = struct.Struct("<32sQ")
-MAX_NAME = 4096
+MAX_NAME = 255  # bytes, as Linux's NAME_MAX (FORMAT §4)
 MODE_MASK = 0o7777
 
 
@@ -65,11 +65,11 @@ class Entry:
         return bool(self.mode & 0o111)
 
 
-def check_name(name: bytes) -> None:
+def check_name(name: bytes, max_len: int = MAX_NAME) -> None:
     """Refuse names that could escape or confuse a directory (on write and on read)."""
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise FormatError(f"invalid entry name {name!r}")
-    if len(name) > MAX_NAME:
+        raise FormatError(f"invalid entry name {name[:64]!r}")
+    if len(name) > max_len:
         raise FormatError(f"entry name too long ({len(name)} bytes)")
 
 
@@ -108,7 +108,25 @@ def _encode_entry(e: Entry) -> bytes:
 
 
 def decode_tree(raw: bytes) -> list[Entry]:
-    """Parse and validate a tree object's bytes."""
+    """Parse and validate a tree object's bytes.
+
+    Entries whose name is longer than MAX_NAME are left out with a log warning
+    (FORMAT §4): no Linux directory can show them, and failing the whole tree would
+    hide their siblings.  :func:`decode_tree_checked` also returns them.
+    """
+    entries, skipped = decode_tree_checked(raw)
+    if skipped:  # rare: import logging only then (it costs every short command)
+        import logging
+
+        log = logging.getLogger("casstore.trees")
+    for name in skipped:
+        log.warning("skipping a tree entry whose name is %d bytes (limit %d): %r...",
+                    len(name), MAX_NAME, name[:40])
+    return entries
+
+
+def decode_tree_checked(raw: bytes) -> tuple[list[Entry], list[bytes]]:
+    """Parse a tree: (entries, names of entries skipped as too long), for fsck's warnings."""
     if not raw.startswith(TREE_MAGIC):
         raise FormatError("not a tree object")
     view = memoryview(raw)
@@ -116,14 +134,20 @@ def decode_tree(raw: bytes) -> list[Entry]:
     (count,) = _unpack(_COUNT, view, pos)
     pos += _COUNT.size
     entries: list[Entry] = []
+    skipped: list[bytes] = []
+    prev: bytes | None = None
     for _ in range(count):
         e, pos = _decode_entry(view, pos)
-        if entries and e.name <= entries[-1].name:
+        if prev is not None and e.name <= prev:
             raise FormatError("tree entries are not in canonical order")
-        entries.append(e)
+        prev = e.name
+        if len(e.name) > MAX_NAME:
+            skipped.append(e.name)
+        else:
+            entries.append(e)
     if pos != len(raw):
         raise FormatError("trailing bytes after tree entries")
-    return entries
+    return entries, skipped
 
 
 def _decode_entry(view: memoryview, pos: int) -> tuple[Entry, int]:
@@ -131,7 +155,7 @@ def _decode_entry(view: memoryview, pos: int) -> tuple[Entry, int]:
     pos += 2
     name = _take(view, pos, nlen)
     pos += nlen
-    check_name(name)
+    check_name(name, max_len=0xFFFF)  # too long is skipped by the caller, not corrupt
     kind_b, mode, size, mtime = _unpack(_ENTRY_HEAD, view, pos)
     pos += _ENTRY_HEAD.size
     try:

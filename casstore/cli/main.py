@@ -13,7 +13,25 @@ SUBCOMMANDS = ["init_cmd", "put_cmd", "get_cmd", "browse_cmd", "release_cmd", "k
                "fsck_cmd", "gc_cmd", "stat_cmd", "mount_cmd", "exec_cmd", "depot_cmd"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand runs.
+
+    ``cas put`` then does not pay for importing every other command (releases,
+    signing, FUSE, Julia helpers): start-up is part of every short command's time.
+    """
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands:
+            _load(name)
+        return super().get_command(ctx, name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _register()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--store", type=click.Path(path_type=Path), default=None,
               help="Store directory (default: $CAS_STORE, else ~/.local/share/casstore/store).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
@@ -38,6 +56,15 @@ def _register() -> None:
                 raise
 
 
-def main() -> None:
+def _load(name: str) -> None:
+    """Import the module named after the command if there is one, else all of them."""
+    mod = f"{name}_cmd"
+    if mod in SUBCOMMANDS:
+        importlib.import_module(f"casstore.cli.{mod}")
+        if name in cli.commands:
+            return
     _register()
+
+
+def main() -> None:
     cli(prog_name="cas")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from casstore.errors import NotFound
 from casstore.objects import ObjectId, is_object_id
-from casstore.releases import unverified
 from casstore.remote import LocalSource
+
+# casstore.releases (and nacl with it) is imported only when a release is named:
+# `cas get ID` is a short command and start-up is a large share of its time.
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -46,7 +48,7 @@ def _release_root(source: LocalSource, name: str, revision: int) -> ObjectId:
     import click
 
     from casstore.config import load
-    from casstore.releases import load_verified
+    from casstore.releases import load_verified, unverified
 
     trusted = load(None).trusted()
     if trusted:
