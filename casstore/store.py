@@ -85,9 +85,8 @@ class StoreSettings:
         if not s.chunk_min <= s.chunk_avg <= s.chunk_max <= MAX_RAW_SIZE:
             raise StoreError("casstore.json: chunk sizes must satisfy min <= avg <= max <= "
                              f"{MAX_RAW_SIZE} (got {s.chunk_min}, {s.chunk_avg}, {s.chunk_max})")
-        if s.inline_max > s.chunk_min or s.pack_max > MAX_RAW_SIZE:
-            raise StoreError("casstore.json: inline_max must be <= min and pack_max <= "
-                             f"{MAX_RAW_SIZE}")
+        if s.inline_max > MAX_RAW_SIZE or s.pack_max > MAX_RAW_SIZE:
+            raise StoreError(f"casstore.json: inline_max and pack_max must be <= {MAX_RAW_SIZE}")
         return s
 
 
