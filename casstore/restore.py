@@ -16,18 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from casstore.errors import NotFound, StoreError
-from casstore.objects import ObjectId, ObjType, decode
+from casstore.objects import ObjectId, ObjType
 from casstore.reader import TreeReader, packed_bytes
-from casstore.remote import ObjectSource, fetch
+from casstore.sources.base import ObjectSource, fetch, stored_type
 from casstore.trees import Entry, Kind, Storage
 
 Progress = Callable[[int], None]
 _WINDOW = 8
-
-
-def object_type(source: ObjectSource, oid: ObjectId) -> ObjType:
-    kind, _raw = decode(oid, source.read_stored(oid))
-    return kind
 
 
 class Restorer:
@@ -126,7 +121,7 @@ def restore(source: ObjectSource, oid: ObjectId, dest: Path, subpath: str = "",
         raise StoreError(f"{dest} already exists; refusing to overwrite")
     r = Restorer(source, progress)
     try:
-        kind = object_type(source, oid)
+        kind = stored_type(source, oid)  # a hint: every fetch below checks the type
         if subpath:
             if kind != ObjType.TREE:
                 raise NotFound(f"{oid} is not a tree, so it has no path {subpath!r}")

@@ -20,7 +20,8 @@ from casstore.releases import (
     sign,
     verify,
 )
-from casstore.remote import LocalSource
+from casstore.sources import release_index
+from casstore.sources.local import LocalSource
 
 from helpers import assert_one_line_error, cas
 
@@ -154,7 +155,7 @@ def test_cli_rollback_publishes_new_revision(tmp_path: Path) -> None:
 
 def test_cli_tampered_file_refused(tmp_path: Path) -> None:
     store, key, _t1 = _store_with_release(tmp_path)
-    path = next((store / "releases" / "julia").iterdir())
+    path = store / "releases" / "julia" / "000000000001.release"
     doc = json.loads(path.read_text())
     body = json.loads(base64.b64decode(doc["body"]))
     body["expires"] += 10**6
@@ -170,6 +171,8 @@ def test_release_renamed_on_disk_refused(tmp_path: Path, keys) -> None:
     store, key, _t1 = _store_with_release(tmp_path)
     folder = store / "releases" / "julia"
     (folder / "000000000009.release").write_bytes((folder / "000000000001.release").read_bytes())
+    # a hostile mirror lists it in the (unsigned) release index too
+    (folder / "_index.json").write_bytes(release_index.encode_revisions("julia", [1, 9]))
     with pytest.raises(BadSignature, match="replayed"):
         load_verified(LocalSource(store), "julia", [parse_public(str(key) + ".pub")], None)
 
@@ -207,7 +210,7 @@ def test_rollback_never_resigns_a_tampered_revision(tmp_path: Path) -> None:
     res = cas(store, "release", "rollback", "julia", "--to", "1", "--key", str(key))
     assert_one_line_error(res)
     assert res.code == BadSignature.exit_code
-    assert sorted(p.name for p in path.parent.iterdir()) == ["000000000001.release"]
+    assert sorted(p.name for p in path.parent.glob("*.release")) == ["000000000001.release"]
 
 
 def test_release_names_are_verified_when_keys_are_configured(tmp_path: Path) -> None:
