@@ -23,13 +23,12 @@ from casstore.variants import all_levels
 
 
 def next_revision(store: Store, name: str) -> int:
-    """One past every revision on disk or in the index: a number is never reused,
-    even after an interrupted publish left the index behind its documents."""
+    """One past every revision on disk or in the index (the Store's view): a number is
+    never reused, even after an interrupted publish left the index behind."""
     try:
-        listed = store.release_revisions(name)
-    except NotFound:
-        listed = []
-    return max(store.published_revisions(name) + listed, default=0) + 1
+        return store.release_revisions(name)[-1] + 1
+    except (NotFound, IndexError):
+        return 1
 
 
 def own_release(store: Store, name: str, revision: int,

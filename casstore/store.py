@@ -161,10 +161,21 @@ class Store:
         return self.source.read_format()
 
     def release_names(self) -> list[str]:
-        return self.source.release_names()
+        """Names in the release index *or* on disk: the writer's view.  gc must mark
+        (and a publisher count) a document that an interrupted publish left unlisted,
+        which a reader rightly does not see yet."""
+        return sorted(set(self.source.release_names()) | set(self.source.scan_release_names()))
 
     def release_revisions(self, name: str) -> list[int]:
-        return self.source.release_revisions(name)
+        """Revisions listed in the index or with a document on disk (see release_names)."""
+        try:
+            listed = self.source.release_revisions(name)
+        except NotFound:
+            listed = []
+        revs = sorted(set(listed) | set(self.published_revisions(name)))
+        if not revs and name not in self.release_names():
+            raise NotFound(f"no release named {name!r}")
+        return revs
 
     def read_release(self, name: str, revision: int) -> bytes:
         return self.source.read_release(name, revision)

@@ -183,3 +183,20 @@ def test_huge_index_refused_before_reading(pub) -> None:
     with pytest.raises(FormatError, match="too large"):
         LocalSource(store.root).release_names()
     assert time.monotonic() - t < 5
+
+
+def test_writer_view_includes_unlisted_documents(pub) -> None:
+    """gc and the publisher see a document an interrupted publish left unlisted; a
+    reader does not (yet)."""
+    store, release, _pk = pub
+    release("a")
+    release("a")
+    (store.root / "releases" / "a" / "_index.json").write_bytes(
+        release_index.encode_revisions("a", [1]))
+    (store.root / "releases" / "_index.json").write_bytes(release_index.encode_names([]))
+    assert LocalSource(store.root).release_names() == []
+    assert store.release_names() == ["a"]
+    assert store.release_revisions("a") == [1, 2]
+    from casstore.maintenance import roots
+
+    assert any("a@2" in label for label, _ in roots(store))  # gc marks its trees

@@ -11,6 +11,7 @@ from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.cli.resolve import resolve
 from casstore.errors import CasError, FormatError, NotFound, UsageError
+from casstore.names import check_ref_name
 from casstore.publish import own_release, publish
 from casstore.releases import (
     Release,
@@ -101,7 +102,7 @@ def list_(ctx: Ctx, name: str | None) -> None:
     """
     source = ctx.source()
     rows, bad = [], 0
-    for n in [parse_spec(name)[0]] if name else source.release_names():
+    for n in [check_ref_name(name)] if name else source.release_names():
         for rev in source.release_revisions(n):
             try:
                 rel = load_unverified(source, n, rev)
