@@ -35,6 +35,8 @@ class Counting:
         raise AssertionError("the cache must read stored bytes, not fetch")
 
     def __getattr__(self, name: str):
+        if name.startswith("__") or name == "inner":
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 

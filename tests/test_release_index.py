@@ -200,3 +200,4 @@ def test_writer_view_includes_unlisted_documents(pub) -> None:
     from casstore.maintenance import roots
 
     assert any("a@2" in label for label, _ in roots(store))  # gc marks its trees
+

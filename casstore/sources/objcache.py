@@ -321,10 +321,15 @@ class ObjectCache:
 
     def usage(self) -> int:
         """Bytes of cached objects in the folder right now (a scan)."""
-        return sum(size for _t, _n, size in self._scan())
+        with self._evict_lock:
+            return sum(size for _t, _n, size in self._scan())
 
     def _scan(self) -> list[tuple[int, str, int]]:
-        """(mtime_ns, name, size) of every cached object; stale temp files removed."""
+        """(mtime_ns, name, size) of every cached object; stale temp files removed.
+
+        Called with ``_evict_lock`` held: scandir on the shared directory fd uses
+        its file offset, so two scans at once would disturb each other.
+        """
         out = []
         old = time.time() - TMP_MAX_AGE_S
         with os.scandir(self._fd) as it:
