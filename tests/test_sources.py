@@ -237,3 +237,25 @@ def test_open_source(store: Store, tmp_path: Path) -> None:
             open_source(bad)  # type: ignore[arg-type]
     with pytest.raises(StoreError):
         open_source(tmp_path / "nothing-here")
+
+
+@pytest.mark.parametrize("text", [b"[]", b"{}", b"not json", b'{"format": "casstore", "version": 9}'])
+def test_bad_format_document_is_one_line(tmp_path: Path, text: bytes) -> None:
+    """casstore.json as [] used to be exit 70 (AttributeError)."""
+    st = tmp_path / "store"
+    cas(st, "init", check=True)
+    (st / "casstore.json").write_bytes(text)
+    for args in (("stat",), ("release", "list")):
+        res = cas(st, *args)
+        assert_one_line_error(res)
+        assert res.code == StoreError.exit_code
+
+
+def test_huge_format_document_refused_before_reading(tmp_path: Path) -> None:
+    st = tmp_path / "store"
+    cas(st, "init", check=True)
+    with open(st / "casstore.json", "r+b") as f:
+        f.truncate(1 << 30)
+    res = cas(st, "stat")
+    assert_one_line_error(res)
+    assert "too large" in res.err
