@@ -239,7 +239,8 @@ def test_open_source(store: Store, tmp_path: Path) -> None:
         open_source(tmp_path / "nothing-here")
 
 
-@pytest.mark.parametrize("text", [b"[]", b"{}", b"not json", b'{"format": "casstore", "version": 9}'])
+@pytest.mark.parametrize("text", [b"[]", b"{}", b"not json",
+                                  b'{"format": "casstore", "version": 9}'])
 def test_bad_format_document_is_one_line(tmp_path: Path, text: bytes) -> None:
     """casstore.json as [] used to be exit 70 (AttributeError)."""
     st = tmp_path / "store"
