@@ -231,3 +231,20 @@ def test_file_of_another_user_is_not_trusted(tmp_path: Path, store: Store) -> No
     os.chown(tmp_path / "c" / oid.hex, 12345, 12345)
     cache.fetch(oid)
     assert inner.reads[oid] == 2
+
+
+def test_two_instances_share_one_folder_and_one_quota(store: Store, tmp_path: Path) -> None:
+    """As two processes on a node would: the folder is the only shared state."""
+    oids = _objects(store, 8)
+    a_inner, b_inner = Counting(store.source), Counting(store.source)
+    a = ObjectCache(a_inner, tmp_path / "c", 60_000)
+    b = ObjectCache(b_inner, tmp_path / "c", 60_000)
+    for o in oids[:4]:
+        a.fetch(o)
+    for o in oids[:4]:
+        assert b.fetch(o) == store.fetch(o)
+    assert b_inner.reads == {}  # b found a's files
+    for o in oids[4:]:
+        b.fetch(o)  # b's rescans count a's files too
+    assert b.usage() <= 60_000
+    assert a.fetch(oids[7]) == store.fetch(oids[7]) and oids[7] not in a_inner.reads
