@@ -34,9 +34,13 @@ _KNOWN = {"trusted_keys", "source", "cache_dir", "state_dir", "cache_size", "pre
 
 def parse_size(value: int | str) -> int:
     """``1048576``, ``"512M"``, ``"20G"`` -> bytes."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UsageError(f"not a size: {value!r} (use e.g. 512M or 20G)")
     if isinstance(value, int):
+        if value < 0:
+            raise UsageError(f"not a size: {value!r} (must not be negative)")
         return value
-    m = _SIZE_RE.match(str(value))
+    m = _SIZE_RE.match(value)
     if not m:
         raise UsageError(f"not a size: {value!r} (use e.g. 512M or 20G)")
     return int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
@@ -112,7 +116,13 @@ def from_dict(raw: dict, path: Path | None = None) -> ClientConfig:
         raise KeyFileError("trusted_keys must be a list of hex keys or .pub file paths")
     base = path.resolve().parent if path else Path.cwd()
     cfg = ClientConfig(trusted_keys=keys, path=path)
+    for name in ("source", "cache_dir", "state_dir", "arch"):
+        if name in raw and not isinstance(raw[name], str):
+            raise UsageError(f"client config: {name} must be a string, not {raw[name]!r}")
     if raw.get("source"):
+        if "://" in raw["source"]:  # URLs come with the HTTP source (sources.open_source)
+            raise UsageError(f"client config: source {raw['source']!r}: only store folders "
+                             "are supported so far")
         cfg.source = base / Path(raw["source"]).expanduser()
     for name in ("cache_dir", "state_dir"):
         if raw.get(name):

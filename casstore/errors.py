@@ -122,7 +122,10 @@ class MountError(CasError):
 
 
 class RemoteError(CasError):
-    """A remote source could not be reached or answered badly."""
+    """Temporary: a source could not be read right now (timeout, EIO or ESTALE on NFS,
+    a lost connection, later a 5xx).  Retry later or fail over to another source;
+    unlike ObjectMissing and ObjectCorrupt it says nothing about the object itself,
+    so wrappers (KnownBad, the object cache) never remember it."""
 
     exit_code = 18
     errno = _errno.EIO
@@ -163,6 +166,15 @@ class NameTooLong(UnsupportedFile):
     """A file name longer than the format's 255-byte limit (FORMAT §4)."""
 
     exit_code = 35
+
+
+class UnsafeCache(CasError):
+    """A client cache folder that someone else could write into (not owned by this
+    user, or writable by group or others): refused, since a planted file or symlink
+    there could turn the (root) daemon against the node."""
+
+    exit_code = 21
+    errno = _errno.EACCES
 
 
 def all_error_classes() -> list[type[CasError]]:

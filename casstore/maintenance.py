@@ -29,7 +29,13 @@ from casstore.index import IndexEntry
 from casstore.names import check_ref_name
 from casstore.objects import HEADER, ObjectId, ObjType, decode, is_object_id
 from casstore.releases import MAX_DOC, unverified, verify
-from casstore.sources.layout import RELEASE_SUFFIX, object_path
+from casstore.sources.layout import (
+    MAX_RELEASE_INDEX,
+    RELEASE_INDEX,
+    RELEASE_SUFFIX,
+    object_path,
+)
+from casstore.sources.release_index import decode_names, decode_revisions
 from casstore.store import Store, read_object_file, type_fits
 from casstore.trees import Kind, Storage, decode_blob, decode_tree
 
@@ -98,6 +104,9 @@ def release_roots(store: Store, problems: list[str]) -> Iterator[tuple[str, Obje
     top = store.root / "releases"
     for name in _listdir(top, problems, "releases/"):
         folder = top / name
+        if name == RELEASE_INDEX:
+            _check_index(folder, f"releases/{name}", problems, decode_names)
+            continue
         if not folder.is_dir() or folder.is_symlink():
             problems.append(f"releases/{name}: stray file (not a release folder)")
             continue
@@ -107,7 +116,22 @@ def release_roots(store: Store, problems: list[str]) -> Iterator[tuple[str, Obje
             problems.append(f"releases/{name}: not a valid release name")
             continue
         for fname in _listdir(folder, problems, f"releases/{name}/"):
+            if fname == RELEASE_INDEX:
+                _check_index(folder / fname, f"releases/{name}/{fname}", problems,
+                             lambda data, what, n=name: decode_revisions(data, n, what))
+                continue
             yield from _release_file(folder / fname, name, fname, problems)
+
+
+def _check_index(path: Path, where: str, problems: list[str], decode) -> None:
+    """A release index file (FORMAT §6.4) must parse; what it lists may run ahead or
+    behind the documents (readers tolerate both), so only damage is a problem."""
+    try:
+        decode(_read_small(path, MAX_RELEASE_INDEX), where)
+    except OSError as exc:
+        problems.append(f"{where}: cannot read ({exc.strerror or exc})")
+    except CasError as exc:
+        problems.append(f"{where}: {exc}")
 
 
 def _release_file(path: Path, name: str, fname: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,17 +22,20 @@ import nacl.signing
 
 from casstore.errors import (
     BadSignature,
+    CasError,
     FormatError,
     KeyFileError,
+    NotFound,
     ReleaseExpired,
     RollbackRefused,
+    StoreError,
     Unsigned,
     UntrustedKey,
     UsageError,
 )
 from casstore.fsutil import atomic_write
+from casstore.names import check_ref_name
 from casstore.objects import ObjectId
-from casstore.remote import check_ref_name
 
 DOC_FORMAT = "casstore-release"
 DOC_VERSION = 1
@@ -40,6 +44,9 @@ SECRET_TAG = "casstore-ed25519-secret"
 PUBLIC_TAG = "casstore-ed25519"
 MAX_DOC = 1 << 20
 DAY = 86400
+MAX_TIME = 253402300799  # 9999-12-31 23:59:59 UTC: created/expires beyond it are malformed
+MAX_EXPIRES_DAYS = 100 * 366
+MISSING_TOLERATED = 16  # listed revisions without a document skipped before giving up
 
 
 @dataclass
@@ -168,20 +175,50 @@ def check_body(body: bytes) -> Release:
     return _body(body)
 
 
+def _is_int(value: object, lo: int, hi: int) -> bool:
+    """A JSON integer in range: not a bool (an int in Python), not a float, NaN or inf."""
+    return type(value) is int and lo <= value <= hi
+
+
 def _body(body: bytes) -> Release:
     try:
         d = json.loads(body)
+        if not isinstance(d, dict):
+            raise TypeError
         rel = Release(**d)
         check_ref_name(rel.name)
+        if not (isinstance(rel.root, str) and isinstance(rel.variants, dict)
+                and isinstance(rel.meta, dict)
+                and (rel.baseline is None or isinstance(rel.baseline, str))
+                and all(isinstance(k, str) and isinstance(v, str)
+                        for k, v in rel.variants.items())):
+            raise TypeError
         rel.variant_ids()
         ObjectId.parse(rel.root)
-        if not isinstance(rel.revision, int) or rel.revision < 1:
-            raise ValueError
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, StoreError):  # FormatError is a StoreError
         raise FormatError("release body is malformed") from None
+    if not _is_int(rel.revision, 1, 2**63 - 1):
+        raise FormatError(f"release body has a bad revision {rel.revision!r} "
+                          "(must be an integer >= 1)")
+    for label in ("created", "expires"):
+        if not _is_int(getattr(rel, label), 0, MAX_TIME):
+            raise FormatError(f"release body has a bad {label} time {getattr(rel, label)!r} "
+                              "(must be integer Unix seconds)")
     if rel.variants and rel.baseline not in rel.variants:
         raise FormatError("release variants do not include the baseline")
     return rel
+
+
+def expiry(now: int, days: float) -> int:
+    """The ``expires`` time ``days`` after ``now``; never an already-expired release."""
+    if (isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days)
+            or days <= 0 or days > MAX_EXPIRES_DAYS):
+        raise UsageError(f"bad expiry {days!r} days (use a number of days > 0 and "
+                         f"<= {MAX_EXPIRES_DAYS})")
+    expires = now + int(days * DAY)
+    if expires <= now:
+        raise UsageError(f"expiry of {days!r} days is less than a second")
+    return expires
 
 
 def parse_spec(text: str) -> tuple[str, int | None]:
@@ -227,22 +264,51 @@ class SeenRevisions:
             atomic_write(self.path, json.dumps(state, indent=1).encode(), self.path.parent)
 
 
+def newest(source, name: str, revision: int | None = None) -> tuple[int, bytes]:
+    """(revision, document bytes) of ``name``: the given revision, else the newest one.
+
+    The one "find the newest release" (issue 7): the newest *listed* revision whose
+    document exists.  An index that runs ahead of its documents (a mirror copied
+    it first) is tolerated by skipping listed revisions whose document is missing;
+    one that runs behind simply does not show the newest yet (FORMAT §6.4).
+    """
+    if revision is not None:
+        return revision, source.read_release(name, revision)
+    skipped = 0
+    for rev in reversed(source.release_revisions(name)):
+        try:
+            return rev, source.read_release(name, rev)
+        except NotFound:
+            skipped += 1
+            if skipped >= MISSING_TOLERATED:
+                break
+    raise NotFound(f"release {name!r} has no revisions" if not skipped else
+                   f"release {name!r}: the newest listed revisions have no document")
+
+
+def _check_path(rel: Release, name: str, revision: int, error: type[CasError]) -> Release:
+    if rel.name != name or rel.revision != revision:
+        raise error(f"release document for {name} revision {revision} names "
+                    f"{rel.name} revision {rel.revision} (replayed under a wrong name)")
+    return rel
+
+
+def load_unverified(source, name: str, revision: int | None = None) -> Release:
+    """The newest (or given) revision's body WITHOUT a signature check: for listings,
+    ``release show`` without keys, and a publishing host with no trusted keys."""
+    rev, doc = newest(source, name, revision)
+    return _check_path(unverified(doc), name, rev, FormatError)
+
+
 def load_verified(source, name: str, trusted: list[str], seen: SeenRevisions | None,
                   revision: int | None = None, *, now: float | None = None) -> Release:
     """Fetch, verify and rollback-check a release (the newest when ``revision`` is None).
 
-    ``source`` is any :class:`casstore.remote.ObjectSource`.  On success the
+    ``source`` is any :class:`casstore.sources.ObjectSource`.  On success the
     revision is recorded in ``seen`` so an older one is refused from then on.
     """
-    if revision is None:
-        revs = source.release_revisions(name)
-        if not revs:
-            raise FormatError(f"release {name!r} has no revisions")
-        revision = revs[-1]
-    rel = verify(source.read_release(name, revision), trusted, now=now)
-    if rel.name != name or rel.revision != revision:
-        raise BadSignature(f"release document for {name} revision {revision} names "
-                           f"{rel.name} revision {rel.revision} (replayed under a wrong name)")
+    rev, doc = newest(source, name, revision)
+    rel = _check_path(verify(doc, trusted, now=now), name, rev, BadSignature)
     if seen is not None:
         seen.check(rel)
         seen.record(rel)

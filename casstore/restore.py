@@ -24,20 +24,15 @@ from pathlib import Path
 
 from casstore.errors import FormatError, NotFound, StoreError
 from casstore.fsutil import os_error
-from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode, peek_type
+from casstore.objects import ObjectId, ObjType
 from casstore.reader import TreeReader, packed_bytes, root_entry
-from casstore.remote import ObjectSource, fetch
+from casstore.sources.base import ObjectSource, fetch, stored_type
 from casstore.trees import Entry, Kind, Storage
 
 Progress = Callable[[int], None]
 _WINDOW = 8
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def object_type(source: ObjectSource, oid: ObjectId) -> ObjType:
-    kind, _raw = decode(oid, source.read_stored(oid))
-    return kind
 
 
 @contextmanager
@@ -289,11 +284,6 @@ class Restorer:
             return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
 
 
-def _claimed_type(source: ObjectSource, oid: ObjectId) -> ObjType:
-    """The root's type from its header; the fetch that follows verifies it."""
-    return peek_type(oid, source.read_stored(oid)[:HEADER_SIZE])
-
-
 def restore(source: ObjectSource, oid: ObjectId, dest: Path, subpath: str = "",
             progress: Progress | None = None) -> None:
     """Materialise ``oid`` (optionally a path inside it) at ``dest``, which must not exist."""
@@ -301,7 +291,7 @@ def restore(source: ObjectSource, oid: ObjectId, dest: Path, subpath: str = "",
         raise StoreError(f"{dest} already exists; refusing to overwrite")
     r = Restorer(source, progress)
     try:
-        kind = _claimed_type(source, oid)
+        kind = stored_type(source, oid)  # a hint: every fetch below checks the type
         if subpath:
             if kind != ObjType.TREE:
                 raise NotFound(f"{oid} is not a tree, so it has no path {subpath!r}")

@@ -6,6 +6,7 @@ Layout (docs/FORMAT.md has the normative version)::
     objects/ab/cdef...   one file per object (header + zstd payload)
     refs/NAME            a text file holding one object id
     releases/NAME/000000000007.release   signed release documents
+    releases/_index.json, releases/NAME/_index.json   the release index
     index/               LMDB (a rebuildable cache)
     tmp/                 temporary files of writes in progress
     lock                 flock: shared for writers, exclusive for gc's sweep
@@ -13,7 +14,6 @@ Layout (docs/FORMAT.md has the normative version)::
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
@@ -28,8 +28,8 @@ from pathlib import Path
 from casstore.errors import CasError, NotFound, ObjectCorrupt, ObjectMissing, StoreError
 from casstore.fsutil import atomic_write
 from casstore.index import Index, IndexEntry
+from casstore.names import check_ref_name
 from casstore.objects import (
-    HEADER_SIZE,
     MAX_RAW_SIZE,
     ObjectId,
     ObjType,
@@ -37,13 +37,21 @@ from casstore.objects import (
     encode,
     is_object_id,
 )
-from casstore.remote import LocalSource, check_ref_name, object_path, release_path
+from casstore.sources import release_index
+from casstore.sources.layout import (
+    MAX_STORED_SIZE,
+    names_index_relpath,
+    object_path,
+    release_path,
+    revisions_index_relpath,
+)
+from casstore.sources.local import LocalSource
+from casstore.sources.safeio import read_regular_stat
 
 FORMAT_NAME = "casstore"
 FORMAT_VERSION = 1
 CONFIG_FILE = "casstore.json"
 # Writers store a payload raw when zstd does not make it smaller (FORMAT §3.2).
-MAX_STORED_SIZE = HEADER_SIZE + MAX_RAW_SIZE
 log = logging.getLogger(__name__)
 _INDEX_OPEN = threading.Lock()  # LMDB refuses to open one environment twice per process
 
@@ -101,38 +109,13 @@ def _setting(section: dict, key: str, default: int | None = None, *, low: int = 
 
 
 def read_object_file(path: Path) -> tuple[bytes, os.stat_result]:
-    """Read one object file as hostile input: no symlink, FIFO or device, bounded size.
-
-    O_NONBLOCK makes a FIFO planted at an object path an error instead of a hang;
-    the size is checked with fstat before a byte is read.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ObjectMissing(f"object file {path} is missing") from None
-    except OSError as exc:
-        what = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
-        raise ObjectCorrupt(f"object file {path} {what}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ObjectCorrupt(f"object file {path} is not a regular file")
-        if st.st_size > MAX_STORED_SIZE:
-            raise ObjectCorrupt(f"object file {path} is too large ({st.st_size} bytes)")
-        parts, left = [], st.st_size + 1
-        while left > 0:
-            part = os.read(fd, min(left, 1 << 24))
-            if not part:
-                break
-            parts.append(part)
-            left -= len(part)
-        if left <= 0:
-            raise ObjectCorrupt(f"object file {path} grew while being read")
-        return b"".join(parts), st
-    except OSError as exc:
-        raise ObjectCorrupt(f"object file {path} cannot be read ({exc.strerror})") from None
-    finally:
-        os.close(fd)
+    """Read one object file as hostile input (no symlink, FIFO or device, bounded
+    size checked before reading: :mod:`casstore.sources.safeio`), with its fstat."""
+    got = read_regular_stat(path, MAX_STORED_SIZE, f"object file {path}",
+                            corrupt=ObjectCorrupt)
+    if got is None:
+        raise ObjectMissing(f"object file {path} is missing")
+    return got
 
 
 def type_fits(stored: ObjType, wanted: ObjType) -> bool:
@@ -145,11 +128,18 @@ def type_fits(stored: ObjType, wanted: ObjType) -> bool:
     return wanted == ObjType.CHUNK or stored == wanted
 
 
-class Store(LocalSource):
-    """A local store opened for reading and writing."""
+class Store:
+    """A local store opened for reading and writing.
+
+    It *contains* a :class:`LocalSource` (``store.source``) for every read, so
+    writers, fsck and gc read through the same bounded, checked path as a
+    mount; the read methods below only delegate to it, so a Store can be handed
+    to a reader where a source is expected.
+    """
 
     def __init__(self, root: Path, settings: StoreSettings) -> None:
-        super().__init__(root)
+        self.source = LocalSource(root)
+        self.root = self.source.root
         self.settings = settings
         self.tmp = self.root / "tmp"
         self._index: Index | None = None
@@ -163,8 +153,9 @@ class Store(LocalSource):
             if not create:
                 raise StoreError(f"no store at {root} (run 'cas init' or 'cas put' first)")
             return cls.init(root)
+        source = LocalSource(root)  # checks the format document (bounded read)
         try:
-            settings = StoreSettings.from_json(json.loads(cfg.read_text()))
+            settings = StoreSettings.from_json(json.loads(source.read_format() or b""))
         except (ValueError, OSError):
             raise StoreError(f"{cfg} is damaged") from None
         return cls(root, settings)
@@ -180,7 +171,9 @@ class Store(LocalSource):
             raise StoreError(f"cannot create store at {root}: {exc.strerror}") from None
         atomic_write(root / CONFIG_FILE, json.dumps(settings.to_json(), indent=2).encode(),
                      root / "tmp", replace=False)
-        return cls.open(root)
+        store = cls.open(root)
+        store.rebuild_release_index()  # from the start: readers never need readdir
+        return store
 
     @property
     def index(self) -> Index:
@@ -211,6 +204,45 @@ class Store(LocalSource):
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    # -- reading: delegated to the contained source -------------------------------
+    def read_stored(self, oid: ObjectId) -> bytes:
+        return self.source.read_stored(oid)
+
+    def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
+        return self.source.fetch(oid, expect)
+
+    def read_head(self, oid: ObjectId) -> bytes:
+        return self.source.read_head(oid)
+
+    def stored_size(self, oid: ObjectId) -> int | None:
+        return self.source.stored_size(oid)
+
+    def read_ref(self, name: str) -> ObjectId:
+        return self.source.read_ref(name)
+
+    def read_format(self) -> bytes | None:
+        return self.source.read_format()
+
+    def release_names(self) -> list[str]:
+        """Names in the release index *or* on disk: the writer's view.  gc must mark
+        (and a publisher count) a document that an interrupted publish left unlisted,
+        which a reader rightly does not see yet."""
+        return sorted(set(self.source.release_names()) | set(self.source.scan_release_names()))
+
+    def release_revisions(self, name: str) -> list[int]:
+        """Revisions listed in the index or with a document on disk (see release_names)."""
+        try:
+            listed = self.source.release_revisions(name)
+        except NotFound:
+            listed = []
+        revs = sorted(set(listed) | set(self.published_revisions(name)))
+        if not revs and name not in self.release_names():
+            raise NotFound(f"no release named {name!r}")
+        return revs
+
+    def read_release(self, name: str, revision: int) -> bytes:
+        return self.source.read_release(name, revision)
 
     # -- objects -----------------------------------------------------------------
     def has(self, oid: ObjectId) -> bool:
@@ -331,11 +363,7 @@ class Store(LocalSource):
         self.index.set_ref(name, oid)
 
     def get_ref(self, name: str) -> ObjectId:
-        check_ref_name(name)
-        try:
-            return ObjectId.parse((self.root / "refs" / name).read_text().strip())
-        except FileNotFoundError:
-            raise NotFound(f"no ref named {name!r}") from None
+        return self.source.read_ref(name)
 
     def refs(self) -> dict[str, ObjectId]:
         folder = self.root / "refs"
@@ -343,9 +371,55 @@ class Store(LocalSource):
 
     # -- releases ----------------------------------------------------------------
     def write_release(self, name: str, revision: int, doc: bytes) -> Path:
-        """Publish a release document; an existing revision is never overwritten."""
+        """Publish a release document, then the release index (FORMAT §6.4 order).
+
+        An existing revision is never overwritten.  The objects and trees it names
+        are already in place (the caller checked).
+        """
         dest = release_path(self.root, name, revision)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not atomic_write(dest, doc, self.tmp, replace=False):
             raise StoreError(f"release {name} revision {revision} already exists")
+        self.rebuild_release_index()
         return dest
+
+    def published_revisions(self, name: str) -> list[int]:
+        """Revisions whose document is on disk: the publisher's ground truth, which
+        may run ahead of the index after an interrupted publish."""
+        try:
+            return self.source.scan_revisions(name)
+        except NotFound:
+            return []
+
+    def rebuild_release_index(self) -> None:
+        """Rewrite every release index file that differs from the documents on disk.
+
+        Held under an exclusive flock on ``releases/`` so concurrent publishers never
+        lose each other's entries; per-name files first, then the names file, so a
+        reader never finds a listed name without its revisions.  Also migrates a
+        store written before the index existed.
+        """
+        folder = self.root / "releases"
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            names = []
+            for name in self.source.scan_release_names():
+                revs = self.published_revisions(name)
+                if not revs:
+                    continue
+                names.append(name)
+                self._write_if_changed(revisions_index_relpath(name),
+                                       release_index.encode_revisions(name, revs))
+            self._write_if_changed(names_index_relpath(), release_index.encode_names(names))
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _write_if_changed(self, relpath: str, data: bytes) -> None:
+        dest = self.root / relpath
+        try:
+            if dest.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        atomic_write(dest, data, self.tmp)

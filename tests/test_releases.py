@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from casstore.errors import BadSignature, ReleaseExpired, RollbackRefused, Unsigned, UntrustedKey
+from casstore.errors import (
+    BadSignature,
+    FormatError,
+    ObjectMissing,
+    ReleaseExpired,
+    RollbackRefused,
+    Unsigned,
+    UntrustedKey,
+    UsageError,
+)
+from casstore.objects import ObjectId
 from casstore.releases import (
+    SIGNING_CONTEXT,
     Release,
     SeenRevisions,
     keygen,
@@ -20,7 +32,11 @@ from casstore.releases import (
     sign,
     verify,
 )
-from casstore.remote import LocalSource
+from casstore.sources import release_index
+from casstore.sources.layout import object_path
+from casstore.sources.local import LocalSource
+from casstore.store import Store
+from casstore.trees import decode_tree
 
 from helpers import assert_one_line_error, cas
 
@@ -154,7 +170,7 @@ def test_cli_rollback_publishes_new_revision(tmp_path: Path) -> None:
 
 def test_cli_tampered_file_refused(tmp_path: Path) -> None:
     store, key, _t1 = _store_with_release(tmp_path)
-    path = next((store / "releases" / "julia").iterdir())
+    path = store / "releases" / "julia" / "000000000001.release"
     doc = json.loads(path.read_text())
     body = json.loads(base64.b64decode(doc["body"]))
     body["expires"] += 10**6
@@ -170,6 +186,8 @@ def test_release_renamed_on_disk_refused(tmp_path: Path, keys) -> None:
     store, key, _t1 = _store_with_release(tmp_path)
     folder = store / "releases" / "julia"
     (folder / "000000000009.release").write_bytes((folder / "000000000001.release").read_bytes())
+    # a hostile mirror lists it in the (unsigned) release index too
+    (folder / "_index.json").write_bytes(release_index.encode_revisions("julia", [1, 9]))
     with pytest.raises(BadSignature, match="replayed"):
         load_verified(LocalSource(store), "julia", [parse_public(str(key) + ".pub")], None)
 
@@ -207,7 +225,7 @@ def test_rollback_never_resigns_a_tampered_revision(tmp_path: Path) -> None:
     res = cas(store, "release", "rollback", "julia", "--to", "1", "--key", str(key))
     assert_one_line_error(res)
     assert res.code == BadSignature.exit_code
-    assert sorted(p.name for p in path.parent.iterdir()) == ["000000000001.release"]
+    assert sorted(p.name for p in path.parent.glob("*.release")) == ["000000000001.release"]
 
 
 def test_release_names_are_verified_when_keys_are_configured(tmp_path: Path) -> None:
@@ -227,3 +245,121 @@ def test_release_names_are_verified_when_keys_are_configured(tmp_path: Path) -> 
     bad = cas(store, "ls", "julia", env={"CAS_CONFIG": str(cfg)})
     assert_one_line_error(bad)
     assert bad.code == BadSignature.exit_code
+
+
+# -- issue 8: one-line errors for bad bodies, specs, expiry, incomplete trees -------
+def _resign(store: Path, key: Path, body_text: bytes, rev: int = 1) -> None:
+    """Replace revision ``rev`` with a document whose (trusted) signature covers ``body_text``."""
+    sk = load_secret(key)
+    sig = sk.sign(SIGNING_CONTEXT + body_text).signature
+    doc = {"format": "casstore-release", "version": 1, "key": sk.verify_key.encode().hex(),
+           "body": base64.b64encode(body_text).decode(),
+           "signature": base64.b64encode(sig).decode()}
+    (store / "releases" / "julia" / f"{rev:012d}.release").write_text(json.dumps(doc))
+
+
+def _body_text(t1: str, **change) -> bytes:
+    now = int(time.time())
+    body = {"name": "julia", "revision": 1, "root": t1, "created": now, "expires": now + 3600,
+            "variants": {}, "baseline": None, "meta": {}}
+    body.update(change)
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("change", [
+    {"expires": "2099-01-01"},  # was exit 70 (TypeError)
+    {"expires": float("nan")},  # was accepted: NaN never expires
+    {"expires": float("inf")},  # was accepted: Infinity never expires
+    {"revision": True},  # was accepted: bool is an int in Python
+    {"created": -5},
+    {"expires": 10**20},
+    {"variants": ["x86-64"]},  # was exit 70 (AttributeError)
+])
+def test_bad_signed_body_is_a_one_line_format_error(tmp_path: Path, change: dict) -> None:
+    store, key, t1 = _store_with_release(tmp_path)
+    _resign(store, key, _body_text(t1, **change))
+    res = cas(store, "release", "verify", "julia", "--trusted-key", str(key) + ".pub")
+    assert_one_line_error(res)
+    assert res.code == FormatError.exit_code, res
+
+
+def test_good_resigned_body_still_verifies(tmp_path: Path) -> None:
+    """The crafting helper itself is sound: only the bad field makes the cases fail."""
+    store, key, t1 = _store_with_release(tmp_path)
+    _resign(store, key, _body_text(t1))
+    cas(store, "release", "verify", "julia", "--trusted-key", str(key) + ".pub", check=True)
+
+
+@pytest.mark.parametrize("args", [
+    ("verify", "julia@abc"), ("verify", "julia@-1"), ("verify", "julia@0"),
+    ("show", "julia@0"), ("show", "julia@abc"), ("show", "julia@"),
+])
+def test_bad_revision_specs_are_errors(tmp_path: Path, args: tuple[str, str]) -> None:
+    store, key, _t1 = _store_with_release(tmp_path)
+    res = cas(store, "release", *args, "--trusted-key", str(key) + ".pub")
+    assert_one_line_error(res)
+    assert res.code == UsageError.exit_code
+
+
+@pytest.mark.parametrize("days", ["nan", "-1", "0", "inf", "1e300"])
+def test_bad_expiry_is_refused(tmp_path: Path, days: str) -> None:
+    store, key, t1 = _store_with_release(tmp_path)
+    res = cas(store, "release", "create", "julia", t1, "--key", str(key), "--expires-days", days)
+    assert_one_line_error(res)
+    assert res.code == UsageError.exit_code
+    res = cas(store, "release", "rollback", "julia", "--to", "1", "--key", str(key),
+              "--expires-days", days)
+    assert_one_line_error(res)
+    assert [r["revision"] for r in json.loads(cas(store, "--json", "release", "list",
+                                                  check=True).out)] == [1]
+
+
+def test_create_refuses_an_incomplete_tree(tmp_path: Path) -> None:
+    """Issue 8: release create signed a release whose subtrees were missing."""
+    store, key, _t1 = _store_with_release(tmp_path)
+    src = tmp_path / "src2"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "sub" / "deeper" / "big").write_bytes(os.urandom(100_000))
+    tree = cas(store, "put", str(src), check=True).out.strip()
+    s = Store.open(store)
+    sub = next(e for e in decode_tree(s.fetch(ObjectId.parse(tree))) if e.name == b"sub")
+    deeper = next(e for e in decode_tree(s.fetch(sub.oid)) if e.name == b"deeper")
+    big = decode_tree(s.fetch(deeper.oid))[0]
+    object_path(store, big.oid).unlink()  # a chunk deep inside
+    res = cas(store, "release", "create", "julia", tree, "--key", str(key))
+    assert_one_line_error(res)
+    assert res.code == ObjectMissing.exit_code and "sub/deeper/big" in res.err
+    object_path(store, sub.oid).unlink()  # a whole subtree
+    res = cas(store, "release", "create", "other", tree, "--key", str(key),
+              "--variant", f"x86-64={_t1}")
+    assert_one_line_error(res)
+    assert res.code == ObjectMissing.exit_code and "root/sub" in res.err
+    assert [r["name"] for r in json.loads(cas(store, "--json", "release", "list",
+                                              check=True).out)] == ["julia"]
+
+
+def test_list_shows_every_good_document_and_reports_bad_ones(tmp_path: Path) -> None:
+    store, key, t1 = _store_with_release(tmp_path)
+    for _ in range(2):
+        cas(store, "release", "create", "julia", t1, "--key", str(key), check=True)
+    (store / "releases" / "julia" / "000000000002.release").write_text("{not json")
+    res = cas(store, "--json", "release", "list")
+    assert res.code == FormatError.exit_code and "Traceback" not in res.err
+    rows = json.loads(res.out)
+    assert [r["revision"] for r in rows] == [1, 2, 3]
+    assert "error" in rows[1] and rows[0]["root"] == rows[2]["root"] == t1
+    text = cas(store, "release", "list")
+    assert "julia@1" in text.out and "julia@3" in text.out and "DAMAGED" in text.out
+    assert_one_line_error(text)
+
+
+@pytest.mark.parametrize("line", ["source = 5", "state_dir = {}", "cache_dir = []",
+                                  "arch = 3", "cache_size = true", "cache_size = -1",
+                                  'source = "https://example.org/store"'])
+def test_bad_client_config_values_are_usage_errors(tmp_path: Path, line: str) -> None:
+    cfg = tmp_path / "client.toml"
+    cfg.write_text(line + "\n")
+    res = cas(None, "status", str(tmp_path), "--config", str(cfg))
+    assert_one_line_error(res)
+    assert res.code == UsageError.exit_code
+    assert "client config" in res.err or "not a size" in res.err

@@ -14,7 +14,8 @@ from casstore.cli.resolve import resolve_spec
 from casstore.errors import UsageError
 from casstore.objects import ObjType
 from casstore.reader import TreeReader, root_entry
-from casstore.restore import Restorer, object_type
+from casstore.restore import Restorer
+from casstore.sources.base import stored_type
 from casstore.trees import Entry, Kind, Storage
 
 _KIND = {Kind.FILE: "-", Kind.DIR: "d", Kind.SYMLINK: "l"}
@@ -27,7 +28,7 @@ def cat(ctx: Ctx, spec: str) -> None:
     """Write the bytes of file ID[/path] to stdout (verified chunk by chunk)."""
     source = ctx.source()
     oid, sub = resolve_spec(source, spec)
-    kind = object_type(source, oid)
+    kind = stored_type(source, oid)
     r = Restorer(source)
     try:
         if kind == ObjType.TREE:

@@ -46,12 +46,13 @@ class Ctx:
         return Store.open(self.store_path, create=create)
 
     def source(self):
-        """The store for reading only (works on a read-only mirror)."""
-        from casstore.remote import LocalSource
+        """The store for reading only (works on a read-only mirror): an ObjectSource
+        from the one factory, :func:`casstore.sources.open_source`."""
+        from casstore.sources import open_source
 
         if not self.store_path.exists():
             raise StoreError(f"no store at {self.store_path}")
-        return LocalSource(self.store_path)
+        return open_source(self.store_path)
 
     def emit(self, data: Any, text: str | None = None) -> None:
         """Print ``data`` as JSON with --json, else ``text`` (or str(data))."""

@@ -10,15 +10,18 @@ import click
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.cli.resolve import resolve
-from casstore.errors import NotFound, UsageError
+from casstore.errors import CasError, FormatError, NotFound, UsageError
+from casstore.names import check_ref_name
 from casstore.publish import own_release, publish
 from casstore.releases import (
     Release,
     SeenRevisions,
+    expiry,
     load_secret,
+    load_unverified,
     load_verified,
     parse_public,
-    unverified,
+    parse_spec,
 )
 
 
@@ -57,6 +60,7 @@ def _parse_kv(items: tuple[str, ...], what: str) -> dict[str, str]:
 def create(ctx: Ctx, name: str, tree: str, key: Path, variants: tuple[str, ...],
            baseline: str, expires_days: float, meta: tuple[str, ...]) -> None:
     """Sign and publish a new revision of release NAME pointing at TREE."""
+    expiry(0, expires_days)  # refuse nan, <= 0 or huge before touching the store
     store = ctx.open_store()
     var = {lvl: str(resolve(store, t)) for lvl, t in _parse_kv(variants, "--variant").items()}
     rel = publish(store, load_secret(key), name, str(resolve(store, tree)), var, baseline,
@@ -75,6 +79,9 @@ def rollback(ctx: Ctx, name: str, to_rev: int, key: Path, expires_days: float) -
 
     Revisions never go back, so nodes that refuse older revisions still accept it.
     """
+    expiry(0, expires_days)
+    if to_rev < 1:
+        raise UsageError(f"bad revision {to_rev} for --to (use N >= 1)")
     store = ctx.open_store()
     sk = load_secret(key)
     old = own_release(store, name, to_rev, sk)  # never re-sign what we cannot verify
@@ -87,18 +94,37 @@ def rollback(ctx: Ctx, name: str, to_rev: int, key: Path, expires_days: float) -
 @click.argument("name", required=False)
 @pass_ctx
 def list_(ctx: Ctx, name: str | None) -> None:
-    """List releases and their revisions (signatures are not checked here)."""
+    """List releases and their revisions (signatures are not checked here).
+
+    A damaged document is listed as such and the listing goes on; the exit code
+    is then non-zero.  A revision the index lists before its document arrived
+    is not shown (it is not there yet).
+    """
     source = ctx.source()
-    rows = []
-    for n in [name] if name else source.release_names():
+    rows, bad = [], 0
+    for n in [check_ref_name(name)] if name else source.release_names():
         for rev in source.release_revisions(n):
-            rel = unverified(source.read_release(n, rev))
+            try:
+                rel = load_unverified(source, n, rev)
+            except NotFound:
+                continue
+            except CasError as exc:
+                bad += 1
+                rows.append({"name": n, "revision": rev, "error": str(exc)})
+                continue
             rows.append({"name": n, "revision": rev, "root": rel.root, "created": rel.created,
                          "expires": rel.expires, "variants": sorted(rel.variants)})
-    lines = [f"{r['name']}@{r['revision']}  {r['root']}  "
-             f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(r['created']))}"
-             + (f"  variants: {','.join(r['variants'])}" if r["variants"] else "") for r in rows]
-    ctx.emit(rows, "\n".join(lines) if lines else "no releases")
+    ctx.emit(rows, "\n".join(_list_line(r) for r in rows) if rows else "no releases")
+    if bad:
+        raise FormatError(f"{bad} release document(s) could not be read (listed above)")
+
+
+def _list_line(r: dict) -> str:
+    if "error" in r:
+        return f"{r['name']}@{r['revision']}  DAMAGED: {r['error']}"
+    return (f"{r['name']}@{r['revision']}  {r['root']}  "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(r['created']))}"
+            + (f"  variants: {','.join(r['variants'])}" if r["variants"] else ""))
 
 
 @command(release, "show")
@@ -108,16 +134,12 @@ def list_(ctx: Ctx, name: str | None) -> None:
 @pass_ctx
 def show(ctx: Ctx, spec: str, keys: tuple[str, ...]) -> None:
     """Show release NAME[@REV]; with --trusted-key, verify it too (exit non-zero if bad)."""
+    name, revision = parse_spec(spec)
     source = ctx.source()
-    name, _, rev = spec.partition("@")
-    revision = int(rev) if rev.isdigit() else None
     if keys:
         rel = load_verified(source, name, [parse_public(k) for k in keys], None, revision)
     else:
-        revs = source.release_revisions(name)
-        if revision is None and not revs:
-            raise NotFound(f"release {name!r} has no revisions")
-        rel = unverified(source.read_release(name, revision or revs[-1]))
+        rel = load_unverified(source, name, revision)
     data = vars(rel) | {"verified": bool(keys)}
     text = "\n".join(f"{k}: {v}" for k, v in data.items())
     ctx.emit(data, text)
@@ -131,9 +153,9 @@ def show(ctx: Ctx, spec: str, keys: tuple[str, ...]) -> None:
 @pass_ctx
 def verify_cmd(ctx: Ctx, spec: str, keys: tuple[str, ...], seen: Path | None) -> None:
     """Verify release NAME[@REV]: signature, trusted key, expiry and rollback."""
+    name, revision = parse_spec(spec)
     source = ctx.source()
-    name, _, rev = spec.partition("@")
     rel = load_verified(source, name, [parse_public(k) for k in keys],
-                        SeenRevisions(seen) if seen else None, int(rev) if rev.isdigit() else None)
+                        SeenRevisions(seen) if seen else None, revision)
     ctx.emit({"name": rel.name, "revision": rel.revision, "ok": True},
              f"{rel.name} revision {rel.revision}: OK")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.errors import NotFound
+from casstore.releases import newest
 
 
 @command(cli, "stat")
@@ -16,8 +17,8 @@ def stat_cmd(ctx: Ctx) -> None:
     releases = {}
     for name in store.release_names():
         try:
-            releases[name] = store.release_revisions(name)[-1]
-        except (NotFound, IndexError):
+            releases[name] = newest(store, name)[0]  # newest listed with a document
+        except NotFound:
             continue
     data = {"store": str(store.root), "objects": count, "raw_bytes": raw,
             "stored_bytes": stored, "refs": {k: str(v) for k, v in store.refs().items()},

@@ -78,6 +78,19 @@ class KnownBad:
         self.check(oid)
         return self.inner.read_stored(oid)
 
+    def read_head(self, oid: ObjectId) -> bytes:
+        self.check(oid)
+        return self.inner.read_head(oid)
+
+    def stored_size(self, oid: ObjectId) -> int | None:
+        return self.inner.stored_size(oid)  # presence only: a corrupt object is present
+
+    def read_ref(self, name: str) -> ObjectId:
+        return self.inner.read_ref(name)
+
+    def read_format(self) -> bytes | None:
+        return self.inner.read_format()
+
     def release_names(self) -> list[str]:
         return self.inner.release_names()
 
@@ -86,6 +99,9 @@ class KnownBad:
 
     def read_release(self, name: str, revision: int) -> bytes:
         return self.inner.read_release(name, revision)
+
+    def close(self) -> None:
+        self.inner.close()
 
     def summary(self, limit: int = 20) -> dict:
         with self._lock:
