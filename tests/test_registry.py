@@ -9,14 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from casstore.objects import ObjectId
-from casstore.pkg.gittree import folder_tree_hash, store_tree_hash
-from casstore.pkg.versions import compress, decompress, registry_compat, semver_spec
-from casstore.reader import TreeReader, root_entry
-from casstore.snapshot import put_paths
-from casstore.store import Store
-from helpers import assert_one_line_error, cas
 from pkg_helpers import (
     BUNDLES,
     PACKAGES_TOML,
@@ -26,6 +18,15 @@ from pkg_helpers import (
     packages,
     unreachable_repo_urls,
 )
+
+from casstore.objects import ObjectId
+from casstore.pkg.gittree import folder_tree_hash, store_tree_hash
+from casstore.pkg.versions import compress, decompress, registry_compat, semver_spec
+from casstore.reader import TreeReader, root_entry
+from casstore.snapshot import put_paths
+from casstore.store import Store
+
+from helpers import assert_one_line_error, cas
 
 EXTRA_SPECS = ["0.0.3", "0.0", "0", "~0.3.2", "~1", "^0.2.3", ">= 0.5", "≥ 1.2.3", "<2",
                "< 0.3", "=1.2.3", "0.7 - 1.3", "1.2 - 2", "0.15, 0.16, 0.17", "1, 0.1.1"]
