@@ -145,6 +145,9 @@ class PkgService:
         return None
 
 
+PKG: web.AppKey[PkgService] = web.AppKey("pkg", PkgService)
+
+
 # -- HTTP ------------------------------------------------------------------------
 def _bad(text: str) -> web.Response:
     return web.Response(status=400, text=text + "\n")
@@ -155,7 +158,7 @@ def _missing(text: str) -> web.Response:
 
 
 async def registries(request: web.Request) -> web.Response:
-    svc: PkgService = request.app["pkg"]
+    svc: PkgService = request.app[PKG]
     await svc.refresh()
     body = "".join(f"/registry/{rc.uuid}/{rc.tree_sha1}\n" for rc in svc.current())
     return web.Response(text=body, content_type="text/plain",
@@ -181,7 +184,7 @@ async def _content(request: web.Request, kind: str, uuid: str, sha1: str) -> web
         return _bad("malformed uuid (canonical lower-case form expected)")
     if not SHA1_RE.match(sha1):
         return _bad("malformed hash (40 lower-case hex digits expected)")
-    svc: PkgService = request.app["pkg"]
+    svc: PkgService = request.app[PKG]
     tree = svc.find(kind, uuid, sha1)
     if tree is None:
         await svc.refresh()  # a revision published a moment ago
@@ -233,7 +236,7 @@ async def _send(request: web.Request, svc: PkgService, c: Cached, sha1: str) -> 
 def add_pkg_routes(app: web.Application, cfg: PkgConfig) -> PkgService:
     """Attach the Pkg protocol to an app (issue 9's store routes share the same app)."""
     svc = PkgService(cfg)
-    app["pkg"] = svc
+    app[PKG] = svc
 
     async def startup(_app: web.Application) -> None:
         await svc.refresh(force=True)
