@@ -323,6 +323,17 @@ def test_wrong_tree_under_a_hash_is_refused(built: dict, tmp_path: Path, caplog)
     assert list((tmp_path / "c").iterdir()) == []
 
 
+def test_cas_serve_process_serves_and_stops_on_sigterm(built: dict, tmp_path: Path) -> None:
+    srv = ProcessServer(built["store"], built["pub"], tmp_path / "c", tmp_path / "log")
+    with srv:
+        assert http(srv.url + "/registries")[2].decode().endswith(
+            f"/{built['out']['tree_sha1']}\n")
+        assert http(srv.url + "/healthz")[0] == 200
+        assert http(srv.url + "/registries", "POST")[0] == 405
+    assert srv.proc.returncode == 0
+    assert "serving registry-General@1" in (tmp_path / "log").read_text()
+
+
 def test_cas_serve_needs_a_trusted_key_and_a_valid_listen(built: dict) -> None:
     res = cas(None, "serve", str(built["store"]), "--listen", "127.0.0.1:0")
     assert res.code == 53 and "--trusted-key" in res.err
