@@ -81,7 +81,12 @@ class PkgService:
         return [n for n in self.source.release_names() if n.startswith(REGISTRY_PREFIX)]
 
     def load(self) -> None:
-        """Verify and index revisions not seen yet (blocking; run in a thread)."""
+        """Verify and index revisions not seen yet (blocking; run in a thread).
+
+        The index is replaced, never changed in place, so lookups running meanwhile
+        on other threads always see a complete one.
+        """
+        found: dict[tuple[str, int], _Loaded] = {}
         for name in self._names():
             try:
                 revs = self.source.release_revisions(name)
@@ -101,8 +106,10 @@ class PkgService:
                     log.error("refusing %s@%d: %s", name, rev, exc)
                     self.refused.add((name, rev))
                     continue
-                self.loaded[(name, rev)] = _Loaded(rc, rel.expires)
+                found[(name, rev)] = _Loaded(rc, rel.expires)
                 log.info("serving %s@%d: registry %s %s", name, rev, rc.uuid, rc.tree_sha1)
+        if found:
+            self.loaded = {**self.loaded, **found}
 
     async def refresh(self, force: bool = False) -> None:
         async with self._refresh_lock:
@@ -111,14 +118,15 @@ class PkgService:
                 self._refreshed = time.monotonic()
 
     def _newest_first(self) -> list[RegistryContent]:
-        return [v.content for _k, v in sorted(self.loaded.items(),
+        loaded = self.loaded
+        return [v.content for _k, v in sorted(loaded.items(),
                                               key=lambda kv: (kv[0][0], -kv[0][1]))]
 
     def current(self) -> list[RegistryContent]:
         """The newest unexpired revision of each registry release, one per registry uuid."""
         out: dict[str, RegistryContent] = {}
         now = time.time()
-        for (name, _rev), item in sorted(self.loaded.items(), key=lambda kv: kv[0]):
+        for (name, _rev), item in sorted(dict(self.loaded).items(), key=lambda kv: kv[0]):
             if item.expires < now:
                 continue
             prev = out.get(item.content.uuid)
@@ -185,13 +193,17 @@ async def _content(request: web.Request, kind: str, uuid: str, sha1: str) -> web
     if not SHA1_RE.match(sha1):
         return _bad("malformed hash (40 lower-case hex digits expected)")
     svc: PkgService = request.app[PKG]
-    tree = svc.find(kind, uuid, sha1)
-    if tree is None:
-        await svc.refresh()  # a revision published a moment ago
-        tree = svc.find(kind, uuid, sha1)
+    loop = asyncio.get_running_loop()
+    try:
+        tree = await loop.run_in_executor(None, svc.find, kind, uuid, sha1)
+        if tree is None:
+            await svc.refresh()  # a revision published a moment ago
+            tree = await loop.run_in_executor(None, svc.find, kind, uuid, sha1)
+    except CasError as exc:  # a map object damaged since the release was loaded
+        log.error("cannot look up %s %s: %s", kind, sha1, exc)
+        return web.Response(status=500, text="store object damaged or missing\n")
     if tree is None:
         return _missing(f"no {kind} with that hash here")
-    loop = asyncio.get_running_loop()
     key = (tree.hex, sha1)
     lock = svc._builds.setdefault(key, asyncio.Lock())
     try:

@@ -165,12 +165,16 @@ class TarballCache:
         return (m.group(1), m.group(2))
 
     def _evict(self) -> None:
-        """Drop least recently used files until under the bound (lock held)."""
+        """Drop least recently used files until under the bound (lock held).
+
+        Files being served and the newest file (about to be served) stay, so the
+        folder may exceed the bound for as long as they are in use.
+        """
         total = self.total
-        for key in list(self._lru):
+        for key in list(self._lru)[:-1]:
             if total <= self.max_bytes:
                 break
-            if key in self._pinned or len(self._lru) == 1:
+            if key in self._pinned:
                 continue
             c = self._lru.pop(key)
             self._verified.pop(c.path, None)

@@ -272,6 +272,34 @@ def _corrupt_first_pack(store: Path, tree: ObjectId) -> None:
     raise AssertionError("no stored file to corrupt")
 
 
+def test_cache_is_bounded_lru_and_survives_restart(built: dict, tmp_path: Path) -> None:
+    from server.tarcache import TarballCache
+    store = Store.open(built["store"])
+    reader = TreeReader(store)
+    rc = content(built["store"], built)
+    tb = packages()["Tables"]
+    df_tree = rc.package_tree(reader, DF["uuid"], DF["tree_sha1"])
+    tb_tree = rc.package_tree(reader, tb["uuid"], tb["tree_sha1"])
+    probe = TarballCache(tmp_path / "probe", 1 << 30)
+    df_size = probe.get(reader, df_tree, DF["tree_sha1"]).size
+    first = probe.get(reader, df_tree, DF["tree_sha1"]).path.read_bytes()
+
+    folder = tmp_path / "c"
+    cache = TarballCache(folder, df_size + 1)
+    cache.get(reader, df_tree, DF["tree_sha1"])
+    held = cache.pin(cache.get(reader, tb_tree, tb["tree_sha1"]))  # DF is evicted (LRU)
+    assert [p.name.split("-")[1] for p in folder.iterdir()] == [tb["tree_sha1"]]
+    again = cache.get(reader, df_tree, DF["tree_sha1"])  # Tables is pinned: it stays
+    assert again.path.read_bytes() == first and cache.builds == 3
+    assert len(list(folder.iterdir())) == 2
+    cache.unpin(held)
+
+    (folder / "tmp-1-2-3").write_bytes(b"half a tarball")
+    restarted = TarballCache(folder, 1 << 30)
+    assert restarted.get(reader, df_tree, DF["tree_sha1"]).path.read_bytes() == first
+    assert restarted.builds == 0 and not (folder / "tmp-1-2-3").exists()
+
+
 def test_corrupt_store_object_gives_500_and_nothing_cached(built: dict, tmp_path: Path,
                                                           caplog) -> None:
     store = copy_store(built, tmp_path)

@@ -183,6 +183,26 @@ def test_registry_matches_packages_toml(built: dict) -> None:
 
 
 @needs_bundles
+def test_registry_folder_reads_back_losslessly(built: dict, tmp_path: Path) -> None:
+    """Load + write gives the same bytes (and hash): what extending a registry relies on."""
+    from casstore.pkg.registry import Registry
+    Registry.load(built["regdir"]).write(tmp_path / "again")
+    assert folder_tree_hash(tmp_path / "again") == built["meta"]["registry_tree_sha1"]
+
+
+@needs_bundles
+def test_from_folder_seeds_a_new_registry(built: dict, tmp_path: Path) -> None:
+    out = json.loads(cas(tmp_path / "s", "--json", "registry", "build", "--from",
+                         str(built["regdir"]), "--key", str(built["key"]), check=True).out)
+    assert out["revision"] == 1 and out["versions"] == len(packages())
+    assert out["tree_sha1"] == built["meta"]["registry_tree_sha1"]
+    again = cas(built["store"], "registry", "build", "--from", str(built["regdir"]),
+                "--key", str(built["key"]))
+    assert_one_line_error(again)
+    assert "extended automatically" in again.err
+
+
+@needs_bundles
 def test_every_version_is_in_the_store_by_its_tree_hash(built: dict) -> None:
     from casstore.pkg.content import read_package_map
     store = Store.open(built["store"])
