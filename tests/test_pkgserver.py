@@ -396,6 +396,13 @@ println("HELLO=", Tiny.hello(), " TINY=", Tiny.version())
 '''
 
 
+def status_lists(proc: subprocess.CompletedProcess[str], items: list[str]) -> bool:
+    """Pkg.status() ran last and listed every item (Pkg 1.5 prints it on stdout)."""
+    out = proc.stdout + proc.stderr
+    at = out.rfind("Status `")
+    return at >= 0 and all(i in out[at:] for i in items)
+
+
 @pytest.mark.julia
 @pytest.mark.slow
 def test_julia_add_update_instantiate_status(built: dict, tmp_path: Path) -> None:
@@ -406,7 +413,7 @@ def test_julia_add_update_instantiate_status(built: dict, tmp_path: Path) -> Non
         proc = julia(ADD, depot, srv.url)
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert "HELLO=hello from an artifact" in proc.stdout
-        assert "DataFrames v1.2.2" in proc.stdout + proc.stderr  # Pkg.status
+        assert status_lists(proc, ["DataFrames v1.2.2", "Tiny v0.1.0"])
         got = manifest_versions(env / "Manifest.toml")
         want = {n: (p["version"], p["tree_sha1"]) for n, p in packages().items()}
         assert "DataFrames" in got and got["Tiny"][0] == "0.1.0"
@@ -430,6 +437,8 @@ def test_julia_add_update_instantiate_status(built: dict, tmp_path: Path) -> Non
         assert proc.returncode == 0, proc.stderr[-4000:]
         got = manifest_versions(env / "Manifest.toml")
         assert got["Tiny"][0] == "0.2.0"
+        held = f"{HELD_BACK} v{packages()[HELD_BACK]['version']}"
+        assert status_lists(proc, ["Tiny v0.2.0", held])
         assert got[HELD_BACK] == want[HELD_BACK][:1] + (packages()[HELD_BACK]["tree_sha1"],)
         info = tomllib.loads((depot / "registries" / "General" / ".tree_info.toml").read_text())
         assert info["git-tree-sha1"] == rev2["tree_sha1"]
