@@ -76,8 +76,11 @@ def build(store: Store, sk: nacl.signing.SigningKey, opts: BuildOptions) -> Buil
     added: list[str] = []
     with tempfile.TemporaryDirectory(prefix="cas-registry-") as tmp:
         work = Path(tmp)
+        known = frozenset((v, info.tree_sha1) for p in reg.packages.values()
+                          for v, info in p.versions.items()
+                          if (p.uuid, info.tree_sha1) in pkgmap)
         for i, src in enumerate(expand_inputs(opts.sources)):
-            for sv in read_source(src, work / f"src-{i}"):
+            for sv in read_source(src, work / f"src-{i}", known):
                 old = reg.packages.get(sv.uuid)
                 repo = (opts.repo_urls.get(sv.name) or sv.origin or (old.repo if old else "")
                         or src.resolve().as_uri())

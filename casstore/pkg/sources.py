@@ -76,8 +76,13 @@ def _git(gitdir: Path, *args: str, env: dict | None = None) -> str:
     return proc.stdout.decode(errors="replace")
 
 
-def read_source(src: Path, work: Path) -> list[SourceVersion]:
-    """Every version tag of one bundle or repository, checked out under ``work``."""
+def read_source(src: Path, work: Path,
+                known: frozenset[tuple[Version, str]] = frozenset()) -> list[SourceVersion]:
+    """Every version tag of one bundle or repository, checked out under ``work``.
+
+    Tags whose (version, tree hash) pair is in ``known`` (already registered with
+    exactly that content) are skipped without a checkout, so rebuilding is cheap.
+    """
     if src.is_file():
         gitdir = work / "git"
         subprocess.run(["git", "init", "-q", "--bare", str(gitdir)], check=True,
@@ -92,7 +97,12 @@ def read_source(src: Path, work: Path) -> list[SourceVersion]:
                             "refs/tags").split() if _is_version_tag(t)]
     if not tags:
         raise RegistryError(f"{src}: no version tags (v1.2.3) to register")
-    return [_checkout(gitdir, src, tag, work / f"tag-{i}") for i, tag in enumerate(tags)]
+    out = []
+    for i, tag in enumerate(tags):
+        tree = _git(gitdir, "rev-parse", f"{tag}^{{tree}}").strip()
+        if (parse_version(tag), tree) not in known:
+            out.append(_checkout(gitdir, src, tag, tree, work / f"tag-{i}"))
+    return out
 
 
 def _is_version_tag(tag: str) -> bool:
@@ -103,8 +113,7 @@ def _is_version_tag(tag: str) -> bool:
         return False
 
 
-def _checkout(gitdir: Path, src: Path, tag: str, dest: Path) -> SourceVersion:
-    tree = _git(gitdir, "rev-parse", f"{tag}^{{tree}}").strip()
+def _checkout(gitdir: Path, src: Path, tag: str, tree: str, dest: Path) -> SourceVersion:
     when = int(_git(gitdir, "log", "-1", "--format=%ct", f"{tag}^{{commit}}").strip())
     env = {"GIT_INDEX_FILE": str(dest) + ".index"}
     dest.mkdir(parents=True)
