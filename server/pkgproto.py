@@ -63,6 +63,7 @@ class PkgService:
     cfg: PkgConfig
     loaded: dict[tuple[str, int], _Loaded] = field(default_factory=dict)
     refused: set[tuple[str, int]] = field(default_factory=set)
+    mismatched: set[tuple[str, str]] = field(default_factory=set)  # (tree hex, sha1)
 
     def __post_init__(self) -> None:
         self.source = KnownBad(LocalSource(self.cfg.store))
@@ -205,12 +206,15 @@ async def _content(request: web.Request, kind: str, uuid: str, sha1: str) -> web
     if tree is None:
         return _missing(f"no {kind} with that hash here")
     key = (tree.hex, sha1)
+    if key in svc.mismatched:  # content never changes: refuse again without rebuilding
+        return web.Response(status=500, text="content does not match its hash\n")
     lock = svc._builds.setdefault(key, asyncio.Lock())
     try:
         async with lock:
             cached = await loop.run_in_executor(svc.pool, lambda: svc.cache.get(
                 svc.reader, tree, sha1, check=svc.cfg.check_tree_hash))
     except TreeHashMismatch as exc:
+        svc.mismatched.add(key)
         log.error("refusing %s %s: %s", kind, sha1, exc)
         return web.Response(status=500, text="content does not match its hash\n")
     except (ObjectCorrupt, ObjectMissing) as exc:

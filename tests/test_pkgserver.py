@@ -346,7 +346,10 @@ def test_wrong_tree_under_a_hash_is_refused(built: dict, tmp_path: Path, caplog)
     rx = packages()["Reexport"]
     with ThreadServer(cfg(built, store, tmp_path / "c", registries=["registry-Evil"])) as srv:
         code, _h, body = http(f"{srv.url}/package/{rx['uuid']}/{rx['tree_sha1']}")
-    assert code == 500 and b"does not match" in body
+        again = http(f"{srv.url}/package/{rx['uuid']}/{rx['tree_sha1']}")[0]
+        builds = srv.app[PKG].cache.builds
+    assert code == 500 and b"does not match" in body and again == 500
+    assert builds == 0  # refused once, remembered, never cached
     assert "refusing package" in caplog.text
     assert list((tmp_path / "c").iterdir()) == []
 
