@@ -177,6 +177,30 @@ class UnsafeCache(CasError):
     errno = _errno.EACCES
 
 
+class RegistryError(CasError):
+    """A Julia registry or package source cannot be built or read (bad input)."""
+
+    exit_code = 50
+
+
+class TreeHashMismatch(RegistryError):
+    """Content does not have the git tree SHA-1 it is registered or requested under."""
+
+    exit_code = 51
+
+
+class VersionConflict(RegistryError):
+    """A package version is already registered with different content."""
+
+    exit_code = 52
+
+
+class ServeError(CasError):
+    """``cas serve`` cannot start (bad listen address, no trusted keys, ...)."""
+
+    exit_code = 53
+
+
 def all_error_classes() -> list[type[CasError]]:
     """Every CasError subclass, for the uniqueness check in the tests."""
     seen: list[type[CasError]] = []

@@ -1,0 +1,1 @@
+"""Julia packages and registries from the store: git tree hashes, registries, tarballs."""

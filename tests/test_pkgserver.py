@@ -1,0 +1,488 @@
+"""cas serve: Julia's Pkg protocol from store trees, checked against real Julia 1.5.3."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from pkg_helpers import (
+    BUNDLES,
+    GENERAL_UUID,
+    PACKAGES_TOML,
+    julia,
+    make_artifact,
+    manifest_versions,
+    packages,
+    tiny_release,
+    unreachable_repo_urls,
+)
+
+from casstore.objects import ObjectId, ObjType
+from casstore.pkg.content import RegistryContent, dir_entry, encode_map, read_package_map
+from casstore.pkg.gittree import folder_tree_hash
+from casstore.publish import publish
+from casstore.reader import TreeReader, root_entry
+from casstore.releases import load_secret, verify
+from casstore.snapshot import Snapshot
+from casstore.sources.layout import object_path
+from casstore.store import Store
+from casstore.trees import Kind, encode_tree
+from server.app import make_app
+from server.pkgproto import PKG, PkgConfig
+
+from helpers import cas
+
+pytestmark = pytest.mark.skipif(not PACKAGES_TOML.exists(), reason="shared bundles missing")
+HELD_BACK = "LorentzVectors"  # registered only in the second revision
+
+
+# -- servers ---------------------------------------------------------------------------
+class ThreadServer:
+    """The app on 127.0.0.1, port 0, in a thread of the test process; always stopped."""
+
+    def __init__(self, cfg: PkgConfig) -> None:
+        self.cfg = cfg
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        assert self.ready.wait(60), "server did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(60)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._start())
+        self.ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.runner.cleanup())
+        self.loop.close()
+
+    async def _start(self) -> None:
+        self.app = make_app(self.cfg)
+        self.runner = web.AppRunner(self.app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class ProcessServer:
+    """The real ``cas serve`` command on port 0; stopped with SIGTERM by its PID."""
+
+    def __init__(self, store: Path, pub: Path, cache: Path, log: Path) -> None:
+        self.args = [sys.executable, "-m", "casstore", "serve", str(store), "--listen",
+                     "127.0.0.1:0", "--trusted-key", str(pub), "--cache", str(cache)]
+        self.log = log
+
+    def __enter__(self) -> ProcessServer:
+        self.err = open(self.log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.err)
+        deadline = time.monotonic() + 60
+        line = b""
+        while time.monotonic() < deadline and b"listening on" not in line:
+            r, _, _ = select.select([self.proc.stdout], [], [], 1.0)
+            if r:
+                line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            if self.proc.poll() is not None:
+                break
+        if b"listening on" not in line:
+            self.__exit__()
+            raise AssertionError(f"cas serve did not start: {self.log.read_text()}")
+        self.url = line.decode().split("listening on ")[1].strip()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        self.err.close()
+
+
+def http(url: str, method: str = "GET") -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def unpack_hash(tarball: bytes, dest: Path) -> str:
+    with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as t:
+        t.extractall(dest, filter="tar")
+    return folder_tree_hash(dest)
+
+
+# -- the store ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    """registry-General revision 1: every bundle but one, Tiny 0.1.0 and its artifact."""
+    tmp = tmp_path_factory.mktemp("pkgsrv")
+    store = tmp / "store"
+    cas(None, "keygen", str(tmp / "k"), check=True)
+    art = make_artifact(tmp / "artifact")
+    art_sha1 = folder_tree_hash(art)
+    tiny = tmp / "Tiny"
+    tiny_release(tiny, "0.1.0", art_sha1)
+    bundles = [str(b) for b in sorted(BUNDLES.glob("*.bundle")) if b.stem != HELD_BACK]
+    urls = unreachable_repo_urls(tmp / "urls.toml")
+    out = json.loads(cas(store, "--json", "registry", "build", *bundles, str(tiny),
+                         "--artifact", str(art), "--key", str(tmp / "k"), "--repo-urls",
+                         str(urls), check=True).out)
+    assert out["revision"] == 1
+    return {"tmp": tmp, "store": store, "key": tmp / "k", "pub": tmp / "k.pub",
+            "art_sha1": art_sha1, "tiny": tiny, "out": out, "urls": urls}
+
+
+def copy_store(built: dict, dest: Path) -> Path:
+    shutil.copytree(built["store"], dest / "store", symlinks=True,
+                    ignore=shutil.ignore_patterns("lock"))
+    (dest / "store" / "lock").touch()
+    return dest / "store"
+
+
+def cfg(built: dict, store: Path, cache: Path, **kw) -> PkgConfig:
+    pub = built["pub"].read_text().split()[1]
+    return PkgConfig(store, [pub], cache, **kw)
+
+
+def content(store: Path, built: dict, name: str = "registry-General") -> RegistryContent:
+    s = Store.open(store)
+    revs = s.release_revisions(name)
+    rel = verify(s.read_release(name, revs[-1]), [built["pub"].read_text().split()[1]])
+    return RegistryContent.from_release(rel, TreeReader(s))
+
+
+DF = packages()["DataFrames"]
+
+
+# -- HTTP, no Julia --------------------------------------------------------------------
+def test_registries_registry_tarball_and_headers(built: dict, tmp_path: Path) -> None:
+    sha1 = built["out"]["tree_sha1"]
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c")) as srv:
+        code, h, body = http(srv.url + "/registries")
+        assert code == 200 and body.decode() == f"/registry/{GENERAL_UUID}/{sha1}\n"
+        assert h["Cache-Control"] == "public, max-age=30"
+        code, h, body = http(f"{srv.url}/registry/{GENERAL_UUID}/{sha1}")
+        assert code == 200 and "immutable" in h["Cache-Control"]
+        assert int(h["Content-Length"]) == len(body)
+        assert unpack_hash(body, tmp_path / "reg") == sha1
+        assert (tmp_path / "reg" / "D" / "DataFrames" / "Versions.toml").exists()
+        code, h2, head = http(f"{srv.url}/registry/{GENERAL_UUID}/{sha1}", "HEAD")
+        assert code == 200 and head == b"" and h2["Content-Length"] == h["Content-Length"]
+
+
+def test_package_tarball_is_checked_deterministic_and_cached(built: dict,
+                                                             tmp_path: Path) -> None:
+    url = f"/package/{DF['uuid']}/{DF['tree_sha1']}"
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c1")) as srv:
+        code, h, first = http(srv.url + url)
+        again = http(srv.url + url)[2]
+        builds = srv.app[PKG].cache.builds
+    assert code == 200 and h["ETag"] == f'"{DF["tree_sha1"]}"'
+    assert unpack_hash(first, tmp_path / "df") == DF["tree_sha1"]
+    assert again == first and builds == 1
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c2")) as srv:
+        assert http(srv.url + url)[2] == first  # same tree, same bytes
+
+
+def test_strict_paths_and_unknown_hashes(built: dict, tmp_path: Path) -> None:
+    other = packages()["Tables"]
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c")) as srv:
+        u = srv.url
+        cases = {
+            f"/package/{DF['uuid']}/{'0' * 40}": 404,
+            f"/package/{other['uuid']}/{DF['tree_sha1']}": 404,  # hash under the wrong uuid
+            f"/registry/{GENERAL_UUID}/{'1' * 40}": 404,
+            f"/artifact/{'2' * 40}": 404,
+            f"/package/{DF['uuid']}/{DF['tree_sha1'].upper()}": 400,
+            f"/package/{DF['uuid'].upper()}/{DF['tree_sha1']}": 400,
+            f"/package/not-a-uuid/{DF['tree_sha1']}": 400,
+            f"/package/{DF['uuid']}/%2e%2e": 400,
+            "/artifact/..%2f..%2fetc%2fpasswd": 400,
+            f"/package/{DF['uuid']}/{DF['tree_sha1']}/x": 404,
+            "/package/../../etc/passwd": 404,
+        }
+        got = {path: http(u + path)[0] for path in cases}
+        assert got == cases
+        assert list((tmp_path / "c").iterdir()) == []  # nothing was built for any of them
+
+
+def test_artifact_served_by_tree_hash(built: dict, tmp_path: Path) -> None:
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c")) as srv:
+        code, _h, body = http(f"{srv.url}/artifact/{built['art_sha1']}")
+    assert code == 200
+    assert unpack_hash(body, tmp_path / "a") == built["art_sha1"]
+    assert (tmp_path / "a" / "bin" / "run.sh").stat().st_mode & 0o100
+
+
+def test_altered_cached_tarball_is_rebuilt_not_served(built: dict, tmp_path: Path,
+                                                      caplog) -> None:
+    url = f"/package/{DF['uuid']}/{DF['tree_sha1']}"
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c")) as srv:
+        good = http(srv.url + url)[2]
+        [cached] = list((tmp_path / "c").iterdir())
+        data = bytearray(cached.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        cached.write_bytes(bytes(data))
+        code, _h, body = http(srv.url + url)
+    assert code == 200 and body == good
+    assert "was altered on disk" in caplog.text
+
+
+def _corrupt_first_pack(store: Path, tree: ObjectId) -> None:
+    reader = TreeReader(Store.open(store))
+    for _path, e in reader.walk(root_entry(tree)):
+        if e.kind == Kind.FILE and e.oid is not None:
+            p = object_path(store, e.oid)
+            raw = bytearray(p.read_bytes())
+            raw[-1] ^= 0xFF
+            p.write_bytes(bytes(raw))
+            return
+    raise AssertionError("no stored file to corrupt")
+
+
+def test_cache_is_bounded_lru_and_survives_restart(built: dict, tmp_path: Path) -> None:
+    from server.tarcache import TarballCache
+    store = Store.open(built["store"])
+    reader = TreeReader(store)
+    rc = content(built["store"], built)
+    tb = packages()["Tables"]
+    df_tree = rc.package_tree(reader, DF["uuid"], DF["tree_sha1"])
+    tb_tree = rc.package_tree(reader, tb["uuid"], tb["tree_sha1"])
+    probe = TarballCache(tmp_path / "probe", 1 << 30)
+    df_size = probe.get(reader, df_tree, DF["tree_sha1"]).size
+    first = probe.get(reader, df_tree, DF["tree_sha1"]).path.read_bytes()
+
+    folder = tmp_path / "c"
+    cache = TarballCache(folder, df_size + 1)
+    cache.get(reader, df_tree, DF["tree_sha1"])
+    held = cache.pin(cache.get(reader, tb_tree, tb["tree_sha1"]))  # DF is evicted (LRU)
+    assert [p.name.split("-")[1] for p in folder.iterdir()] == [tb["tree_sha1"]]
+    again = cache.get(reader, df_tree, DF["tree_sha1"])  # Tables is pinned: it stays
+    assert again.path.read_bytes() == first and cache.builds == 3
+    assert len(list(folder.iterdir())) == 2
+    cache.unpin(held)
+
+    (folder / "tmp-1-2-3").write_bytes(b"half a tarball")
+    restarted = TarballCache(folder, 1 << 30)
+    assert restarted.get(reader, df_tree, DF["tree_sha1"]).path.read_bytes() == first
+    assert restarted.builds == 0 and not (folder / "tmp-1-2-3").exists()
+
+
+def test_corrupt_store_object_gives_500_and_nothing_cached(built: dict, tmp_path: Path,
+                                                          caplog) -> None:
+    store = copy_store(built, tmp_path)
+    rc = content(store, built)
+    req = packages()["Requires"]
+    _corrupt_first_pack(store, rc.package_tree(TreeReader(Store.open(store)), req["uuid"],
+                                               req["tree_sha1"]))
+    with ThreadServer(cfg(built, store, tmp_path / "c")) as srv:
+        code, _h, _b = http(f"{srv.url}/package/{req['uuid']}/{req['tree_sha1']}")
+        ok = http(f"{srv.url}/package/{DF['uuid']}/{DF['tree_sha1']}")[0]
+    assert code == 500 and ok == 200
+    assert "damaged or missing" in caplog.text
+    assert all(req["tree_sha1"] not in p.name for p in (tmp_path / "c").iterdir())
+
+
+def publish_swapped(built: dict, store: Path, victim: str, donor: str) -> None:
+    """Sign registry-Evil: the same registry, but ``victim``'s hash maps to ``donor``'s
+    tree (what a compromised map or a bug would look like to the server)."""
+    s = Store.open(store)
+    reader = TreeReader(s)
+    rc = content(store, built)
+    pmap = read_package_map(reader, rc.packages)
+    v, d = packages()[victim], packages()[donor]
+    pmap[(v["uuid"], v["tree_sha1"])] = pmap[(d["uuid"], d["tree_sha1"])]
+    by_uuid: dict[str, dict[str, ObjectId]] = {}
+    for (u, h), t in pmap.items():
+        by_uuid.setdefault(u, {})[h] = t
+    with s.lock(), Snapshot(s) as snap:
+        subs = {u: snap.put_meta(ObjType.TREE, encode_map(m)) for u, m in by_uuid.items()}
+        pk = snap.put_meta(ObjType.TREE, encode_map(subs))
+        root = snap.put_meta(ObjType.TREE, encode_tree([
+            dir_entry("artifacts", rc.artifacts), dir_entry("packages", pk),
+            dir_entry("registry", rc.registry_tree)]))
+    meta = {"kind": "julia-registry", "format": 1, "registry_name": rc.name,
+            "registry_uuid": rc.uuid, "registry_tree_sha1": rc.tree_sha1,
+            "registry_tree": str(rc.registry_tree), "packages": str(pk),
+            "artifacts": str(rc.artifacts)}
+    publish(s, load_secret(built["key"]), "registry-Evil", str(root), {}, None, meta, 30)
+
+
+def test_wrong_tree_under_a_hash_is_refused(built: dict, tmp_path: Path, caplog) -> None:
+    store = copy_store(built, tmp_path)
+    publish_swapped(built, store, "Reexport", "Requires")
+    rx = packages()["Reexport"]
+    with ThreadServer(cfg(built, store, tmp_path / "c", registries=["registry-Evil"])) as srv:
+        code, _h, body = http(f"{srv.url}/package/{rx['uuid']}/{rx['tree_sha1']}")
+        again = http(f"{srv.url}/package/{rx['uuid']}/{rx['tree_sha1']}")[0]
+        builds = srv.app[PKG].cache.builds
+    assert code == 500 and b"does not match" in body and again == 500
+    assert builds == 0  # refused once, remembered, never cached
+    assert "refusing package" in caplog.text
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_cas_serve_process_serves_and_stops_on_sigterm(built: dict, tmp_path: Path) -> None:
+    srv = ProcessServer(built["store"], built["pub"], tmp_path / "c", tmp_path / "log")
+    with srv:
+        assert http(srv.url + "/registries")[2].decode().endswith(
+            f"/{built['out']['tree_sha1']}\n")
+        assert http(srv.url + "/healthz")[0] == 200
+        assert http(srv.url + "/registries", "POST")[0] == 405
+    assert srv.proc.returncode == 0
+    assert "serving registry-General@1" in (tmp_path / "log").read_text()
+
+
+def test_cas_serve_needs_a_trusted_key_and_a_valid_listen(built: dict) -> None:
+    res = cas(None, "serve", str(built["store"]), "--listen", "127.0.0.1:0")
+    assert res.code == 53 and "--trusted-key" in res.err
+    res = cas(None, "serve", str(built["store"]), "--listen", "nope",
+              "--trusted-key", str(built["pub"]))
+    assert res.code == 53 and "HOST:PORT" in res.err
+
+
+# -- real Julia --------------------------------------------------------------------------
+ADD = f'''
+using Pkg
+Pkg.Registry.add(RegistrySpec(uuid = Base.UUID("{GENERAL_UUID}")))
+Pkg.add("DataFrames")
+Pkg.add("Tiny")
+using Tiny
+println("HELLO=", Tiny.hello())
+Pkg.status()
+'''
+UPDATE = '''
+using Pkg
+Pkg.update()
+Pkg.add("LorentzVectors")
+Pkg.status()
+'''
+INSTANTIATE = '''
+using Pkg
+Pkg.activate(".")
+Pkg.instantiate()
+Pkg.status()
+using Tiny
+println("HELLO=", Tiny.hello(), " TINY=", Tiny.version())
+'''
+
+
+def status_lists(proc: subprocess.CompletedProcess[str], items: list[str]) -> bool:
+    """Pkg.status() ran last and listed every item (Pkg 1.5 prints it on stdout)."""
+    out = proc.stdout + proc.stderr
+    at = out.rfind("Status `")
+    return at >= 0 and all(i in out[at:] for i in items)
+
+
+@pytest.mark.julia
+@pytest.mark.slow
+def test_julia_add_update_instantiate_status(built: dict, tmp_path: Path) -> None:
+    store = copy_store(built, tmp_path)
+    depot = tmp_path / "depot"
+    env = depot / "environments" / "v1.5"
+    with ProcessServer(store, built["pub"], tmp_path / "cache", tmp_path / "serve.log") as srv:
+        proc = julia(ADD, depot, srv.url)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert "HELLO=hello from an artifact" in proc.stdout
+        assert status_lists(proc, ["DataFrames v1.2.2", "Tiny v0.1.0"])
+        got = manifest_versions(env / "Manifest.toml")
+        want = {n: (p["version"], p["tree_sha1"]) for n, p in packages().items()}
+        assert "DataFrames" in got and got["Tiny"][0] == "0.1.0"
+        assert {n: v for n, v in got.items() if n != "Tiny"} == \
+            {n: want[n] for n in got if n != "Tiny"}
+        assert (depot / "artifacts" / built["art_sha1"] / "hello.txt").exists()
+        old_hash = built["out"]["tree_sha1"]
+
+        # a second revision: a new version of Tiny and a package held back so far
+        tiny_release(built["tiny"], "0.2.0", built["art_sha1"])
+        rev2 = json.loads(cas(store, "--json", "registry", "build", str(built["tiny"]),
+                              str(BUNDLES / f"{HELD_BACK}.bundle"), "--key", str(built["key"]),
+                              "--repo-urls", str(built["urls"]), check=True).out)
+        assert rev2["revision"] == 2 and sorted(rev2["added"]) == \
+            [f"{HELD_BACK}@{packages()[HELD_BACK]['version']}", "Tiny@0.2.0"]
+        deadline = time.monotonic() + 30
+        while rev2["tree_sha1"] not in http(srv.url + "/registries")[2].decode():
+            assert time.monotonic() < deadline, "new revision never listed"
+            time.sleep(0.5)
+        proc = julia(UPDATE, depot, srv.url)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        got = manifest_versions(env / "Manifest.toml")
+        assert got["Tiny"][0] == "0.2.0"
+        held = f"{HELD_BACK} v{packages()[HELD_BACK]['version']}"
+        assert status_lists(proc, ["Tiny v0.2.0", held])
+        assert got[HELD_BACK] == want[HELD_BACK][:1] + (packages()[HELD_BACK]["tree_sha1"],)
+        info = tomllib.loads((depot / "registries" / "General" / ".tree_info.toml").read_text())
+        assert info["git-tree-sha1"] == rev2["tree_sha1"]
+        # a client that still holds revision 1 can fetch it
+        assert http(f"{srv.url}/registry/{GENERAL_UUID}/{old_hash}")[0] == 200
+
+        # the same environment, instantiated on a fresh depot from the Manifest
+        project = tmp_path / "project"
+        project.mkdir()
+        for f in ("Project.toml", "Manifest.toml"):
+            shutil.copy(env / f, project / f)
+        depot2 = tmp_path / "depot2"
+        proc = julia(INSTANTIATE, depot2, srv.url, cwd=project)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert "HELLO=hello from an artifact\n TINY=0.2.0" in proc.stdout
+        assert (depot2 / "packages" / "DataFrames").is_dir()
+        assert (depot2 / "packages" / HELD_BACK).is_dir()
+
+
+@pytest.mark.julia
+def test_julia_refuses_wrong_tarball_and_we_refuse_first(built: dict, tmp_path: Path,
+                                                         caplog) -> None:
+    store = copy_store(built, tmp_path)
+    publish_swapped(built, store, "Reexport", "Requires")
+    add = f'''
+    using Pkg
+    Pkg.Registry.add(RegistrySpec(uuid = Base.UUID("{GENERAL_UUID}")))
+    Pkg.add("Reexport")
+    '''
+    # our own check switched off: the wrong bytes reach Pkg, which refuses them
+    off = cfg(built, store, tmp_path / "c1", registries=["registry-Evil"],
+              check_tree_hash=False)
+    with ThreadServer(off) as srv:
+        proc = julia(add, tmp_path / "d1", srv.url, timeout=300)
+    assert proc.returncode != 0
+    assert "tarball content does not match git-tree-sha1" in proc.stderr
+    assert not (tmp_path / "d1" / "packages" / "Reexport").exists()
+    # with the check (the default) the server never sends them
+    with ThreadServer(cfg(built, store, tmp_path / "c2", registries=["registry-Evil"])) as srv:
+        proc = julia(add, tmp_path / "d2", srv.url, timeout=300)
+    assert proc.returncode != 0
+    assert "tarball content does not match" not in proc.stderr
+    assert "refusing package" in caplog.text
+    assert not (tmp_path / "d2" / "packages" / "Reexport").exists()
