@@ -1,4 +1,6 @@
-"""File-tree helpers for the depot builder: copying, mtimes, digests."""
+"""File trees on local disk for the depot builder: walk, copy, hard-link, set mtimes,
+digest, unpack package tarballs.  (Not casstore/fsutil.py, which holds the store's
+atomic-write and fsync helpers.)"""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import hashlib
 import os
 import shutil
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -76,14 +78,6 @@ def link_tree(src: Path, dst: Path) -> None:
                 os.symlink(os.readlink(s), d)
             else:
                 os.link(s, d)
-
-
-def copy_files(src_root: Path, dst_root: Path, rels: Iterable[str]) -> None:
-    """Copy the listed relative paths, creating parents."""
-    for rel in rels:
-        d = dst_root / rel
-        d.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src_root / rel, d, follow_symlinks=False)
 
 
 def unpack_package(source: Path, dst: Path) -> None:
