@@ -182,3 +182,14 @@ def test_abcheck_without_a_job_says_how_to_give_one(tmp_path: Path, meta, words)
     res = cas(tmp_path / "store", "depot", "abcheck", str(build), "demo")
     assert_one_line_error(res)
     assert res.code == UsageError.exit_code and words in res.err, res.err
+
+
+@needs_prefix
+def test_package_tarball_that_is_no_tar(tmp_path: Path) -> None:
+    (tmp_path / "Tiny.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    spec = _spec(tmp_path, packages=GOOD["packages"].replace('path = "Tiny"',
+                                                             'tarball = "Tiny.tar.gz"'))
+    res = cas(tmp_path / "store", "-q", "depot", "build", str(spec), "--out",
+              str(tmp_path / "out"))
+    assert_one_line_error(res)
+    assert res.code == PackageMismatch.exit_code and "tarball" in res.err, res.err

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casstore.errors import BuildError, InstallError
+from casstore.errors import BuildError, InstallError, NamespaceError
 from casstore.julia import sysimage as si
 from casstore.julia.abcheck import parse_loading_log
 from casstore.julia.environment import check_package, write_environment
@@ -37,7 +37,7 @@ from casstore.julia.filetree import (
     unpack_package,
 )
 from casstore.julia.limits import JULIA_RUN_TIMEOUT
-from casstore.julia.namespace import DEPOT_MOUNT, run_bound
+from casstore.julia.namespace import DEPOT_MOUNT, namespaces_available, run_bound
 from casstore.julia.spec import DepotSpec, VariantSpec, load_spec
 
 __all__ = ["BuildError", "BuildResult", "build_depot"]
@@ -80,7 +80,10 @@ def _julia_env(spec: DepotSpec) -> dict[str, str]:
 
 
 def check_runtime(spec: DepotSpec) -> None:
-    """The Julia prefix must hold a Julia with the spec's layout (checked before staging)."""
+    """Julia with the spec's layout, and private namespaces: checked before staging."""
+    if not namespaces_available():
+        raise NamespaceError("building a depot needs root and unshare(1) for a private "
+                             "mount namespace at /depot")
     prefix, lay = spec.julia_prefix, spec.layout
     for rel in ("bin/julia", lay.sysimage, lay.stdlib):
         if not (prefix / rel).exists():

@@ -11,6 +11,8 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from casstore.errors import PackageMismatch
+
 
 def walk_files(root: Path) -> Iterator[Path]:
     """Every non-directory entry below `root` (files and symlinks), sorted."""
@@ -85,6 +87,14 @@ def unpack_package(source: Path, dst: Path) -> None:
     if source.is_dir():
         copy_tree(source, dst)
         return
+    try:
+        _extract(source, dst)
+    except (tarfile.TarError, EOFError) as exc:  # FilterError (unsafe member) included
+        why = str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__
+        raise PackageMismatch(f"{source.name}: not a usable package tarball ({why})") from None
+
+
+def _extract(source: Path, dst: Path) -> None:
     with tarfile.open(source) as tar:
         members = tar.getmembers()
         tops = {m.name.split("/", 1)[0] for m in members}
