@@ -141,6 +141,7 @@ def test_abcheck_reports_a_difference(published: dict, tmp_path: Path) -> None:
     bad = tmp_path / "build"
     shutil.copytree(published["base"] / "build" / "root", bad / "root", symlinks=True)
     shutil.copytree(published["base"] / "build" / "variants", bad / "variants", symlinks=True)
+    shutil.copy(published["base"] / "build" / "meta.json", bad / "meta.json")  # its [job]
     job = bad / "root" / "jobs" / "jetjob.jl"
     job.write_text(job.read_text().replace('println("CHECKSUM ', 'println("CHECKSUM 0'))
     res = cas(published["store"], "--json", "depot", "abcheck", str(bad), "demo",
