@@ -193,3 +193,27 @@ def test_package_tarball_that_is_no_tar(tmp_path: Path) -> None:
               str(tmp_path / "out"))
     assert_one_line_error(res)
     assert res.code == PackageMismatch.exit_code and "tarball" in res.err, res.err
+
+
+@needs_prefix
+def test_cpu_lists_are_what_this_julia_reports() -> None:
+    """versions.py's CPU and feature names are exactly `julia -C help`'s (LLVM 9)."""
+    import subprocess
+
+    from casstore.julia.versions import layout_for
+
+    julia = Path(DEFAULT_PREFIX.format(version="1.5.3"), "bin/julia")
+    proc = subprocess.run([str(julia), "-C", "help"], capture_output=True, text=True,
+                          timeout=300)
+    found: dict[str, set[str]] = {"cpus": set(), "features": set()}
+    part = None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if "Available CPUs" in line:
+            part = "cpus"
+        elif "Available features" in line:
+            part = "features"
+        elif part and len(line.split()) >= 2 and line.split()[1] == "-":
+            found[part].add(line.split()[0])
+    lay = layout_for("1.5.3")
+    assert found["cpus"] == set(lay.llvm_cpus) and "haswell" in found["cpus"]
+    assert found["features"] == set(lay.llvm_features) and "rdrnd" in found["features"]

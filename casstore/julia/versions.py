@@ -67,17 +67,17 @@ _LLVM9_X86_FEATURES = frozenset("""
 avx512bitalg avx512bw avx512cd avx512dq avx512er avx512f avx512ifma avx512pf avx512vbmi
 avx512vbmi2 avx512vl avx512vnni avx512vp2intersect avx512vpopcntdq bmi bmi2 branchfusion
 cldemote clflushopt clwb clzero cmov cx16 cx8 enqcmd ermsb f16c false-deps-lzcnt-tzcnt
-false-deps-popcnt fast-11bytenop fast-15bytenop fast-bextr fast-gather fast-hops fast-
-lzcnt fast-partial-ymm-or-zmm-write fast-scalar-fsqrt fast-scalar-shift-masks fast-shld-
-rotate fast-variable-shuffle fast-vector-fsqrt fast-vector-shift-masks fma fma4 fsgsbase
-fxsr gfni idivl-to-divb idivq-to-divl invpcid lea-sp lea-uses-ag lwp lzcnt macrofusion
-merge-to-threeway-branch mmx movbe movdir64b movdiri mpx mwaitx nopl pad-short-functions
-pclmul pconfig pku popcnt prefer-256-bit prefetchwt1 prfchw ptwrite rdpid rdrnd rdseed
-retpoline retpoline-external-thunk retpoline-indirect-branches retpoline-indirect-calls
-rtm sahf sgx sha shstk slow-3ops-lea slow-incdec slow-lea slow-pmaddwd slow-pmulld slow-
-shld slow-two-mem-ops slow-unaligned-mem-16 slow-unaligned-mem-32 soft-float sse sse-
-unaligned-mem sse2 sse3 sse4.1 sse4.2 sse4a ssse3 tbm vaes vpclmulqdq waitpkg wbnoinvd x87
-xop xsave xsavec xsaveopt xsaves
+false-deps-popcnt fast-11bytenop fast-15bytenop fast-bextr fast-gather fast-hops
+fast-lzcnt fast-partial-ymm-or-zmm-write fast-scalar-fsqrt fast-scalar-shift-masks
+fast-shld-rotate fast-variable-shuffle fast-vector-fsqrt fast-vector-shift-masks fma fma4
+fsgsbase fxsr gfni idivl-to-divb idivq-to-divl invpcid lea-sp lea-uses-ag lwp lzcnt
+macrofusion merge-to-threeway-branch mmx movbe movdir64b movdiri mpx mwaitx nopl
+pad-short-functions pclmul pconfig pku popcnt prefer-256-bit prefetchwt1 prfchw ptwrite
+rdpid rdrnd rdseed retpoline retpoline-external-thunk retpoline-indirect-branches
+retpoline-indirect-calls rtm sahf sgx sha shstk slow-3ops-lea slow-incdec slow-lea
+slow-pmaddwd slow-pmulld slow-shld slow-two-mem-ops slow-unaligned-mem-16
+slow-unaligned-mem-32 soft-float sse sse-unaligned-mem sse2 sse3 sse4.1 sse4.2 sse4a ssse3
+tbm vaes vpclmulqdq waitpkg wbnoinvd x87 xop xsave xsavec xsaveopt xsaves
 """.split())
 
 LAYOUTS: dict[str, JuliaLayout] = {
