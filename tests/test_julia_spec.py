@@ -19,6 +19,7 @@ from casstore.errors import (
     UnsupportedJuliaVersion,
     UsageError,
 )
+from casstore.julia.namespace import namespaces_available
 from casstore.julia.spec import DEFAULT_PREFIX, load_spec
 
 from helpers import assert_one_line_error, cas
@@ -133,12 +134,16 @@ def test_good_spec_parses(tmp_path: Path) -> None:
 
 # Caught after the spec parses but before the Julia runtime is copied or run: they need
 # the real Julia prefix (its stdlib list) to get that far.
+# (and, like every build, private mount namespaces, checked first).
 needs_prefix = pytest.mark.skipif(not Path(DEFAULT_PREFIX.format(version="1.5.3"),
                                            "bin/julia").is_file(),
                                   reason="needs the Julia prefix (tools/install-julia)")
+needs_ns = pytest.mark.skipif(not namespaces_available(),
+                              reason="a build checks for root and unshare(1) first")
 
 
 @needs_prefix
+@needs_ns
 @pytest.mark.parametrize(("project", "words"), [
     (PROJECT.replace("0.1.0", "0.2.0"), "version='0.2.0', spec says '0.1.0'"),
     (PROJECT + '[deps]\nNotThere = "1b3a2e4c-6d5f-4e1a-9c8b-7a6d5e4f3a2b"\n',
@@ -155,6 +160,7 @@ def test_package_disagreeing_with_spec(tmp_path: Path, project: str, words: str)
     assert not (out / "root" / "julia").exists()  # runtime never copied, Julia never run
 
 
+@needs_ns
 def test_prefix_without_julia_is_an_install_error(tmp_path: Path) -> None:
     (tmp_path / "empty-prefix").mkdir()
     spec = _spec(tmp_path, julia='[julia]\nversion = "1.5.3"\nprefix = "empty-prefix"\n')
@@ -185,6 +191,7 @@ def test_abcheck_without_a_job_says_how_to_give_one(tmp_path: Path, meta, words)
 
 
 @needs_prefix
+@needs_ns
 def test_package_tarball_that_is_no_tar(tmp_path: Path) -> None:
     (tmp_path / "Tiny.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
     spec = _spec(tmp_path, packages=GOOD["packages"].replace('path = "Tiny"',
