@@ -49,6 +49,9 @@ let out = get(ENV, "CAS_ABCHECK_OUT", "")
         return mts
     end
     function report(io)
+        # Run pending finalizers now, in every run: otherwise whether a GC (and so a
+        # finalizer, which compiles its method) happened before exit depends on load.
+        GC.gc(true); GC.gc(true)
         mods = collect(values(Base.loaded_modules))
         append!(mods, [Base, Core, Main])
         for (k, m) in sort!(collect(Base.loaded_modules); by=kv -> kv[1].name)
