@@ -203,6 +203,22 @@ def test_umount_of_unmounted_is_an_error(kit: Kit) -> None:
     assert res.returncode == 17 and "not mounted" in res.stderr
 
 
+def test_umount_refuses_what_is_not_a_cas_mount(kit: Kit) -> None:
+    """A tmpfs (in a private mount namespace) is left mounted: exit 28, one line."""
+    mp = kit.base / "tmpfs"
+    mp.mkdir()
+    script = ('mount -t tmpfs casstore-test "$1" || exit 99; '
+              '"$2" -m casstore umount --config "$3" "$1"; echo "rc=$?"; '
+              'grep -c " $1 tmpfs " /proc/self/mounts')
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                          "sh", str(mp), sys.executable, str(kit.config)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert res.stdout.split() == ["rc=28", "1"], (res.stdout, res.stderr)
+    assert "not a casstore mount" in res.stderr and "Traceback" not in res.stderr
+    assert not mounted(mp)  # the namespace (and its tmpfs) is gone
+
+
 def _real_lib(name: str) -> Path:
     found = ctypes.util.find_library(name)
     assert found, name
