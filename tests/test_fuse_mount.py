@@ -219,6 +219,18 @@ def test_umount_refuses_what_is_not_a_cas_mount(kit: Kit) -> None:
     assert not mounted(mp)  # the namespace (and its tmpfs) is gone
 
 
+def test_mount_refuses_a_cache_folder_others_can_write(kit: Kit, tree) -> None:
+    cache = kit.base / "cache"
+    cache.mkdir()
+    os.chmod(cache, 0o777)
+    (kit.base / "m").mkdir()
+    res = run_cas("mount", "--config", str(kit.config), "depot", str(kit.base / "m"))
+    assert res.returncode == 26, res.stderr
+    assert res.stderr.startswith("cas: error:") and "writable by others" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not mounted(kit.base / "m")
+
+
 def _real_lib(name: str) -> Path:
     found = ctypes.util.find_library(name)
     assert found, name
