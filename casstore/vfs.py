@@ -18,10 +18,10 @@ the GIL and which is replaced wholesale (never mutated while iterated) when full
 
 from __future__ import annotations
 
-import os
 import stat as st
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from casstore.cache import FileCache
 from casstore.errors import FormatError, NotFound
@@ -48,9 +48,10 @@ class Node:
         return self.entry.kind
 
 
-@dataclass(frozen=True, slots=True)
-class Stat:
-    """What a stat call needs: mode (with file type bits), nlink, size, mtime."""
+class Stat(NamedTuple):
+    """What a stat call needs: mode (with file type bits), nlink, size, mtime.
+
+    A NamedTuple, not a frozen dataclass: it is built on every getattr."""
 
     mode: int
     nlink: int
@@ -82,6 +83,7 @@ class VFS:
         self.root = Node(root_entry(root, mtime_ns), over, False)
         self.max_nodes = max_nodes
         self._nodes: dict[str | bytes, Node] = self._seed()
+        self._children: dict[tuple, Node] = {}
         self._nlink: dict[tuple, int] = {}
 
     def _seed(self) -> dict[str | bytes, Node]:
@@ -95,23 +97,29 @@ class VFS:
     def lookup(self, path: str | bytes) -> Node:
         """The node at ``path`` (str paths are fs-encoded), via a bounded path cache.
 
-        A miss whose parent is cached costs one child step; otherwise the path is
-        walked from the root by :func:`casstore.reader.walk_path`, the one walk.
+        A miss is walked from the root by :func:`casstore.reader.walk_path`, the
+        one walk, through a cache of child steps keyed by directory identity, so
+        a path whose parent was seen costs one real step.
         """
         hit = self._nodes.get(path)
         if hit is not None:
             return hit
-        sep = "/" if isinstance(path, str) else b"/"
-        parent_path, _, name = path.rpartition(sep)  # type: ignore[arg-type]
-        parent = self._nodes.get(parent_path) if name and name not in (".", b".") else None
-        if parent is not None:
-            node = self.child(parent, os.fsencode(name))
-        else:
-            node = walk_path(self.root, path, self.child)
+        node = walk_path(self.root, path, self._cached_child)
         if len(self._nodes) >= self.max_nodes:
             self._nodes = self._seed()
         self._nodes[path] = node
         return node
+
+    def _cached_child(self, node: Node, name: bytes) -> Node:
+        e, o = node.entry, node.overlay
+        key = (e.oid, o.oid if o is not None else None, node.variant, name)
+        hit = self._children.get(key)
+        if hit is None:
+            hit = self.child(node, name)
+            if len(self._children) >= self.max_nodes:
+                self._children = {}
+            self._children[key] = hit
+        return hit
 
     def child(self, node: Node, name: bytes) -> Node:
         """One step down: the overlay wins; directories in both merge."""
