@@ -72,7 +72,7 @@ def mounted(mp: Path) -> bool:
 
 
 def measure(code: Path, work: Path, label: str) -> dict:
-    run = work / f"run-{label}"
+    run = work / f"run-{label.replace(' ', '-')}"
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir()
     cfg = run / "client.toml"

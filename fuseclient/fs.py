@@ -53,10 +53,14 @@ class ReleaseFS:
         return pack_stat(s.mode, s.nlink, s.size, s.mtime_ns, self.uid, self.gid)
 
     def readdir(self, path: str) -> list[str]:
+        return [os.fsdecode(n) for n in self.readdir_raw(path)]
+
+    def readdir_raw(self, path: str) -> list[bytes]:
+        """``.``, ``..`` and the names as bytes (what libfuse's filler takes)."""
         node = self.vfs.lookup(path)
         if node.entry.kind != Kind.DIR:
             raise NotFound(f"{path} is not a directory")
-        return [".", "..", *map(os.fsdecode, self.vfs.names(node))]
+        return [b".", b"..", *self.vfs.names(node)]
 
     def readlink(self, path: str) -> str:
         return os.fsdecode(self.vfs.readlink(self.vfs.lookup(path)))

@@ -100,6 +100,11 @@ class CasOps(mfusepy.Operations):
         return self.fs.readdir(path)
 
     @boundary
+    def readdir_raw(self, path: str) -> list[bytes]:
+        """readdir as raw name bytes (the fast path of fastpath.FastFUSE)."""
+        return self.fs.readdir_raw(path)
+
+    @boundary
     def readlink(self, path: str) -> str:
         return self.fs.readlink(path)
 

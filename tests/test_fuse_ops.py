@@ -205,3 +205,25 @@ def test_fast_getattr_writes_what_mfusepy_would(fs) -> None:
     with pytest.raises(mfusepy.FuseOSError) as info:
         fast.getattr_fuse_3(b"/nope", buf, None)
     assert info.value.errno == errno.ENOENT
+
+
+def test_fast_readdir_gives_raw_names(fs) -> None:
+    """The raw-name readdir fast path lists what mfusepy's own readdir lists."""
+    from fuseclient.mount import fuse_class
+
+    rfs, _store, _files = fs
+    fast_cls = fuse_class()
+    fast = fast_cls.__new__(fast_cls)
+    fast.operations, fast.encoding, fast.errors = CasOps(rfs), "utf-8", "surrogateescape"
+    for path in ("/", "/sub"):
+        got: list[bytes] = []
+
+        def filler(_buf, name, _st, _off, _flags, got=got) -> int:
+            got.append(name)
+            return 0
+
+        fast.readdir_fuse_3(path.encode(), None, filler, 0, None, 0)
+        assert got == [n.encode() for n in rfs.readdir(path)]
+    with pytest.raises(mfusepy.FuseOSError) as info:
+        fast.readdir_fuse_3(b"/small", None, lambda *a: 0, 0, None, 0)
+    assert info.value.errno == errno.ENOENT

@@ -195,7 +195,7 @@ def test_big_tree_memory_per_entry() -> None:
     finally:
         tracemalloc.stop()
     # Before: 245 bytes an entry retained, 271 at peak (an Entry, its name, a dict
-    # slot and a list slot).  Now: the raw entry (~37 bytes here) plus 9.
+    # slot and a list slot).  Now: the raw entry (~37 bytes here) plus 5.
     assert retained / n < 80, f"{retained / n:.0f} bytes retained per entry"
     assert peak / n < 150, f"{peak / n:.0f} bytes peak per entry"
 
@@ -347,3 +347,42 @@ def test_cache_folder_is_created_private(tmp_path: Path) -> None:
     cache.close()
     for p in (tmp_path / "new" / "cache", tmp_path / "new" / "cache" / "files"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o700
+
+
+def test_compact_decode_agrees_with_decode_tree() -> None:
+    """Dir.decode's fast validation accepts and refuses exactly what decode_tree does."""
+    from casstore.errors import FormatError
+    from casstore.reader import Dir
+    from casstore.trees import decode_tree
+
+    oid = ObjectId.of(b"x")
+    entries = [Entry(b"a-dir", Kind.DIR, 0o755, 0, 5, None, oid),
+               Entry(b"b-inline", Kind.FILE, 0o644, 3, 6, Storage.INLINE, data=b"abc"),
+               Entry(b"c-chunk", Kind.FILE, 0o755, 9, 7, Storage.CHUNK, oid),
+               Entry(b"d-packed", Kind.FILE, 0o644, 4, 8, Storage.PACKED, oid, offset=12),
+               Entry(b"e-link", Kind.SYMLINK, 0o777, 6, 9, data=b"target"),
+               Entry(b"f-blob", Kind.FILE, 0o644, 99, 10, Storage.BLOB, oid)]
+    good = encode_tree(entries)
+    d = Dir.decode(good)
+    assert d.entries == decode_tree(good) and d.names() == [e.name for e in entries]
+    rnd = random.Random(3)
+    agreed = 0
+    for i in range(3000):
+        raw = bytearray(good)
+        if i % 3 == 0:
+            raw = raw[:rnd.randrange(len(raw))]
+        else:
+            for _ in range(rnd.randint(1, 3)):
+                raw[rnd.randrange(8, len(raw))] = rnd.randrange(256)
+        raw = bytes(raw)
+        try:
+            want = decode_tree(raw)
+        except FormatError:
+            want = None
+        try:
+            got = Dir.decode(raw).entries
+        except FormatError:
+            got = None
+        assert got == want, raw
+        agreed += want is None
+    assert agreed > 1000  # most mutations were refused, by both
