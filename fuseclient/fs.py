@@ -10,7 +10,9 @@ makes that a dict lookup.
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 
 from casstore.cache import FileCache
 from casstore.errors import NotFound
@@ -55,12 +57,15 @@ class ReleaseFS:
     def readdir(self, path: str) -> list[str]:
         return [os.fsdecode(n) for n in self.readdir_raw(path)]
 
-    def readdir_raw(self, path: str) -> list[bytes]:
-        """``.``, ``..`` and the names as bytes (what libfuse's filler takes)."""
+    def readdir_raw(self, path: str) -> Iterator[bytes]:
+        """``.``, ``..`` and the names as bytes (what libfuse's filler takes).
+
+        Lookup and decoding happen now (so errors surface here); the names are
+        produced while libfuse consumes them, never held as one big list."""
         node = self.vfs.lookup(path)
         if node.entry.kind != Kind.DIR:
             raise NotFound(f"{path} is not a directory")
-        return [b".", b"..", *self.vfs.names(node)]
+        return itertools.chain((b".", b".."), self.vfs.iter_names(node))
 
     def readlink(self, path: str) -> str:
         return os.fsdecode(self.vfs.readlink(self.vfs.lookup(path)))

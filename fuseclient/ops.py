@@ -17,7 +17,7 @@ import errno
 import functools
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import mfusepy
@@ -100,7 +100,7 @@ class CasOps(mfusepy.Operations):
         return self.fs.readdir(path)
 
     @boundary
-    def readdir_raw(self, path: str) -> list[bytes]:
+    def readdir_raw(self, path: str) -> Iterator[bytes]:
         """readdir as raw name bytes (the fast path of fastpath.FastFUSE)."""
         return self.fs.readdir_raw(path)
 
