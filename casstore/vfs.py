@@ -146,12 +146,13 @@ class VFS:
             return base
         return sorted(set(base).union(self.reader.dir_of(node.overlay).names()))
 
-    def iter_names(self, node: Node) -> Iterator[bytes]:
-        """Like :meth:`names`, without building the list (a million-entry readdir)."""
+    def iter_names(self, node: Node, start: int = 0) -> Iterator[bytes]:
+        """Like :meth:`names` from index ``start``, without building the list (a
+        million-entry readdir is served a page at a time)."""
         d = self.reader.dir_of(node.entry)
         if node.overlay is not None:
-            return iter(self.names(node))
-        return map(d.name, range(len(d)))
+            return iter(self.names(node)[start:])
+        return map(d.name, range(start, len(d)))
 
     def listdir(self, node: Node) -> list[Node]:
         """Child nodes in byte order (decodes every entry: prefer :meth:`names`)."""

@@ -6,8 +6,10 @@ shows on a cold mount where every stat is a FUSE round trip.  Used only after
 :func:`fast_getattr_ok` proved the layout equal to mfusepy's own.
 
 readdir: mfusepy decodes every name to str, re-encodes it and fills a stat per
-entry; the raw names go straight to libfuse's filler instead (no stat: libfuse
-passes "unknown"), which matters for a directory of a million entries.
+entry, and (offset 0) makes libfuse buffer the whole listing.  Here raw names go
+straight to libfuse's filler with offsets (no stat: libfuse passes "unknown"),
+so libfuse fills one kernel page at a time and asks again from the last offset:
+a directory of a million entries is never held whole, in Python or in libfuse.
 """
 
 from __future__ import annotations
@@ -65,9 +67,10 @@ def fuse_class():
         def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
             if path is None:
                 return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
-            names = self.operations.readdir_raw(path.decode(self.encoding, self.errors))
-            for name in names:
-                if filler(buf, name, None, 0, 0) != 0:
+            names = self.operations.readdir_raw(path.decode(self.encoding, self.errors),
+                                                offset)
+            for pos, name in enumerate(names, offset + 1):  # offset of the NEXT item
+                if filler(buf, name, None, pos, 0) != 0:
                     break
             return 0
 

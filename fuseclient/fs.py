@@ -57,15 +57,17 @@ class ReleaseFS:
     def readdir(self, path: str) -> list[str]:
         return [os.fsdecode(n) for n in self.readdir_raw(path)]
 
-    def readdir_raw(self, path: str) -> Iterator[bytes]:
-        """``.``, ``..`` and the names as bytes (what libfuse's filler takes).
+    def readdir_raw(self, path: str, start: int = 0) -> Iterator[bytes]:
+        """``.``, ``..`` and the names as bytes (what libfuse's filler takes), from
+        item ``start`` on (a readdir offset: items already returned).
 
         Lookup and decoding happen now (so errors surface here); the names are
         produced while libfuse consumes them, never held as one big list."""
         node = self.vfs.lookup(path)
         if node.entry.kind != Kind.DIR:
             raise NotFound(f"{path} is not a directory")
-        return itertools.chain((b".", b".."), self.vfs.iter_names(node))
+        dots = (b".", b"..")[start:]
+        return itertools.chain(dots, self.vfs.iter_names(node, max(0, start - 2)))
 
     def readlink(self, path: str) -> str:
         return os.fsdecode(self.vfs.readlink(self.vfs.lookup(path)))

@@ -100,9 +100,9 @@ class CasOps(mfusepy.Operations):
         return self.fs.readdir(path)
 
     @boundary
-    def readdir_raw(self, path: str) -> Iterator[bytes]:
-        """readdir as raw name bytes (the fast path of fastpath.FastFUSE)."""
-        return self.fs.readdir_raw(path)
+    def readdir_raw(self, path: str, start: int = 0) -> Iterator[bytes]:
+        """readdir as raw name bytes from item ``start`` (fastpath.FastFUSE)."""
+        return self.fs.readdir_raw(path, start)
 
     @boundary
     def readlink(self, path: str) -> str:

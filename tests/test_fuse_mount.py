@@ -219,6 +219,21 @@ def test_umount_refuses_what_is_not_a_cas_mount(kit: Kit) -> None:
     assert not mounted(mp)  # the namespace (and its tmpfs) is gone
 
 
+def test_big_directory_listed_page_by_page(kit: Kit, mounter: Mounter) -> None:
+    """readdir is served a page at a time (offsets): nothing lost or repeated."""
+    src = kit.base / "bigdir"
+    (src / "d").mkdir(parents=True)
+    names = [f"entry-{i:05d}-{'x' * (i % 40)}" for i in range(5000)]
+    for n in names:
+        (src / "d" / n).touch()
+    kit.publish("bigdir", 1, kit.put(src))
+    mp = mounter.mount("bigdir")
+    assert sorted(os.listdir(mp / "d")) == sorted(names)
+    assert len(os.listdir(mp / "d")) == 5000
+    ls = subprocess.run(["ls", "-f", str(mp / "d")], capture_output=True, text=True, check=True)
+    assert sorted(ls.stdout.split()) == sorted([".", "..", *names])
+
+
 def test_mount_refuses_a_cache_folder_others_can_write(kit: Kit, tree) -> None:
     cache = kit.base / "cache"
     cache.mkdir()

@@ -224,6 +224,8 @@ def test_fast_readdir_gives_raw_names(fs) -> None:
 
         fast.readdir_fuse_3(path.encode(), None, filler, 0, None, 0)
         assert got == [n.encode() for n in rfs.readdir(path)]
+        for start in range(len(got) + 1):  # libfuse resumes from the last offset
+            assert list(rfs.readdir_raw(path, start)) == got[start:]
     with pytest.raises(mfusepy.FuseOSError) as info:
         fast.readdir_fuse_3(b"/small", None, lambda *a: 0, 0, None, 0)
     assert info.value.errno == errno.ENOENT
