@@ -112,7 +112,8 @@ class VFS:
 
     def _cached_child(self, node: Node, name: bytes) -> Node:
         e, o = node.entry, node.overlay
-        key = (e.oid, o.oid if o is not None else None, node.variant, name)
+        # The kind too: a file whose bytes equal a tree's encoding has the tree's id.
+        key = (e.kind, e.oid, o.oid if o is not None else None, node.variant, name)
         hit = self._children.get(key)
         if hit is None:
             hit = self.child(node, name)

@@ -386,3 +386,20 @@ def test_compact_decode_agrees_with_decode_tree() -> None:
         assert got == want, raw
         agreed += want is None
     assert agreed > 1000  # most mutations were refused, by both
+
+
+def test_file_with_a_trees_id_has_no_children(tmp_path: Path) -> None:
+    """A file whose bytes equal a tree's encoding shares its id; the child-step cache
+    must not let a path go *through* that file."""
+    inner = encode_tree([Entry(b"secret", Kind.FILE, 0o644, 1, 0, Storage.INLINE,
+                               data=b"s")])
+    store = Store.open(tmp_path / "store", create=True)
+    tid, _ = store.put_raw(ObjType.TREE, inner)
+    root, _ = store.put_raw(ObjType.TREE, encode_tree([
+        Entry(b"dir", Kind.DIR, 0o755, 0, 0, None, tid),
+        Entry(b"file", Kind.FILE, 0o644, len(inner), 0, Storage.CHUNK, tid)]))
+    store.close()
+    vfs = VFS(LocalSource(tmp_path / "store"), root)
+    assert vfs.lookup("dir/secret").entry.data == b"s"
+    with pytest.raises(NotFound):
+        vfs.lookup("file/secret")
