@@ -41,6 +41,7 @@ import stat as st
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -92,6 +93,7 @@ class _Copy:
     have: list[bool]
     old_fd: int | None = None  # a copy left by an earlier mount (unverified)
     fetched: bool = False
+    complete: bool = False  # every chunk verified: reads need no bookkeeping
     done: bool = False
     closed: bool = False
     cursor: int = 0  # the chunk the prefetch thread works on next
@@ -136,19 +138,25 @@ class FileCache:
         return sum(c.size for c in list(self.copies.values()))
 
     # -- reads -------------------------------------------------------------------
-    def read(self, key: ObjectId, layout: Layout, offset: int, size: int) -> bytes | None:
-        """Bytes from the verified copy of file ``key``, or None: read it directly."""
-        end = min(layout.size, offset + size)
+    def read(self, key: ObjectId, file_size: int, offset: int, size: int,
+             layout: Callable[[], Layout]) -> bytes | None:
+        """Bytes from the verified copy of file ``key``, or None: read it directly.
+
+        ``layout`` is called only when the copy is started (it may fetch a manifest).
+        """
+        end = min(file_size, offset + size)
         if offset >= end:
             return b""
-        try:
-            copy = self._get(key, layout)
-        except OSError as exc:  # cache folder unusable: serve from the source
-            log.warning("cannot cache %s: %s", key, exc)
-            self.stats["fallbacks"] += 1
-            return None
+        copy = self.copies.get(key)  # one dict read: atomic, no lock on the hot path
+        if copy is None:
+            try:
+                copy = self._get(key, layout())
+            except OSError as exc:  # cache folder unusable: serve from the source
+                log.warning("cannot cache %s: %s", key, exc)
+                self.stats["fallbacks"] += 1
+                return None
         copy.last_use = time.monotonic()
-        if self._wait(copy, copy.chunks_for(offset, end)):
+        if copy.complete or self._wait(copy, copy.chunks_for(offset, end)):
             with self._lock:
                 if not copy.closed:
                     self.stats["hits"] += 1
@@ -241,6 +249,7 @@ class FileCache:
                     copy.have[i] = True
                     copy.cond.notify_all()
             os.ftruncate(copy.fd, copy.size)
+            copy.complete = complete
             if complete and copy.fetched:
                 self._persist(copy)
         except Exception:  # noqa: BLE001 - a thread must not die silently

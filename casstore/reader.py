@@ -5,11 +5,12 @@ verified chunk bytes, all cached, over any :class:`ObjectSource` (which may be
 a composed one: ``KnownBad(ObjectCache(LocalSource))``).  It knows paths only
 through :func:`walk_path`, the one path walk that :mod:`casstore.vfs` uses too.
 
-Memory (issue 8, item 8): a decoded tree is kept as its raw bytes plus one
+Memory (issue 8, item 8): a big decoded tree is kept as its raw bytes plus one
 offset and one kind byte per entry (:class:`Dir`), not as a list and a dict of
-:class:`Entry` objects.  Entries are decoded again on demand, and a name is
+:class:`Entry` objects.  Its entries are decoded again on demand, and a name is
 found by bisecting the sorted names in place.  A 1M-entry tree costs about its
-own size plus 5 bytes an entry, and every cache here is bounded by bytes.
+own size plus 5 bytes an entry; small trees (the common case) are also kept
+decoded for speed, and counted so.  Every cache here is bounded by bytes.
 """
 
 from __future__ import annotations
@@ -67,17 +68,31 @@ class LRU:
                 self.weight -= w
 
 
+SMALL_DIR = 2048  # up to this many entries a tree is also kept decoded, for speed
+_SMALL_ENTRY_BYTES = 400  # what one decoded Entry plus its index slot costs
+
+
 class Dir:
-    """A decoded tree in compact form: raw bytes, entry offsets, entry kinds.
+    """A decoded tree: raw bytes, entry offsets and kinds; small ones also decoded.
 
     Built by :meth:`decode`, which validates every entry exactly as
-    :func:`casstore.trees.decode_tree` does, but keeps none of them.
+    :func:`casstore.trees.decode_tree` does.  A tree of at most ``SMALL_DIR``
+    entries (nearly all of them) also keeps its Entry objects and a name index,
+    so lookups cost a dict read; a bigger one stays compact (its entries are
+    decoded on demand and found by bisection), so a million-entry directory
+    costs megabytes, not hundreds of them.  :attr:`nbytes` counts either form.
     """
 
-    __slots__ = ("raw", "offs", "kinds")
+    __slots__ = ("raw", "offs", "kinds", "_entries", "_index")
 
     def __init__(self, raw: bytes, offs: array, kinds: bytes) -> None:
         self.raw, self.offs, self.kinds = raw, offs, kinds
+        self._entries: list[Entry] | None = None
+        self._index: dict[bytes, int] | None = None
+        if len(offs) <= SMALL_DIR:
+            view = memoryview(raw)
+            self._entries = [decode_entry_at(view, pos)[0] for pos in offs]
+            self._index = {e.name: i for i, e in enumerate(self._entries)}
 
     @classmethod
     def decode(cls, raw: bytes) -> Dir:
@@ -145,24 +160,33 @@ class Dir:
     @property
     def nbytes(self) -> int:
         """What this object costs in memory (the cache weight)."""
-        return len(self.raw) + self.offs.itemsize * len(self.offs) + len(self.kinds) + 200
+        small = _SMALL_ENTRY_BYTES * len(self.offs) if self._entries is not None else 0
+        return len(self.raw) + self.offs.itemsize * len(self.offs) + len(self.kinds) + 200 + small
 
     def __len__(self) -> int:
         return len(self.offs)
 
     def name(self, i: int) -> bytes:
+        if self._entries is not None:
+            return self._entries[i].name
         pos = self.offs[i]
         (n,) = _U16.unpack_from(self.raw, pos)
         return self.raw[pos + 2:pos + 2 + n]
 
     def names(self) -> list[bytes]:
+        if self._entries is not None:
+            return [e.name for e in self._entries]
         return [self.name(i) for i in range(len(self.offs))]
 
     def entry(self, i: int) -> Entry:
+        if self._entries is not None:
+            return self._entries[i]
         return decode_entry_at(memoryview(self.raw), self.offs[i])[0]
 
     def find(self, name: bytes) -> int:
-        """Index of ``name`` (bisecting the names in place), or -1."""
+        """Index of ``name`` (a dict read, or bisecting the names in place), or -1."""
+        if self._index is not None:
+            return self._index.get(name, -1)
         i = bisect.bisect_left(range(len(self.offs)), name, key=self.name)
         return i if i < len(self.offs) and self.name(i) == name else -1
 
@@ -171,6 +195,9 @@ class Dir:
         return self.entry(i) if i >= 0 else None
 
     def iter_entries(self) -> Iterator[Entry]:
+        if self._entries is not None:
+            yield from self._entries
+            return
         view = memoryview(self.raw)
         for pos in self.offs:
             yield decode_entry_at(view, pos)[0]

@@ -217,7 +217,8 @@ class VFS:
             raise FormatError("not a regular file")
         if self.cache is not None and self.cache.wants(e):
             assert e.oid is not None
-            got = self.cache.read(e.oid, self.reader.layout(e), offset, size)
+            got = self.cache.read(e.oid, e.size, offset, size,
+                                  lambda: self.reader.layout(e))
             if got is not None:
                 return got
         return self.reader.read(e, offset, size)

@@ -201,14 +201,21 @@ def test_big_tree_memory_per_entry() -> None:
 
 
 def test_tree_cache_is_bounded_by_bytes() -> None:
+    """The cache weighs what a decoded tree really costs, in either form."""
+    from casstore.reader import SMALL_DIR
+
     src = MemSource()
+    n = SMALL_DIR + 1000  # compact form
     ids = [src.add(encode_tree(Entry(f"n{i}-{j}".encode(), Kind.FILE, 0o644, 0, 0,
-                                     Storage.INLINE) for j in range(2000)))
+                                     Storage.INLINE) for j in range(n)))
            for i in range(20)]
-    reader = TreeReader(src, tree_cache_bytes=200_000)
+    reader = TreeReader(src, tree_cache_bytes=400_000)
     for tid in ids:
-        assert len(reader.dir(tid)) == 2000
-    assert reader.trees.weight <= 200_000
+        assert len(reader.dir(tid)) == n
+    assert 0 < reader.trees.weight <= 400_000
+    small = reader.dir(src.add(encode_tree(Entry(f"s{j}".encode(), Kind.FILE, 0o644, 0, 0,
+                                                 Storage.INLINE) for j in range(100))))
+    assert small.nbytes > 100 * 300  # kept decoded, and weighed as such
 
 
 # -- depth (issue 8, item 9: ls -R) --------------------------------------------------
@@ -349,11 +356,16 @@ def test_cache_folder_is_created_private(tmp_path: Path) -> None:
         assert stat.S_IMODE(p.stat().st_mode) == 0o700
 
 
-def test_compact_decode_agrees_with_decode_tree() -> None:
-    """Dir.decode's fast validation accepts and refuses exactly what decode_tree does."""
+@pytest.mark.parametrize("small_dir", [0, 2048])
+def test_compact_decode_agrees_with_decode_tree(monkeypatch, small_dir: int) -> None:
+    """Dir.decode's fast validation accepts and refuses exactly what decode_tree does,
+    in the compact form (0) and the decoded small-tree form."""
+    from casstore import reader
     from casstore.errors import FormatError
     from casstore.reader import Dir
     from casstore.trees import decode_tree
+
+    monkeypatch.setattr(reader, "SMALL_DIR", small_dir)
 
     oid = ObjectId.of(b"x")
     entries = [Entry(b"a-dir", Kind.DIR, 0o755, 0, 5, None, oid),
@@ -365,6 +377,7 @@ def test_compact_decode_agrees_with_decode_tree() -> None:
     good = encode_tree(entries)
     d = Dir.decode(good)
     assert d.entries == decode_tree(good) and d.names() == [e.name for e in entries]
+    assert [d.get(e.name) for e in entries] == entries and d.get(b"zz") is None
     rnd = random.Random(3)
     agreed = 0
     for i in range(3000):
