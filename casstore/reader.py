@@ -85,14 +85,11 @@ class Dir:
 
     __slots__ = ("raw", "offs", "kinds", "_entries", "_index")
 
-    def __init__(self, raw: bytes, offs: array, kinds: bytes) -> None:
+    def __init__(self, raw: bytes, offs: array, kinds: bytes,
+                 entries: list[Entry] | None = None) -> None:
         self.raw, self.offs, self.kinds = raw, offs, kinds
-        self._entries: list[Entry] | None = None
-        self._index: dict[bytes, int] | None = None
-        if len(offs) <= SMALL_DIR:
-            view = memoryview(raw)
-            self._entries = [decode_entry_at(view, pos)[0] for pos in offs]
-            self._index = {e.name: i for i, e in enumerate(self._entries)}
+        self._entries = entries
+        self._index = {e.name: i for i, e in enumerate(entries)} if entries is not None else None
 
     @classmethod
     def decode(cls, raw: bytes) -> Dir:
@@ -108,6 +105,8 @@ class Dir:
             raise FormatError("tree object is truncated")
         (count,) = _COUNT.unpack_from(raw, pos)
         pos += _COUNT.size
+        if count <= SMALL_DIR:
+            return cls._decode_small(raw, pos, count)
         offs = array("I" if end < 1 << 32 else "Q")
         kinds = bytearray()
         prev = b""
@@ -156,6 +155,23 @@ class Dir:
         if pos != end:
             raise FormatError("trailing bytes after tree entries")
         return cls(raw, offs, bytes(kinds))
+
+    @classmethod
+    def _decode_small(cls, raw: bytes, pos: int, count: int) -> Dir:
+        """A small tree: decode every entry once (decode_tree's own rules)."""
+        view = memoryview(raw)
+        offs = array("I" if len(raw) < 1 << 32 else "Q")
+        entries: list[Entry] = []
+        for _ in range(count):
+            e, nxt = decode_entry_at(view, pos)
+            if entries and e.name <= entries[-1].name:
+                raise FormatError("tree entries are not in canonical order")
+            offs.append(pos)
+            entries.append(e)
+            pos = nxt
+        if pos != len(raw):
+            raise FormatError("trailing bytes after tree entries")
+        return cls(raw, offs, bytes(e.kind for e in entries), entries)
 
     @property
     def nbytes(self) -> int:

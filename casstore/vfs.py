@@ -97,14 +97,20 @@ class VFS:
     def lookup(self, path: str | bytes) -> Node:
         """The node at ``path`` (str paths are fs-encoded), via a bounded path cache.
 
-        A miss is walked from the root by :func:`casstore.reader.walk_path`, the
-        one walk, through a cache of child steps keyed by directory identity, so
-        a path whose parent was seen costs one real step.
+        A miss whose parent path is cached is one child step; any other miss is
+        walked from the root by :func:`casstore.reader.walk_path`, the one walk,
+        through a cache of child steps keyed by directory identity.
         """
         hit = self._nodes.get(path)
         if hit is not None:
             return hit
-        node = walk_path(self.root, path, self._cached_child)
+        parent_path, sep, name = path.rpartition("/" if isinstance(path, str) else b"/")
+        parent = self._nodes.get(parent_path or sep) if name not in ("", ".", b"", b".") else None
+        if parent is not None:  # the common case: the kernel looked the parent up first
+            raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+            node = self._cached_child(parent, raw)
+        else:
+            node = walk_path(self.root, path, self._cached_child)
         if len(self._nodes) >= self.max_nodes:
             self._nodes = self._seed()
         self._nodes[path] = node
@@ -113,7 +119,9 @@ class VFS:
     def _cached_child(self, node: Node, name: bytes) -> Node:
         e, o = node.entry, node.overlay
         # The kind too: a file whose bytes equal a tree's encoding has the tree's id.
-        key = (e.kind, e.oid, o.oid if o is not None else None, node.variant, name)
+        # Digests, not ObjectIds: bytes hash in C and cache their hash.
+        key = (e.kind, e.oid.digest if e.oid is not None else None,
+               o.oid.digest if o is not None and o.oid is not None else None, node.variant, name)
         hit = self._children.get(key)
         if hit is None:
             hit = self.child(node, name)
