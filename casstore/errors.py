@@ -277,6 +277,25 @@ class JuliaTimeout(JuliaError):
     """A Julia process ran past its time limit and was killed (keeps code 20)."""
 
 
+class CacheUnsafe(CasError):
+    """The client cache folder could be written by others (the daemon runs as root)."""
+
+    exit_code = 26
+
+
+class VariantRefused(CasError):
+    """No variant of the release may run here: each is above the host's (or forced) level."""
+
+    exit_code = 27
+    errno = _errno.EACCES
+
+
+class NotACasMount(MountError):
+    """``cas umount`` was pointed at something that is not a casstore FUSE mount."""
+
+    exit_code = 28
+
+
 def all_error_classes() -> list[type[CasError]]:
     """Every CasError subclass, for the uniqueness check in the tests."""
     seen: list[type[CasError]] = []
