@@ -123,14 +123,11 @@ def _view(build_dir: Path, level: str, dest: Path) -> Path:
 
 
 def _mounted_level(ctx: Ctx, release: str, config: Path | None, arch: str | None) -> str:
-    """The variant `cas mount` would choose, from the (verified) release."""
-    from casstore import variants
+    """The variant `cas mount` would choose: the same selection as mount and exec."""
     from casstore.config import load
-    from casstore.releases import load_verified
+    from casstore.selection import select
 
-    cfg = load(config)
-    rel = load_verified(ctx.source(), release, cfg.trusted(), None)
-    return variants.choose(sorted(rel.variants), rel.baseline, arch or cfg.arch)
+    return select(release, load(config), ctx.store_path, arch).level or ""
 
 
 def _spec_job(build_dir: Path) -> tuple[list[str], list[str]]:
