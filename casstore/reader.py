@@ -27,7 +27,17 @@ from typing import TypeVar
 from casstore.errors import FormatError, NotFound
 from casstore.objects import ID_BYTES, ObjectId, ObjType
 from casstore.sources.base import ObjectSource, fetch
-from casstore.trees import MODE_MASK, TREE_MAGIC, Entry, Kind, Storage, check_name, decode_blob
+from casstore.trees import (
+    MAX_NAME,
+    MODE_MASK,
+    TREE_MAGIC,
+    Entry,
+    Kind,
+    Storage,
+    check_name,
+    decode_blob,
+    warn_skipped,
+)
 from casstore.trees import _decode_entry as decode_entry_at
 
 _U16 = struct.Struct("<H")
@@ -109,7 +119,8 @@ class Dir:
             return cls._decode_small(raw, pos, count)
         offs = array("I" if end < 1 << 32 else "Q")
         kinds = bytearray()
-        prev = b""
+        skipped: list[bytes] = []
+        prev: bytes | None = None
         unpack_u16, unpack_head, hsize = _U16.unpack_from, _KHEAD.unpack_from, _KHEAD.size
         for _ in range(count):
             if pos + 2 > end:
@@ -121,8 +132,8 @@ class Dir:
             pos += nlen
             if pos + hsize > end:
                 raise FormatError("tree object is truncated")
-            check_name(name)
-            if offs and name <= prev:
+            check_name(name, max_len=0xFFFF)  # too long is skipped below, not corrupt
+            if prev is not None and name <= prev:
                 raise FormatError("tree entries are not in canonical order")
             prev = name
             kind, mode, size, _mtime = unpack_head(raw, pos)
@@ -150,10 +161,14 @@ class Dir:
                 raise FormatError(f"entry {name!r} has unknown kind {kind}")
             if pos > end:
                 raise FormatError("object is truncated")
+            if len(name) > MAX_NAME:
+                skipped.append(bytes(name))
+                continue
             offs.append(start)
             kinds.append(kind)
         if pos != end:
             raise FormatError("trailing bytes after tree entries")
+        warn_skipped(skipped)
         return cls(raw, offs, bytes(kinds))
 
     @classmethod
@@ -162,15 +177,22 @@ class Dir:
         view = memoryview(raw)
         offs = array("I" if len(raw) < 1 << 32 else "Q")
         entries: list[Entry] = []
+        skipped: list[bytes] = []
+        prev: bytes | None = None
         for _ in range(count):
             e, nxt = decode_entry_at(view, pos)
-            if entries and e.name <= entries[-1].name:
+            if prev is not None and e.name <= prev:
                 raise FormatError("tree entries are not in canonical order")
-            offs.append(pos)
-            entries.append(e)
+            prev = e.name
+            if len(e.name) > MAX_NAME:
+                skipped.append(e.name)
+            else:
+                offs.append(pos)
+                entries.append(e)
             pos = nxt
         if pos != len(raw):
             raise FormatError("trailing bytes after tree entries")
+        warn_skipped(skipped)
         return cls(raw, offs, bytes(e.kind for e in entries), entries)
 
     @property

@@ -115,14 +115,20 @@ def decode_tree(raw: bytes) -> list[Entry]:
     hide their siblings.  :func:`decode_tree_checked` also returns them.
     """
     entries, skipped = decode_tree_checked(raw)
-    if skipped:  # rare: import logging only then (it costs every short command)
-        import logging
+    warn_skipped(skipped)
+    return entries
 
-        log = logging.getLogger("casstore.trees")
-    for name in skipped:
+
+def warn_skipped(names: list[bytes]) -> None:
+    """One log line per entry left out for a name over MAX_NAME bytes."""
+    if not names:
+        return
+    import logging  # rare: import logging only then (it costs every short command)
+
+    log = logging.getLogger("casstore.trees")
+    for name in names:
         log.warning("skipping a tree entry whose name is %d bytes (limit %d): %r...",
                     len(name), MAX_NAME, name[:40])
-    return entries
 
 
 def decode_tree_checked(raw: bytes) -> tuple[list[Entry], list[bytes]]:
