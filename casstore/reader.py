@@ -36,6 +36,7 @@ from casstore.trees import (
     Storage,
     check_name,
     decode_blob,
+    decode_entries,
     warn_skipped,
 )
 from casstore.trees import _decode_entry as decode_entry_at
@@ -174,25 +175,9 @@ class Dir:
     @classmethod
     def _decode_small(cls, raw: bytes, pos: int, count: int) -> Dir:
         """A small tree: decode every entry once (decode_tree's own rules)."""
-        view = memoryview(raw)
-        offs = array("I" if len(raw) < 1 << 32 else "Q")
-        entries: list[Entry] = []
-        skipped: list[bytes] = []
-        prev: bytes | None = None
-        for _ in range(count):
-            e, nxt = decode_entry_at(view, pos)
-            if prev is not None and e.name <= prev:
-                raise FormatError("tree entries are not in canonical order")
-            prev = e.name
-            if len(e.name) > MAX_NAME:
-                skipped.append(e.name)
-            else:
-                offs.append(pos)
-                entries.append(e)
-            pos = nxt
-        if pos != len(raw):
-            raise FormatError("trailing bytes after tree entries")
+        entries, offsets, skipped = decode_entries(memoryview(raw), pos, count)
         warn_skipped(skipped)
+        offs = array("I" if len(raw) < 1 << 32 else "Q", offsets)
         return cls(raw, offs, bytes(e.kind for e in entries), entries)
 
     @property
