@@ -55,7 +55,8 @@ from casstore.errors import (
     MirrorIncomplete,
     NotFound,
 )
-from casstore.fsutil import atomic_write
+from casstore.fsutil import atomic_write, fsync_dir
+from casstore.fsutil import os_error as fs_error
 from casstore.maintenance import children
 from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode, peek_type
 from casstore.releases import Release, unverified, verify
@@ -164,12 +165,53 @@ class _Dest:
             self.on_write(rel)
 
     def write_object(self, oid: ObjectId, stored: bytes) -> None:
+        self._marker(oid)
+        self.write(object_relpath(oid), stored)
+        self._slow_down()
+
+    def stage(self, oid: ObjectId, stored: bytes) -> int:
+        """Keep a verified tree or blob in the temporary folder until its children are
+        in place (memory stays flat however many new trees a release has)."""
+        fd = os.open(self.tmp / oid.hex, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o644)
+        try:
+            os.fchmod(fd, 0o644)  # mirrors serve everyone, whatever the umask
+            view = memoryview(stored)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            raise fs_error(exc, self.tmp / oid.hex) from None
+        finally:
+            os.close(fd)
+        return len(stored)
+
+    def commit(self, oid: ObjectId) -> None:
+        """Move a staged object to its final name: fsync, rename, fsync the folder."""
         rel = object_relpath(oid)
-        folder = self.path(rel).parent
+        final, staged = self.path(rel), self.tmp / oid.hex
+        self._marker(oid)
+        try:
+            fd = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staged, final)
+            fsync_dir(final.parent)
+        except OSError as exc:
+            raise fs_error(exc, final) from None
+        if self.on_write is not None:
+            self.on_write(rel)
+        self._slow_down()
+
+    def _marker(self, oid: ObjectId) -> None:
+        folder = self.path(object_relpath(oid)).parent
         if self.markers and not (folder / CATALOG_MARKER).exists():
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(folder / CATALOG_MARKER, b"", self.tmp)
-        self.write(rel, stored)
+
+    def _slow_down(self) -> None:
         if self.delay:
             time.sleep(self.delay)
 
@@ -212,7 +254,7 @@ class Mirror:
         self.rep = MirrorReport()
         # The walk's results: stored bytes of new trees/blobs, their children, and the
         # order to write them (children first); chunk ids to copy; what is complete.
-        self.pending: dict[bytes, tuple[ObjectId, bytes, list[bytes]]] = {}
+        self.pending: dict[bytes, tuple[ObjectId, int, list[bytes]]] = {}  # staged
         self.order: list[bytes] = []
         self.chunks: dict[bytes, ObjectId] = {}
         self.done: set[bytes] = set()
@@ -340,7 +382,8 @@ class Mirror:
                         self.rep.problems.append(_describe(oid, got))
                     else:
                         stored, kids = got
-                        self.pending[oid.digest] = (oid, stored, [c.digest for c, _k in kids])
+                        size = self.dest.stage(oid, stored)
+                        self.pending[oid.digest] = (oid, size, [c.digest for c, _k in kids])
                         for child, ckind in kids:
                             want(child, ckind)
         self.order = self._post_order()
@@ -407,18 +450,18 @@ class Mirror:
 
     def _write_trees(self) -> None:
         for d in self.order:
-            oid, stored, kids = self.pending[d]
+            oid, size, kids = self.pending[d]
             if d in self.failed:
                 continue
             missing = [k for k in kids if k not in self.done]
             if missing:
                 self.failed.add(d)
                 continue
-            self.dest.write_object(oid, stored)
+            self.dest.commit(oid)
             self.done.add(d)
             self.rep.objects_copied += 1
-            self.rep.bytes_copied += len(stored)
-            self.tick(len(stored))
+            self.rep.bytes_copied += size
+            self.tick(size)
 
     # -- 4. documents, then the release index -----------------------------------------
     def _publish(self, plan: list[_Release]) -> None:

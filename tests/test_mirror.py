@@ -257,6 +257,7 @@ def test_resume_after_sigkill(pub: Pub, tmp_path: Path) -> None:
     for rel, stored in copied.items():  # whatever has a final name is whole and verified
         decode(ObjectId.parse("b3-" + rel[8:10] + rel[11:]), stored)
     assert not list((dest / "releases").rglob("*"))  # no release, no index yet
+    assert (dest / TMP_DIR).is_dir()  # what the killed run left; the next run removes it
     res, rep = mirror_json(pub.store.root, dest)
     assert res.code == 0, res.err
     assert rep["objects_copied"] + len(copied) >= total and rep["objects_copied"] < total
@@ -333,6 +334,7 @@ mount --bind {dest} {ro}
 mount -o remount,ro,bind {ro}
 if touch {ro}/probe 2>/dev/null; then echo WRITABLE; fi
 CAS_CONFIG={config} {cas_cmd} --store {ro} get app {out}/got
+CAS_CONFIG={config} {cas_cmd} --store {ro} cat app/src/a.jl > {out}/a.cat
 {cas_cmd} exec --config {config} --mountpoint {mp} app -- \
     sh -c 'cat {mp}/big.bin > {out}/big.fuse; ls {mp} > {out}/ls.fuse'
 echo DONE
@@ -345,6 +347,7 @@ echo DONE
     assert p.returncode == 0 and "DONE" in p.stdout, p.stdout + p.stderr
     assert "WRITABLE" not in p.stdout
     assert snapshot(out / "got") == snapshot(folder)
+    assert (out / "a.cat").read_bytes() == (folder / "src/a.jl").read_bytes()
     assert (out / "big.fuse").read_bytes() == (folder / "big.bin").read_bytes()
     assert sorted((out / "ls.fuse").read_text().split()) == sorted(os.listdir(folder))
     assert not (dest / "probe").exists() and not (dest / "index").exists()
