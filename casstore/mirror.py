@@ -123,6 +123,7 @@ class _Release:
     revision: int
     doc: bytes
     tops: list[ObjectId]  # root and variant trees
+    present: bool = False  # the destination already has this very document (repair)
 
 
 class _Dest:
@@ -133,7 +134,10 @@ class _Dest:
         self.tmp = root / TMP_DIR
         self.markers = markers
         self.on_write = on_write
-        self.delay = min(max(float(os.environ.get(DELAY_ENV) or 0), 0.0), 1.0)
+        try:
+            self.delay = min(max(float(os.environ.get(DELAY_ENV) or 0), 0.0), 1.0)
+        except ValueError:
+            self.delay = 0.0
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -156,6 +160,16 @@ class _Dest:
             return head is not None and peek_type(oid, head) == expect
         except CasError:
             return False
+
+    def verified_copy(self, oid: ObjectId, expect: ObjType | None) -> bytes | None:
+        """The destination's copy decoded and checked against its id (for --repair),
+        or None if it is missing or damaged (and must be copied again)."""
+        try:
+            data = read_regular(self.path(object_relpath(oid)), MAX_STORED_SIZE,
+                                f"object {oid}", corrupt=CasError)
+            return None if data is None else decode(oid, data, expect)[1]
+        except CasError:
+            return None
 
     def write(self, rel: str, data: bytes) -> None:
         p = self.path(rel)
@@ -243,13 +257,16 @@ class Mirror:
 
     def __init__(self, source: ObjectSource, dest: Path, *, names: Iterable[str] | None = None,
                  trusted: list[str] | None = None, jobs: int = DEFAULT_JOBS,
-                 markers: bool = True, tick: Tick | None = None,
+                 markers: bool = True, repair: bool = False, tick: Tick | None = None,
                  on_write: OnWrite | None = None) -> None:
         self.source = source
         self.dest = _Dest(Path(dest), markers, on_write)
         self.names = list(names) if names else None
         self.trusted = trusted or []
         self.jobs = max(1, jobs)
+        # --repair: trust nothing already in the destination; verify every object a
+        # release needs, walk every tree, and copy again whatever is missing or damaged.
+        self.repair = repair
         self.tick = tick or (lambda n: None)
         self.rep = MirrorReport()
         # The walk's results: stored bytes of new trees/blobs, their children, and the
@@ -330,12 +347,15 @@ class Mirror:
         except CasError as exc:
             self._problem(f"release {name}@{rev}: {exc}", f"{name}@{rev}")
             return None
-        if self.dest.read_small(release_relpath(name, rev), MAX_RELEASE_DOC) == doc:
+        present = self.dest.read_small(release_relpath(name, rev), MAX_RELEASE_DOC) == doc
+        if present:
             self.rep.releases_skipped += 1  # written last, so its objects are all there
-            return None
+            if not self.repair:
+                return None
         try:
             rel = check_document(doc, name, rev, self.trusted)
-            return _Release(name, rev, doc, [rel.root_id, *rel.variant_ids().values()])
+            return _Release(name, rev, doc, [rel.root_id, *rel.variant_ids().values()],
+                            present)
         except CasError as exc:
             self._problem(f"release {name}@{rev} refused: {exc}", f"{name}@{rev}")
             return None
@@ -363,7 +383,7 @@ class Mirror:
             seen.add(key)
             if kind != ObjType.CHUNK:
                 level.append((oid, kind))
-            elif self.dest.has_object(oid):
+            elif not self.repair and self.dest.has_object(oid):
                 self._present(oid)
             else:
                 self.chunks[oid.digest] = oid
@@ -382,8 +402,11 @@ class Mirror:
                         self.rep.problems.append(_describe(oid, got))
                     else:
                         stored, kids = got
-                        size = self.dest.stage(oid, stored)
-                        self.pending[oid.digest] = (oid, size, [c.digest for c, _k in kids])
+                        if stored is None:  # --repair: the destination's copy verified
+                            self._present(oid)
+                        else:
+                            size = self.dest.stage(oid, stored)
+                            self.pending[oid.digest] = (oid, size, [c.digest for c, _k in kids])
                         for child, ckind in kids:
                             want(child, ckind)
         self.order = self._post_order()
@@ -394,10 +417,19 @@ class Mirror:
             self.rep.objects_skipped += 1
 
     def _fetch_node(self, item: tuple[ObjectId, ObjType]
-                    ) -> None | CasError | tuple[bytes, list[tuple[ObjectId, ObjType]]]:
-        """None if the destination has it; else its verified stored bytes and children."""
+                    ) -> None | CasError | tuple[bytes | None, list[tuple[ObjectId, ObjType]]]:
+        """None if the destination has it (its subtree too); else the verified stored
+        bytes from the source and the children (bytes None: --repair verified the
+        destination's copy, whose children must still be checked)."""
         oid, kind = item
-        if self.dest.has_object(oid, kind):
+        if self.repair:
+            raw = self.dest.verified_copy(oid, kind)
+            if raw is not None:
+                try:
+                    return None, [(c, k) for c, k, _need in children(kind, raw)]
+                except CasError:
+                    pass  # damaged structure: copy it again from the source
+        elif self.dest.has_object(oid, kind):
             return None
         try:
             stored = self.source.read_stored(oid)
@@ -430,7 +462,9 @@ class Mirror:
         todo = [oid for d, oid in self.chunks.items() if d not in self.pending]
         with ThreadPoolExecutor(self.jobs) as pool:
             for oid, result in zip(todo, pool.map(self._copy_one, todo), strict=True):
-                if isinstance(result, CasError):
+                if result is None:
+                    self._present(oid)
+                elif isinstance(result, CasError):
                     self.failed.add(oid.digest)
                     self.rep.problems.append(_describe(oid, result))
                 else:
@@ -439,7 +473,10 @@ class Mirror:
                     self.rep.bytes_copied += result
                     self.tick(result)
 
-    def _copy_one(self, oid: ObjectId) -> int | CasError:
+    def _copy_one(self, oid: ObjectId) -> int | CasError | None:
+        """Bytes copied, or None if --repair found a good copy already there."""
+        if self.repair and self.dest.verified_copy(oid, None) is not None:
+            return None
         try:
             stored = self.source.read_stored(oid)
             decode(oid, stored)  # a chunk reference accepts any type; the hash must match
@@ -468,9 +505,15 @@ class Mirror:
         touched: set[str] = set()
         for r in plan:
             if all(t.digest in self.done for t in r.tops):
+                if r.present:
+                    continue
                 self.dest.write(release_relpath(r.name, r.revision), r.doc)
                 self.rep.releases_copied += 1
                 touched.add(r.name)
+            elif r.present:
+                self._problem(f"release {r.name}@{r.revision} (already in the mirror): some "
+                              "of its objects are missing or damaged and could not be "
+                              "copied again", f"{r.name}@{r.revision}")
             else:
                 self._problem(f"release {r.name}@{r.revision} not written: some of its "
                               "objects could not be copied", f"{r.name}@{r.revision}")

@@ -287,8 +287,21 @@ def test_check_finds_damage(pub: Pub, tmp_path: Path) -> None:
     assert mirror_json(pub.store.root, dest)[0].code == 0
     rel, oid = _a_chunk(dest)
     (dest / rel).unlink()
+    rel2, oid2 = _a_chunk(dest, exclude={rel})
+    data = bytearray((dest / rel2).read_bytes())
+    data[-1] ^= 0xFF
+    (dest / rel2).write_bytes(bytes(data))
     res = cas(None, "mirror", "--check", str(dest))
-    assert res.code == 1 and str(oid) in res.out, res
+    assert res.code == 1 and str(oid) in res.out and str(oid2) in res.out, res
+    # a plain run trusts what is there (the release document is identical): no repair
+    res, rep = mirror_json(pub.store.root, dest)
+    assert res.code == 0 and rep["objects_copied"] == 0
+    # --repair verifies everything and copies the two objects again
+    res, rep = mirror_json(pub.store.root, dest, "--repair")
+    assert res.code == 0, res.err
+    assert rep["objects_copied"] == 2 and rep["releases_copied"] == 0
+    assert object_files(dest) == object_files(pub.store.root)
+    assert cas(None, "mirror", "--check", str(dest)).code == 0
 
 
 def test_refuses_a_store_and_a_busy_destination(pub: Pub, tmp_path: Path) -> None:

@@ -24,12 +24,15 @@ from casstore.errors import MirrorIncomplete, UsageError
               help="Objects fetched and copied in parallel.")
 @click.option("--no-cvmfs-catalogs", "no_markers", is_flag=True,
               help="Do not write a .cvmfscatalog marker in each objects/xx/ folder.")
+@click.option("--repair", is_flag=True,
+              help="Trust nothing in DEST: verify every object the releases need and copy "
+                   "again what is missing or damaged (slow; after --check found damage).")
 @click.option("--check", "check_only", type=click.Path(path_type=Path), default=None,
               metavar="DEST", help="Only verify the mirror folder DEST (every listed release "
                                    "and every object it needs); no SOURCE.")
 @pass_ctx
 def mirror_cmd(ctx: Ctx, source: str | None, dest: Path | None, names: tuple[str, ...],
-               keys: tuple[str, ...], jobs: int, no_markers: bool,
+               keys: tuple[str, ...], jobs: int, no_markers: bool, repair: bool,
                check_only: Path | None) -> None:
     """Copy the objects, releases and release index of SOURCE into the folder DEST.
 
@@ -42,6 +45,8 @@ def mirror_cmd(ctx: Ctx, source: str | None, dest: Path | None, names: tuple[str
     CVMFS or served by any web server, and mounted from a read-only folder.
       cas mirror /srv/store /cvmfs/sw.example.org/casstore
       cas mirror --check /cvmfs/sw.example.org/casstore
+    A tree already in DEST stands for its whole subtree (it was written after its
+    children); --repair re-verifies everything after damage or manual edits.
     """
     if check_only is not None:
         if source or dest:
@@ -60,7 +65,7 @@ def mirror_cmd(ctx: Ctx, source: str | None, dest: Path | None, names: tuple[str
         with ctx.progress(0, "mirror") as tick:
             try:
                 rep = mirror(src, dest, names=names or None, trusted=trusted, jobs=jobs,
-                             markers=not no_markers, tick=tick)
+                             markers=not no_markers, repair=repair, tick=tick)
             except MirrorIncomplete as exc:
                 if ctx.as_json:
                     ctx.emit(exc.report.to_json())  # type: ignore[attr-defined]
