@@ -285,9 +285,14 @@ class Mirror:
                             "cas mirror writes plain mirror folders only")
         try:
             root.mkdir(parents=True, exist_ok=True)
+            others = set(os.listdir(root)) - {TMP_DIR}
             fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise MirrorError(f"cannot use {root} as a mirror: {exc.strerror}") from None
+        if others and "objects" not in others:  # a typo must not litter a random folder
+            os.close(fd)
+            raise MirrorError(f"{root} is neither empty nor a mirror (no objects/ folder); "
+                              "give a new or empty folder, or an earlier mirror")
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

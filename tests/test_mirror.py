@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from casstore.errors import IsAMirror, MirrorBusy, MirrorIncomplete
+from casstore.errors import IsAMirror, MirrorBusy, MirrorError, MirrorIncomplete
 from casstore.mirror import CATALOG_MARKER, DELAY_ENV, TMP_DIR, Mirror, check_mirror
 from casstore.objects import HEADER, ObjectId, ObjType, decode
 from casstore.releases import Release, keygen, load_secret, parse_public, sign
@@ -309,6 +309,9 @@ def test_refuses_a_store_and_a_busy_destination(pub: Pub, tmp_path: Path) -> Non
     other.close()
     res = cas(None, "mirror", str(pub.store.root), str(tmp_path / "other"))
     assert res.code == IsAMirror.exit_code and "writable store" in res.err
+    res = cas(None, "mirror", str(pub.store.root), str(tmp_path))  # not empty, no objects/
+    assert res.code == MirrorError.exit_code and "neither empty nor a mirror" in res.err
+    assert not (tmp_path / "objects").exists()
     dest = tmp_path / "mirror"
     dest.mkdir()
     fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
