@@ -18,8 +18,10 @@ HTTP remote): only the interface is used.  Why the order matters:
   destination never sees a release whose objects are not all there, and the next
   run may take a tree already in the destination to stand for its whole subtree
   (it does not walk it again), which makes an incremental run cost what is new.
+  ``repair=True`` (``--repair``) drops that assumption and verifies everything.
 * **Every file is written atomically**: a temporary file in ``.casmirror-tmp/``
-  inside the destination, fsync, rename, fsync of the folder.  A killed run leaves
+  inside the destination, fsync, rename, fsync of the folder (new trees wait there,
+  verified, until their children are in place).  A killed run leaves
   only that folder (readers never list folders, so they never see it); the next run
   removes it first and completes the work.  Nothing partial ever has a final name.
 
