@@ -178,6 +178,32 @@ class UnsafeCache(CasError):
     errno = _errno.EACCES
 
 
+class MirrorError(CasError):
+    """``cas mirror`` cannot write its destination (not a folder it may write)."""
+
+    exit_code = 22
+
+
+class MirrorIncomplete(MirrorError):
+    """A mirror run copied what it could, but some objects or release documents failed
+    (corrupt or missing in the source): the releases that need them were not written."""
+
+    exit_code = 23
+
+
+class MirrorBusy(MirrorError):
+    """Another ``cas mirror`` is writing the same destination right now."""
+
+    exit_code = 24
+
+
+class IsAMirror(MirrorError):
+    """A plain mirror folder (no lock, no index) given where a writable store is needed,
+    or a writable store given as a mirror destination."""
+
+    exit_code = 25
+
+
 class RegistryError(CasError):
     """A Julia registry or package source cannot be built or read (bad input)."""
 
