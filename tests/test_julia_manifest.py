@@ -344,7 +344,7 @@ def test_node_loads_from_image_and_caches_and_status_shows_versions(built: dict,
         assert f"PATH {n}=/depot/packages/{n}/{slug}/src/{n}.jl" in proc.stdout
     for n in DIRECT:
         assert f"{n} v{p[n]['version']}" in out
-    assert "CasLorentz v0.3.1 /depot/dev/CasLorentz" in out
+    assert "CasLorentz v0.3.1 `/depot/dev/CasLorentz`" in out
     assert "Rejecting" not in out and "Precompiling" not in out
     assert not (scratch / "compiled").exists()
 
