@@ -451,3 +451,19 @@ def test_pkg_server_without_the_tree_gives_37(tiny: dict, tmp_path: Path) -> Non
     (env / "Manifest.toml").write_text(man.replace(sha1, "2" * 40))
     with pytest.raises(PackageUnavailable, match="Tiny 0.1.0: .* has no tree 2222"):
         _stage(tmp_path, env, f'server = "{tiny["url"]}"')
+
+
+@needs_ns
+def test_spec_sources_and_sysimage_roots_are_checked(tiny: dict, tmp_path: Path) -> None:
+    """Two sources at once, and an image root that is no direct dependency."""
+    spec = write_spec(tmp_path, tiny["env"], f'server = "{tiny["url"]}"\nbundles = "{tmp_path}"')
+    _spec_without_caslorentz(spec)
+    res = cas(tmp_path / "store", "-q", "depot", "build", str(spec), "--out", str(tmp_path / "o"))
+    assert_one_line_error(res)
+    assert res.code == 40 and "exactly one of" in res.err
+    spec = write_spec(tmp_path, tiny["env"], f'server = "{tiny["url"]}"',
+                      sysimage='sysimage = ["Pkg"]')
+    _spec_without_caslorentz(spec)
+    res = cas(tmp_path / "store", "-q", "depot", "build", str(spec), "--out", str(tmp_path / "o"))
+    assert_one_line_error(res)
+    assert res.code == 36 and "sysimage: Pkg is not a dependency" in res.err
