@@ -270,6 +270,36 @@ class PackageMismatch(SpecError):
     exit_code = 45
 
 
+class ManifestError(SpecError):
+    """The user's Manifest.toml cannot be used: not Julia 1.5's format (a
+    ``manifest_format = "2.0"`` file from Julia 1.6+), an entry that is neither a
+    stdlib, a registered version nor a path package, or one the spec contradicts."""
+
+    exit_code = 36
+
+
+class PackageUnavailable(SpecError):
+    """A manifest entry's git tree SHA-1 is in none of the places the spec names
+    (the registry release in the store, the Pkg server, the folder of bundles)."""
+
+    exit_code = 37
+    errno = _errno.ENOENT
+
+
+class SourceTreeMismatch(SpecError):
+    """A package source offers the manifest's version under another git tree SHA-1
+    (a re-tagged bundle), or downloaded content does not hash to what was asked."""
+
+    exit_code = 38
+
+
+class PackageFetchError(JuliaError):
+    """A Pkg server could not be read while fetching packages for a build (network,
+    HTTP error other than 404, a broken tarball): temporary, retry later."""
+
+    exit_code = 39
+
+
 class BuildError(JuliaError):
     """A build stage (trace, sysimage, link, precompile, validation) failed."""
 
