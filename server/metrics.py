@@ -47,18 +47,28 @@ class Metrics:
                                 "repaired)", registry=self.registry)
         self.uploaded_bytes = Counter("cas_objects_received_bytes", "Stored bytes of the "
                                       "objects received by PUT", registry=self.registry)
+        self._series: dict[tuple[str, str, int], tuple] = {}
         self.releases = Counter("cas_releases_accepted", "Release documents accepted by PUT",
                                 registry=self.registry)
 
     def record(self, request: web.BaseRequest, response: web.StreamResponse,
                seconds: float) -> None:
-        route = _route(request)
-        status = response.status
-        self.requests.labels(route, request.method, str(status)).inc()
-        self.bytes_sent.labels(route).inc(body_bytes(request, response))
-        if status >= 400:
-            self.errors.labels(route, "server" if status >= 500 else "client").inc()
-        self.latency.labels(route).observe(seconds)
+        route, status = _route(request), response.status
+        key = (route, request.method, status)
+        series = self._series.get(key)
+        if series is None:  # .labels() is a locked lookup: once per label set, not per request
+            kind = "server" if status >= 500 else "client"
+            series = self._series[key] = (
+                self.requests.labels(route, request.method, str(status)),
+                self.bytes_sent.labels(route),
+                self.errors.labels(route, kind) if status >= 400 else None,
+                self.latency.labels(route))
+        requests, sent, errors, latency = series
+        requests.inc()
+        sent.inc(body_bytes(request, response))
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
 
 def body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:

@@ -106,9 +106,21 @@ def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
         logging.getLogger("cas.serve").info("no --trusted-key: release uploads and the Pkg "
                                             "protocol are off")
     try:
-        asyncio.run(_run(pkg, scfg, host, port, access_log))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_run(pkg, scfg, host, port, access_log))
     except OSError as exc:
         raise ServeError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+
+
+def _loop_factory():
+    """uvloop when installed (about twice the requests per CPU second), else asyncio's."""
+    if os.environ.get("CAS_SERVE_LOOP", "") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _run(pkg, scfg, host: str, port: int, access_log: bool) -> None:
