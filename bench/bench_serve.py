@@ -9,7 +9,8 @@ GET naming a random object of the set:
 The load generator is `wrk` (C, 2 threads, a Lua script cycling through the object
 paths in a shuffled order).  Servers: `cas serve STORE` (one asyncio process,
 sendfile) and nginx 1.22 (`sendfile on`, `access_log off`) with one worker, and
-with `worker_processes auto` (2 here).  Rounds alternate between servers so that
+with `worker_processes auto` (2 here); `cas serve` with one process and with
+`--workers 2`.  Rounds alternate between servers so that
 load from other users of the machine hits all of them alike; the median round is
 reported.  CPU seconds of the server processes and of wrk are read from /proc and
 getrusage, to show whether the load generator or the machine was the limit.
@@ -228,9 +229,11 @@ def main() -> None:
                 f"nginx {workers}", ["/usr/sbin/nginx", "-c", str(d / "nginx.conf"), "-p",
                                      str(d), "-e", str(d / "error.log")],
                 f"http://127.0.0.1:{port}")
-        servers["cas serve"] = Server("cas serve", [sys.executable, "-m", "casstore", "serve",
-                                                    str(tmp / "store"), "--listen",
-                                                    "127.0.0.1:0"])
+        for workers in (1, 2):
+            label = "cas serve" + (f" ({workers} workers)" if workers > 1 else "")
+            servers[label] = Server(label, [sys.executable, "-m", "casstore", "serve",
+                                            str(tmp / "store"), "--listen", "127.0.0.1:0",
+                                            "--workers", str(workers)])
         rounds: dict[str, dict[str, list[dict]]] = {s: {n: [] for n in servers} for s in sets}
         for _r in range(args.rounds):
             for sname, script in scripts.items():

@@ -11,6 +11,7 @@ text, so a scanner cannot blow up the number of series.
 from __future__ import annotations
 
 import logging
+import os
 
 from aiohttp import web
 from aiohttp.web_log import AccessLogger
@@ -20,6 +21,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     disable_created_metrics,
+    multiprocess,
 )
 from prometheus_client.exposition import generate_latest
 
@@ -111,7 +113,12 @@ class MetricsAccessLogger(AccessLogger):
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # cas serve --workers N: add them up
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = request.app[METRICS].registry
+    body = generate_latest(registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST,
                                             "Cache-Control": "no-store"})
 

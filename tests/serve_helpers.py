@@ -163,3 +163,15 @@ def object_files(store: Path) -> set[str]:
 
 def tmp_files(store: Path) -> list[str]:
     return os.listdir(store / "tmp")
+
+
+def wait_quiet(url: str, method: str = "PUT", timeout: float = 30) -> None:
+    """Wait until the server has answered no new ``method`` request for 0.5 s (an
+    upload still in flight from a killed or failed client has finished or failed)."""
+    last, deadline = -1.0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = metric(url, "cas_http_requests_total", method=method)
+        if now == last:
+            return
+        last = now
+        time.sleep(0.5)

@@ -33,6 +33,7 @@ from serve_helpers import (
     object_files,
     pub_hex,
     token_for,
+    wait_quiet,
 )
 
 
@@ -156,6 +157,7 @@ def test_push_interrupted_by_server_failure_resumes(pub: dict, tmp_path: Path) -
         with pytest.raises(CasError):
             push(local, srv.url, "bulk", None, token,
                  opts=HttpOptions(jobs=2, retries=1, backoff=0.01))
+        wait_quiet(srv.url)
         stored = object_files(served)
         assert 0 < len(stored) <= 7
         assert not (served / "releases" / "bulk").exists()  # the release goes last
@@ -186,14 +188,7 @@ def test_killed_push_process_resumes(pub: dict, tmp_path: Path) -> None:
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
         assert proc.returncode == -signal.SIGKILL
-        # let an upload that was in flight finish (or fail) before counting
-        last, deadline = -1.0, time.monotonic() + 30
-        while time.monotonic() < deadline:
-            now = metric(srv.url, "cas_http_requests_total", method="PUT")
-            if now == last:
-                break
-            last = now
-            time.sleep(0.5)
+        wait_quiet(srv.url)  # an upload in flight has finished (or failed) before counting
         stored = object_files(served)
         assert 3 <= len(stored) < len(pub["oids"]["bulk"])
         assert not (served / "releases" / "bulk").exists()

@@ -3,11 +3,9 @@ and ``cas serve token add|list|revoke`` for the write tokens."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
@@ -77,11 +75,16 @@ def serve() -> None:
 @click.option("--tokens", "tokens", type=click.Path(path_type=Path, dir_okay=False),
               default=None, help="Token file (default: STORE/server/tokens.json).")
 @click.option("--access-log", is_flag=True, help="Log every request on stderr.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes accepting on the same socket (like nginx's worker_processes).")
 @pass_ctx
 def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
         registries: tuple[str, ...], cache_dir: Path | None, cache_size: str, max_age: int,
-        tokens: Path | None, access_log: bool) -> None:
+        tokens: Path | None, access_log: bool, workers: int) -> None:
     """Serve STORE (see `cas serve --help` and docs/HTTP.md)."""
+    from server import workers as wk
+
+    metrics_dir = wk.prepare_multiprocess(workers)  # before prometheus_client is imported
     from casstore.names import check_ref_name
     from casstore.releases import parse_public
     from server.pkgproto import PkgConfig
@@ -106,10 +109,20 @@ def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
         logging.getLogger("cas.serve").info("no --trusted-key: release uploads and the Pkg "
                                             "protocol are off")
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_run(pkg, scfg, host, port, access_log))
+        sock = wk.bind(host, port)
     except OSError as exc:
         raise ServeError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+
+    def make_app():
+        from server.app import make_app as make
+
+        return make(pkg, scfg)
+
+    def ready() -> None:
+        click.echo(f"cas serve: listening on {wk.address(sock)}")
+        sys.stdout.flush()
+
+    wk.serve(make_app, sock, workers, access_log, _loop_factory(), ready, metrics_dir)
 
 
 def _loop_factory():
@@ -121,31 +134,6 @@ def _loop_factory():
     except ImportError:
         return None
     return uvloop.new_event_loop
-
-
-async def _run(pkg, scfg, host: str, port: int, access_log: bool) -> None:
-    from aiohttp import web
-
-    from server.app import make_app
-    from server.metrics import make_runner
-
-    runner = make_runner(make_app(pkg, scfg), access_log)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
-        await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        real_host, real_port = sock.getsockname()[:2]
-        shown = f"[{real_host}]" if ":" in real_host else real_host
-        click.echo(f"cas serve: listening on http://{shown}:{real_port}")
-        sys.stdout.flush()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 # -- tokens ------------------------------------------------------------------------------
