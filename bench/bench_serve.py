@@ -268,8 +268,8 @@ def report(rounds: dict, args, sets) -> None:
              f"{args.rounds} alternating rounds.  Machine: {os.cpu_count()} cores, shared "
              f"(load average at the end {os.getloadavg()[0]:.1f}).", "",
              "| objects | server | req/s | MB/s | vs nginx (1 worker) | vs nginx (auto) | "
-             "p50 / p99 ms | server cores | wrk cores |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "p50 / p99 ms | server cores | server CPU µs/req | wrk cores |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for sname, per in summary.items():
         base1 = per["nginx (1 worker)"]["rps"]
         base2 = per["nginx (auto workers)"]["rps"]
@@ -277,7 +277,9 @@ def report(rounds: dict, args, sets) -> None:
             lines.append(f"| {sname} | {name} | {r['rps']:.0f} | {r['mb_s']:.0f} | "
                          f"{r['rps'] / base1:.2f}x | {r['rps'] / base2:.2f}x | "
                          f"{r['p50_us'] / 1000:.1f} / {r['p99_us'] / 1000:.1f} | "
-                         f"{r['server_cores']:.2f} | {r['wrk_cores']:.2f} |")
+                         f"{r['server_cores']:.2f} | "
+                         f"{r['server_cpu_s'] / max(r['requests'], 1) * 1e6:.0f} | "
+                         f"{r['wrk_cores']:.2f} |")
     (RESULTS / "serve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
