@@ -74,13 +74,14 @@ def run_worker(make_app: Callable[[], web.Application], sock: socket.socket, acc
 
 def serve(make_app: Callable[[], web.Application], sock: socket.socket, workers: int,
           access_log: bool, loop_factory: Callable | None, ready: Callable[[], None],
-          metrics_dir: str | None) -> None:
-    """Serve until SIGTERM or SIGINT (or, with workers, until one worker dies)."""
+          metrics_dir: str | None) -> bool:
+    """Serve until SIGTERM or SIGINT; False if it stopped because a worker died."""
     if workers <= 1:
         ready()
         run_worker(make_app, sock, access_log, loop_factory)
-        return
+        return True
     children: list[int] = []
+    clean = True
     stop = threading.Event()
     try:
         for _ in range(workers):
@@ -104,6 +105,7 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, workers:
             if pid != 0:
                 children.remove(pid)
                 print(f"cas serve: a worker (pid {pid}) stopped; stopping", file=sys.stderr)
+                clean = False
                 break
             stop.wait(0.5)
     finally:
@@ -120,3 +122,4 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, workers:
         sock.close()
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+    return clean

@@ -353,3 +353,21 @@ def test_real_process_serves_without_pkg_options(pub: dict, tmp_path: Path) -> N
                        {"Authorization": "Bearer nope"})
         assert s == 401
     assert srv.proc.returncode == 0
+
+
+def test_workers_share_the_socket_and_sum_metrics(pub: dict, tmp_path: Path) -> None:
+    store, _cfg = serve_copy(pub, tmp_path)
+    with ProcessServer(store, tmp_path / "serve.log", "--workers", "2") as srv:
+        kids = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+        assert len(kids) == 2
+        for _ in range(3):
+            for oid in pub["oids"]:
+                assert raw(srv.url, "GET", path_of(oid))[0] == 200
+        n = 3 * len(pub["oids"])
+        # every request opens a new connection, so both workers answer some; the
+        # counters of both are summed
+        assert metric(srv.url, "cas_http_requests_total", route=OBJ, status="200") == n
+    assert srv.proc.returncode == 0
+    for pid in kids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+            f"/proc/{pid}/status").read_text()

@@ -122,7 +122,8 @@ def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
         click.echo(f"cas serve: listening on {wk.address(sock)}")
         sys.stdout.flush()
 
-    wk.serve(make_app, sock, workers, access_log, _loop_factory(), ready, metrics_dir)
+    if not wk.serve(make_app, sock, workers, access_log, _loop_factory(), ready, metrics_dir):
+        raise ServeError("a worker process stopped unexpectedly; the server stopped")
 
 
 def _loop_factory():
