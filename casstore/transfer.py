@@ -363,15 +363,13 @@ async def _pull(store: Store, base: str, name: str, revision: int | None, truste
                 for child in children(kind, raw):
                     queue.put_nowait(child)
 
-        busy = 0
-        idle = asyncio.Event()
+        busy = 0  # workers fetching: an empty queue means "done" only when none is
 
         async def worker() -> None:
             nonlocal busy
             while True:
                 if queue.empty():
                     if busy == 0:
-                        idle.set()
                         return
                     await asyncio.sleep(0.005)
                     continue

@@ -61,11 +61,12 @@ def push(ctx: Ctx, url: str, spec: str, token_file: Path | None, jobs: int) -> N
     from casstore.transfer import push as do_push
 
     name, rev = parse_spec(spec)
+    url = _check_url(url)
     token = _read_token(token_file)
     store = ctx.open_store()
     try:
         with ctx.progress(None, f"push {name}") as bar:
-            stats = do_push(store, _check_url(url), name, rev, token,
+            stats = do_push(store, url, name, rev, token,
                             opts=HttpOptions(jobs=jobs), progress=bar)
     finally:
         store.close()
@@ -88,11 +89,12 @@ def pull(ctx: Ctx, url: str, spec: str, keys: tuple[str, ...], jobs: int) -> Non
     from casstore.transfer import pull as do_pull
 
     name, rev = parse_spec(spec)
+    url = _check_url(url)
     trusted = [parse_public(k) for k in keys] if keys else load(None).trusted()
     store = ctx.open_store(create=True)
     try:
         with ctx.progress(None, f"pull {name}") as bar:
-            stats = do_pull(store, _check_url(url), name, rev, trusted,
+            stats = do_pull(store, url, name, rev, trusted,
                             opts=HttpOptions(jobs=jobs), progress=bar)
     finally:
         store.close()
