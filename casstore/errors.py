@@ -352,6 +352,24 @@ class NotACasMount(MountError):
     exit_code = 28
 
 
+class TransferError(CasError):
+    """``cas push``/``cas pull`` failed: the server refused, or answered nonsense."""
+
+    exit_code = 60
+
+
+class TokenError(CasError):
+    """A write token is missing, refused, or the server's token file is damaged."""
+
+    exit_code = 61
+
+
+class PushRefused(TransferError):
+    """The server refused a release (untrusted key, not newer, objects missing)."""
+
+    exit_code = 62
+
+
 def all_error_classes() -> list[type[CasError]]:
     """Every CasError subclass, for the uniqueness check in the tests."""
     seen: list[type[CasError]] = []
