@@ -297,3 +297,14 @@ def test_mount_records_accesses_in_first_access_order(kit: Kit, tree: ObjectId,
     assert data == ["lib/deep/b.jl", "link", "lib/big.so"]
     assert ("lib", META) in acc and acc.index(("lib", META)) < acc.index(("lib/deep/b.jl", DATA))
     assert not any(p.startswith("src") for p, _h in acc)
+
+
+def test_gc_and_fsck_keep_the_list_with_its_release(kit: Kit, tree: ObjectId) -> None:
+    from helpers import cas
+
+    rel, plist = publish_with_lists(kit, tree, ACCESSES)
+    kit.store.close()
+    rep = cas(kit.store.root, "--json", "gc", "--grace", "0s", check=True)
+    assert "prefetch" not in rep.err
+    assert load_list(LocalSource(kit.store.root), rel, None) == plist
+    assert cas(kit.store.root, "fsck").code == 0
