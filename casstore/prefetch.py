@@ -359,7 +359,7 @@ class Replay:
     def _batch(self, fn: Callable, part: list[ObjectId], sizes: dict) -> None:
         try:
             res = fn(part)
-        except CasError as exc:
+        except Exception as exc:  # noqa: BLE001 - advisory: count the batch, go on
             log.warning("prefetch batch of %d failed: %s", len(part), exc)
             self.progress.errors += len(part)
             self.progress.done += len(part)

@@ -308,3 +308,22 @@ def test_gc_and_fsck_keep_the_list_with_its_release(kit: Kit, tree: ObjectId) ->
     assert "prefetch" not in rep.err
     assert load_list(LocalSource(kit.store.root), rel, None) == plist
     assert cas(kit.store.root, "fsck").code == 0
+
+
+def test_a_failing_batch_is_counted_and_the_rest_still_fetched(kit: Kit, tree: ObjectId) -> None:
+    _rel, plist = publish_with_lists(kit, tree, ACCESSES)
+    counting = CountingSource(LocalSource(kit.store.root), batch=True)
+    real, calls = counting.prefetch, []
+
+    def flaky(oids):
+        calls.append(len(oids))
+        if len(calls) == 1:
+            raise TimeoutError("server went away")
+        return real(oids)
+
+    counting.prefetch = flaky
+    replay = Replay(lambda: plist, counting, batch=2)
+    replay.run()
+    s = replay.summary()
+    assert s["state"] == "done" and s["errors"] == 2 and s["done"] == s["total"]
+    assert set(counting.fetched) == set(plist.oids()[2:])
