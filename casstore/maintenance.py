@@ -28,6 +28,7 @@ from casstore.fsutil import TMP_PREFIX
 from casstore.index import IndexEntry
 from casstore.names import check_ref_name
 from casstore.objects import HEADER, ObjectId, ObjType, decode, is_object_id
+from casstore.prefetch import list_ids
 from casstore.releases import MAX_DOC, unverified, verify
 from casstore.sources.layout import (
     MAX_RELEASE_INDEX,
@@ -157,6 +158,13 @@ def _release_file(path: Path, name: str, fname: str,
     yield label, rel.root_id
     for lvl, oid in rel.variant_ids().items():
         yield f"{label} variant {lvl}", oid
+    try:  # prefetch lists (FORMAT §6.5) are trees the release names in its meta
+        lists = list_ids(rel)
+    except CasError as exc:
+        problems.append(f"{where}: {exc}")
+        return
+    for lvl, oid in lists.items():
+        yield f"{label} prefetch list {lvl or '(no variant)'}", oid
 
 
 def _check_signature(doc: bytes, where: str, problems: list[str]) -> None:

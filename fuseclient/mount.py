@@ -62,14 +62,21 @@ def setup_logging(log_file: Path, foreground: bool) -> None:
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
 
 
-def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool) -> None:
-    """Mount and run the FUSE loop until unmounted or signalled."""
+def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
+          record_to: Path | None = None, prefetch: bool = True) -> None:
+    """Mount and run the FUSE loop until unmounted or signalled.
+
+    ``prefetch``: replay the release's prefetch list for the chosen level once the
+    mount exists (concurrently with the first reads).  ``record_to``: note every
+    path served and write the record there at unmount (``cas depot build``)."""
     from fuseclient.ops import CasOps
 
     mountpoint = canon(mountpoint)
     check_mountpoint(mountpoint)
     spath = status_path(cfg, mountpoint)
-    built = build_fs(p, cfg)  # refuses an unsafe cache folder before anything is mounted
+    # refuses an unsafe cache folder before anything is mounted
+    built = build_fs(p, cfg, record=record_to is not None,
+                     prefetch=prefetch and record_to is None)
     setup_logging(log_path(cfg, mountpoint), foreground)
     prune_stale(cfg)
     base = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
@@ -78,12 +85,15 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool) -
     ops = CasOps(built.fs)
     writer = StatusWriter(spath, base, lambda: {
         "cache": built.cache.summary(), "errors": dict(ops.errors),
-        "bad_objects": built.bad.summary()}, mountpoint)
+        "bad_objects": built.bad.summary(),
+        "prefetch": built.replay.summary() if built.replay else {"state": "off"}}, mountpoint)
     watchdog = OwnerWatchdog(owner_from_env(), mountpoint)
 
     def on_init() -> None:
         writer.start()
         watchdog.start()
+        if built.replay is not None:  # threads only now: the daemon has forked
+            built.replay.start()
 
     ops._on_init = on_init
     ops.on_error = writer.poke
@@ -105,9 +115,21 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool) -
         writer.stop.set()
         writer.wake.set()
         watchdog.stop.set()
-        spath.unlink(missing_ok=True)
+        if built.replay is not None:
+            built.replay.stop.set()
+        if built.recorder is not None and record_to is not None:
+            _save_record(built.recorder, record_to)
+        spath.unlink(missing_ok=True)  # after the record: unmount() waits for this
         built.cache.close()
     log.info("unmounted %s", mountpoint)
+
+
+def _save_record(recorder, path: Path) -> None:
+    try:
+        recorder.save(path)
+        log.info("wrote %d accessed paths to %s", len(recorder.accesses()), path)
+    except OSError as exc:
+        log.error("cannot write the access record %s: %s", path, exc)
 
 
 def check_mountpoint(mountpoint: Path) -> None:

@@ -7,7 +7,9 @@ The one place that decides the layering (outermost first)::
     both over: KnownBad( [ObjectCache( ] source [ ) ] )
 
 An on-disk object cache for remote sources slots in between KnownBad and the
-source here, with no change in any layer above.
+source here, with no change in any layer above.  Two optional pieces hang off
+the fs: the prefetch-list :class:`~casstore.prefetch.Replay` (started once the
+mount exists) and the access recorder (``--record-access``, for ``cas depot build``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from dataclasses import dataclass
 
 from casstore.cache import FileCache
 from casstore.config import ClientConfig
+from casstore.objects import ObjectId
+from casstore.prefetch import AccessRecorder, Replay, load_list
 from casstore.reader import TreeReader
 from casstore.selection import Selection
 from casstore.sources.base import ObjectSource
 from casstore.sources.knownbad import KnownBad
+from casstore.trees import Kind
 from casstore.vfs import VFS, ViewInfo
 from fuseclient.fs import ReleaseFS
+from fuseclient.recording import RecordingFS
 
 
 @dataclass
@@ -31,6 +37,8 @@ class Built:
     fs: ReleaseFS
     bad: KnownBad
     cache: FileCache
+    replay: Replay | None = None
+    recorder: AccessRecorder | None = None
 
 
 def compose_source(inner: ObjectSource) -> KnownBad:
@@ -44,8 +52,41 @@ def build_vfs(sel: Selection, source: ObjectSource, cache: FileCache | None = No
                mtime_ns=sel.mtime_ns, cache=cache)
 
 
-def build_fs(sel: Selection, cfg: ClientConfig) -> Built:
+def warmer(vfs: VFS):
+    """``warm(path, oids)`` for :class:`Replay`: start the FileCache's whole-file copy
+    of a listed file that was read (its own id is among ``oids``) and is large."""
+
+    def warm(path: str, oids: set[ObjectId]) -> set[ObjectId]:
+        cache = vfs.cache
+        if cache is None:
+            return set()
+        e = vfs.lookup("/" + path).entry
+        if e.kind != Kind.FILE or e.oid not in oids or not cache.wants(e):
+            return set()
+        layout = vfs.reader.layout(e)
+        cache.read(e.oid, e.size, 0, 1, lambda: layout)
+        return {e.oid, *layout.oids}
+
+    return warm
+
+
+def make_replay(sel: Selection, source: ObjectSource, vfs: VFS) -> Replay:
+    """The replay of the selected level's prefetch list: batches go to the composed
+    source's ``prefetch`` when it has one (an ObjectCache over HTTP), the list itself
+    is read through the known-bad wrapper like any other object."""
+    return Replay(lambda: load_list(source, sel.release, sel.level), sel.source,
+                  warmer(vfs))
+
+
+def build_fs(sel: Selection, cfg: ClientConfig, record: bool = False,
+             prefetch: bool = True) -> Built:
     """The filesystem model for a selection (no FUSE involved)."""
     source = compose_source(sel.source)
     cache = FileCache(source, cfg.cache_dir, cfg.cache_size, cfg.prefetch_min)
-    return Built(ReleaseFS(build_vfs(sel, source, cache)), source, cache)
+    vfs = build_vfs(sel, source, cache)
+    fs, recorder = ReleaseFS(vfs), None
+    if record:
+        recorder = AccessRecorder()
+        fs = RecordingFS(fs, recorder)
+    replay = make_replay(sel, source, vfs) if prefetch else None
+    return Built(fs, source, cache, replay, recorder)

@@ -171,3 +171,57 @@ def test_abcheck_runs_any_job_command_line(published: dict, tmp_path: Path) -> N
     assert report["job"] == ["vectors.jl", "40", "1.5"] and report["setup"] == []
     assert report["local"]["checksum"] == report["mounted"]["checksum"]
     assert report["local"]["checksum"] not in (None, EXPECTED_CHECKSUM)
+
+
+@pytest.mark.parametrize("arch", ["x86-64", "x86-64-v3"])
+def test_release_carries_prefetch_lists_recorded_from_a_real_start(published: dict,
+                                                                    arch: str) -> None:
+    """`cas depot build --release` recorded each variant's real Julia start from a mount
+    and published the lists, signed, in the next revision (FORMAT §6.5)."""
+    from casstore.prefetch import list_ids, load_list
+    from casstore.releases import load_verified, parse_public
+    from casstore.sources.local import LocalSource
+
+    pf = published["summary"]["prefetch"]
+    assert pf["recorded"] and pf["revision"] == published["summary"]["release"]["revision"] + 1
+    src = LocalSource(published["store"])
+    pub = parse_public(str(published["base"] / "release.key.pub"))
+    rel = load_verified(src, "demo", [pub], None)
+    assert rel.revision == pf["revision"] and set(list_ids(rel)) == set(rel.variants)
+    plist = load_list(src, rel, arch)
+    paths = [p for p, _i in plist.files]
+    sysimage = SYSIMAGE.removeprefix("/depot/")
+    for must in ("julia/bin/julia", sysimage, "jobs/jetjob.jl"):
+        assert must in paths, must
+    # first-access order: the binary, then the image, then the script Julia runs
+    assert paths.index("julia/bin/julia") < paths.index(sysimage) < paths.index("jobs/jetjob.jl")
+    oids = plist.oids()
+    overlay = rel.variant_ids()[arch]
+    assert overlay in oids and rel.root_id == oids[0]  # trees of both layers
+    image_objs = [oids[i] for i in dict(plist.files)[sysimage]]
+    assert len(image_objs) > 3  # trees + blob manifest + its chunks
+    assert plist.total_bytes() > 50 << 20  # the image is most of it
+
+
+def test_mount_replays_the_list_before_julia_needs_it(published: dict, events: Path) -> None:
+    """On a real mount the replay reaches its total (`cas status` inside the job's
+    namespace) and the job still gives the same checksum."""
+    poll = ("import json,subprocess,sys,time\n"
+            "d=time.monotonic()+300\n"
+            "while True:\n"
+            f" s=json.loads(subprocess.run([sys.executable,'-m','casstore','--json','status',"
+            f"'--config','{published['config']}','/depot'],capture_output=True,text=True).stdout)"
+            "['prefetch']\n"
+            " if s['state'] in ('done','failed','none') or time.monotonic()>d: break\n"
+            " time.sleep(0.2)\n"
+            "print('PREFETCH', json.dumps(s))\n")
+    (published["base"] / "poll.py").write_text(poll)
+    p = run_on_mount(published, "x86-64",
+                     f"{JULIA} --startup-file=no /depot/jobs/jetjob.jl {events} && "
+                     f"{sys.executable} {published['base']}/poll.py")
+    assert p.returncode == 0, p.stderr
+    assert f"CHECKSUM {EXPECTED_CHECKSUM}" in p.stdout
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("PREFETCH "))
+    s = json.loads(line.removeprefix("PREFETCH "))
+    assert s["state"] == "done" and s["done"] == s["total"] > 10 and s["errors"] == 0
+    assert s["files_warmed"] >= 1  # the sysimage's whole-file copy

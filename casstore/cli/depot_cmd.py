@@ -113,6 +113,10 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
                                       expires_days)
         log(f"[release] {release_name} revision {summary['release']['revision']}"
             + (" (unchanged)" if summary["release"]["unchanged"] else ""))
+        from casstore.prefetch_record import record_release  # lists: record, publish N+1
+
+        summary["prefetch"] = record_release(store, ctx.store_path, release_name, key, out,
+                                             expires_days, log)
     if ctx.as_json:
         ctx.emit(summary)
     else:

@@ -39,9 +39,14 @@ def _global_args(ctx: Ctx) -> list[str]:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="Client config TOML (as for cas mount).")
 @click.option("--arch", metavar="LEVEL", default=None, help="Force a CPU level.")
+@click.option("--no-prefetch", is_flag=True,
+              help="Do not replay the release's prefetch list on mount.")
+@click.option("--record-access", type=click.Path(path_type=Path), hidden=True,
+              help="Record the paths served to FILE (cas depot build).")
 @pass_ctx
 def exec_(ctx: Ctx, release: str, cmd: tuple[str, ...], mountpoint: Path,
-          config_path: Path | None, arch: str | None) -> None:
+          config_path: Path | None, arch: str | None, no_prefetch: bool,
+          record_access: Path | None) -> None:
     """Mount RELEASE at --mountpoint privately, run CMD, unmount; exit with CMD's status.
 
     \b
@@ -56,7 +61,9 @@ def exec_(ctx: Ctx, release: str, cmd: tuple[str, ...], mountpoint: Path,
 
     signals = _Signals()  # from here on, a SIGTERM/SIGHUP never skips the unmount
     opts = [*(["--config", str(config_path)] if config_path else []),
-            *(["--arch", arch] if arch else [])]
+            *(["--arch", arch] if arch else []),
+            *(["--no-prefetch"] if no_prefetch else []),
+            *(["--record-access", str(record_access.resolve())] if record_access else [])]
     mountpoint.mkdir(parents=True, exist_ok=True)
     os.environ.pop(_INSIDE, None)
     umount = _cas("-q", "umount", str(mountpoint),

@@ -33,9 +33,14 @@ def _explicit_store(ctx: Ctx) -> Path | None:
                    "detecting the host's.")
 @click.option("--revision", type=int, help="Mount this revision instead of the newest.")
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (logs to stderr).")
+@click.option("--no-prefetch", is_flag=True,
+              help="Do not replay the release's prefetch list on mount.")
+@click.option("--record-access", type=click.Path(path_type=Path), hidden=True,
+              help="Write the paths served to FILE at unmount (cas depot build).")
 @pass_ctx
 def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
-          arch: str | None, revision: int | None, foreground: bool) -> None:
+          arch: str | None, revision: int | None, foreground: bool, no_prefetch: bool,
+          record_access: Path | None) -> None:
     """Mount signed release RELEASE read-only at MOUNTPOINT.
 
     \b
@@ -47,6 +52,8 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     Objects come from --store, else the config's 'source' (which may be a
     read-only CVMFS/NFS folder); the client caches only in its own cache_dir.
     Without --foreground the daemon detaches once the mount is in place.
+    If the release carries a prefetch list for the chosen variant, its objects
+    are fetched into the cache in the background (progress: cas status).
     Unmount with 'cas umount MOUNTPOINT' or SIGTERM to the daemon.
     """
     from casstore.selection import select
@@ -59,7 +66,8 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
             "variant_choice": p.how, "mountpoint": str(canon(mountpoint))}
     ctx.emit(info, f"mounting {p.release.name} revision {p.release.revision} at "
                    f"{mountpoint} (variant: {p.level or 'none'}, {p.how})")
-    serve(p, cfg, mountpoint, foreground)
+    record = record_access.resolve() if record_access else None  # the daemon cds to /
+    serve(p, cfg, mountpoint, foreground, record_to=record, prefetch=not no_prefetch)
 
 
 @command(cli, "umount")
@@ -89,6 +97,7 @@ def status(ctx: Ctx, mountpoint: Path, config_path: Path | None) -> None:
     st = read_status(_config(config_path), mountpoint)
     cache = st.get("cache", {})
     errors = st.get("errors", {})
+    pf = st.get("prefetch") or {}
     text = "\n".join([
         f"mountpoint: {st.get('mountpoint')}  ({'mounted' if st['mounted'] else 'NOT mounted'}, "
         f"daemon pid {st.get('pid')} {'alive' if st['alive'] else 'gone'})",
@@ -97,6 +106,9 @@ def status(ctx: Ctx, mountpoint: Path, config_path: Path | None) -> None:
         f"source:     {st.get('source')}",
         f"cache:      {cache.get('bytes', 0)} of {cache.get('max_bytes', 0)} bytes in "
         f"{cache.get('files', 0)} files at {cache.get('dir')}",
+        f"prefetch:   {pf.get('state', 'off')}: {pf.get('done', 0)}/{pf.get('total', 0)} "
+        f"objects, {pf.get('bytes_done', 0)}/{pf.get('bytes_total', 0)} bytes, "
+        f"{pf.get('errors', 0)} errors, {pf.get('files_warmed', 0)} files warmed",
         f"errors:     {errors.get('eio', 0)} EIO ({errors.get('corrupt', 0)} corrupt, "
         f"{errors.get('missing', 0)} missing, {errors.get('internal', 0)} internal)",
     ])
