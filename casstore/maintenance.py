@@ -28,7 +28,6 @@ from casstore.fsutil import TMP_PREFIX
 from casstore.index import IndexEntry
 from casstore.names import check_ref_name
 from casstore.objects import HEADER, ObjectId, ObjType, decode, is_object_id
-from casstore.prefetch import list_ids
 from casstore.releases import MAX_DOC, unverified, verify
 from casstore.sources.layout import (
     MAX_RELEASE_INDEX,
@@ -155,16 +154,14 @@ def _release_file(path: Path, name: str, fname: str,
     if rel.name != name or rel.revision != int(stem):
         problems.append(f"{where}: body says {rel.name}@{rel.revision}")
     _check_signature(doc, where, problems)
-    yield label, rel.root_id
-    for lvl, oid in rel.variant_ids().items():
-        yield f"{label} variant {lvl}", oid
-    try:  # prefetch lists (FORMAT §6.5) are trees the release names in its meta
-        lists = list_ids(rel)
+    try:  # prefetch lists (FORMAT §6.5) are parsed from meta: that may fail
+        trees = rel.trees()
     except CasError as exc:
         problems.append(f"{where}: {exc}")
+        yield label, rel.root_id  # still keep what can be named
         return
-    for lvl, oid in lists.items():
-        yield f"{label} prefetch list {lvl or '(no variant)'}", oid
+    for what, oid in trees.items():
+        yield (label if what == "root" else f"{label} {what}"), oid
 
 
 def _check_signature(doc: bytes, where: str, problems: list[str]) -> None:

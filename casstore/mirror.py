@@ -361,7 +361,7 @@ class Mirror:
                 return None
         try:
             rel = check_document(doc, name, rev, self.trusted)
-            return _Release(name, rev, doc, [rel.root_id, *rel.variant_ids().values()],
+            return _Release(name, rev, doc, list(rel.trees().values()),
                             present)
         except CasError as exc:
             self._problem(f"release {name}@{rev} refused: {exc}", f"{name}@{rev}")
@@ -584,7 +584,7 @@ def check_mirror(dest: Path, tick: Tick | None = None) -> CheckReport:
         for rev in revs:
             try:
                 rel = check_document(src.read_release(name, rev), name, rev, [])
-                ids = [rel.root_id, *rel.variant_ids().values()]
+                ids = list(rel.trees().values())
             except CasError as exc:
                 rep.problems.append(f"release {name}@{rev}: {exc}")
                 continue

@@ -93,7 +93,7 @@ def check_publishable(store: Store, rel: Release) -> None:
     for level in rel.variants:
         if level not in all_levels():
             raise UsageError(f"unknown CPU level {level!r} (known: {', '.join(all_levels())})")
-    tops = [("root", rel.root_id)] + [(f"variant {k}", v) for k, v in rel.variant_ids().items()]
+    tops = list(rel.trees().items())
     for label, oid in tops:
         try:
             kind = stored_type(store, oid)

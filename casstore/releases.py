@@ -69,6 +69,17 @@ class Release:
     def variant_ids(self) -> dict[str, ObjectId]:
         return {k: ObjectId.parse(v) for k, v in self.variants.items()}
 
+    def trees(self) -> dict[str, ObjectId]:
+        """Every tree this release keeps alive, by label: the root, each variant's
+        overlay and each prefetch list (FORMAT §6.5).  gc, fsck, publish, push, pull,
+        mirror and the server all walk from exactly these, so none forgets one."""
+        from casstore.prefetch import list_ids  # meta.prefetch's parser lives there
+
+        out = {"root": self.root_id}
+        out.update({f"variant {k}": v for k, v in self.variant_ids().items()})
+        out.update({f"prefetch list {k or '(no variant)'}": v for k, v in list_ids(self).items()})
+        return out
+
     def canonical(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 

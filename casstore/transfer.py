@@ -117,7 +117,7 @@ def children(kind: ObjType, raw: bytes) -> list[tuple[ObjectId, ObjType]]:
 
 
 def tops(rel: Release) -> list[ObjectId]:
-    return [rel.root_id, *rel.variant_ids().values()]
+    return list(rel.trees().values())
 
 
 def local_reachable(store: Store, rel: Release) -> list[ObjectId]:
