@@ -201,6 +201,15 @@ class ServeError(CasError):
     exit_code = 53
 
 
+class ServersUnreachable(RemoteError):
+    """Every server (and proxy) of an HTTP source failed with a temporary error: the
+    node is offline as far as this source goes.  Cached objects still serve; a mount
+    may fall back to the last release document it verified (docs/CLIENT.md)."""
+
+    exit_code = 55
+    errno = _errno.EIO
+
+
 def all_error_classes() -> list[type[CasError]]:
     """Every CasError subclass, for the uniqueness check in the tests."""
     seen: list[type[CasError]] = []

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from casstore.errors import NotFound
+from casstore.errors import CasError, NotFound
+from casstore.names import check_ref_name
 from casstore.objects import ObjectId, is_object_id
 from casstore.remote import LocalSource
 
@@ -19,9 +20,11 @@ def resolve(source: LocalSource, head: str) -> ObjectId:
     """An object id as is; else a ref; else a release's root (``NAME`` or ``NAME@REV``)."""
     if is_object_id(head):
         return ObjectId.parse(head)
-    ref = source.root / "refs" / head
-    if "@" not in head and ref.is_file():
-        return ObjectId.parse(ref.read_text().strip())
+    if "@" not in head and _is_name(head):
+        try:  # through the source, so refs of an HTTP remote resolve too
+            return source.read_ref(head)
+        except NotFound:
+            pass
     name, _, rev = head.partition("@")
     if name in source.release_names():
         revs = source.release_revisions(name)
@@ -32,6 +35,14 @@ def resolve(source: LocalSource, head: str) -> ObjectId:
         revision = int(rev) if rev else revs[-1]
         return _release_root(source, name, revision)
     raise NotFound(f"{head!r} is not an object id, ref or release")
+
+
+def _is_name(text: str) -> bool:
+    try:
+        check_ref_name(text)
+    except CasError:
+        return False
+    return True
 
 
 def resolve_spec(source: LocalSource, spec: str) -> tuple[ObjectId, str]:
