@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import struct
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ from casstore.errors import (
     ServersUnreachable,
     UsageError,
 )
-from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode
+from casstore.objects import HEADER, HEADER_SIZE, MAGIC, MAX_RAW_SIZE, ObjectId, ObjType, decode
 from casstore.sources import release_index
 from casstore.sources.layout import (
     FORMAT_FILE,
@@ -228,6 +229,7 @@ class HTTPSource:
         async def shut() -> None:
             for s in self._sessions.values():
                 await s.close()
+            await asyncio.get_running_loop().shutdown_default_executor()  # the check threads
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(shut(), loop).result(timeout=10)
@@ -268,7 +270,8 @@ class HTTPSource:
             try:
                 async with self._session(env).request(method, url, headers=headers,
                                                       max_redirects=5, **kw) as resp:
-                    return await self._answer(resp, url, limit, method, first)
+                    bound = object_bound if rel.startswith("objects/") else None
+                    return await self._answer(resp, url, limit, method, first, bound)
             except _Fail:
                 raise
             except TimeoutError:
@@ -279,7 +282,7 @@ class HTTPSource:
                 raise _Fail(TEMPORARY, f"{url}: {type(exc).__name__}: {exc}") from None
 
     async def _answer(self, resp: aiohttp.ClientResponse, url: str, limit: int, method: str,
-                      first: int | None) -> bytes | int:
+                      first: int | None, bound: Callable[[bytes], int] | None) -> bytes | int:
         status = resp.status
         if status >= 500 or status in (408, 429):
             raise _Fail(TEMPORARY, f"{url}: HTTP {status}")
@@ -299,6 +302,7 @@ class HTTPSource:
         want = first if first else limit + 1
         parts: list[bytes] = []
         got = 0
+        tightened = bound is None or bool(first)
         while got < want:
             piece = await resp.content.read(min(_PIECE, want - got))
             if not piece:
@@ -306,6 +310,11 @@ class HTTPSource:
             parts.append(piece)
             got += len(piece)
             self.stats.bytes += len(piece)
+            if not tightened and got >= HEADER_SIZE:
+                tightened = True
+                assert bound is not None
+                limit = min(limit, bound(b"".join(parts)[:HEADER_SIZE]))
+                want = min(want, limit + 1)
         if got > limit:
             resp.close()  # drop the connection: the rest is never read
             raise _Fail(CORRUPT, f"{url}: body over the limit of {limit} bytes")
@@ -411,7 +420,8 @@ class HTTPSource:
 
     def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
         kind, raw, _stored = self.read_decoded(oid)
-        if expect is not None and kind != expect:
+        # as objects.decode: any verified object serves a chunk reference (FORMAT §3.3)
+        if expect is not None and expect != ObjType.CHUNK and kind != expect:
             raise FormatError(f"object {oid} is a {kind.name.lower()}, "
                               f"expected a {expect.name.lower()}")
         return raw
@@ -484,6 +494,22 @@ class HTTPSource:
         return self._get(release_relpath(name, revision), MAX_RELEASE_DOC, _release_check,
                          lambda m: NotFound(f"release {name} revision {revision} does not "
                                             "exist"), FormatError)
+
+
+def object_bound(head: bytes) -> int:
+    """The most stored bytes an object whose header is ``head`` can have: the raw size
+    it claims plus zstd's worst-case growth.  Applied as soon as 16 bytes arrived, so
+    a body that never ends is cut at about the object's own size, not at the format's
+    256 MiB limit (the header is not trusted for anything else: the hash decides)."""
+    try:
+        magic, _kind, codec, _res, size = HEADER.unpack_from(head)
+    except struct.error:
+        return MAX_STORED_SIZE
+    if magic != MAGIC or size > MAX_RAW_SIZE:
+        return HEADER_SIZE  # not an object: the decode check will say so
+    if codec == 0:
+        return HEADER_SIZE + size
+    return HEADER_SIZE + size + (size >> 7) + (1 << 17)
 
 
 # -- checks run on each server's answer (a failing one means: try the next server) --

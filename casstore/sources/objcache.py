@@ -151,7 +151,8 @@ class ObjectCache:
     # -- the ObjectSource interface ------------------------------------------------
     def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
         kind, raw, _stored = self._get(oid, expect)
-        if expect is not None and kind != expect:
+        # as objects.decode: any verified object serves a chunk reference (FORMAT §3.3)
+        if expect is not None and expect != ObjType.CHUNK and kind != expect:
             raise FormatError(f"object {oid} is a {kind.name.lower()}, "
                               f"expected a {expect.name.lower()}")
         return raw
