@@ -23,6 +23,7 @@ from casstore.errors import (
     RemoteError,
     RollbackRefused,
     ServersUnreachable,
+    StoreError,
     UsageError,
 )
 from casstore.objects import ObjectId
@@ -449,3 +450,19 @@ def test_a_closed_source_refuses_and_threads_end(nginx) -> None:
     with pytest.raises(UsageError):
         src.release_names()
     assert not any(t.is_alive() for t in mine)
+
+
+def test_unknown_store_format_refused_and_range_ignoring_server(request, pub,
+                                                                tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(pub["store"], store, symlinks=True)
+    oid = objects_of(store)[0]
+    srv = _server(request, Hostile, store, "good")  # answers Range with the whole body
+    src = HTTPSource([srv.url], FAST)
+    try:
+        assert src.read_head(oid) == LocalSource(store).read_stored(oid)[:16]
+        (store / "casstore.json").write_text('{"format": "casstore", "version": 9}')
+        with pytest.raises(StoreError, match="unsupported store format"):
+            src.release_names()
+    finally:
+        src.close()

@@ -69,6 +69,7 @@ from casstore.sources.layout import (
     release_relpath,
     revisions_index_relpath,
 )
+from casstore.sources.local import check_format_doc
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ class HTTPSource:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._start = (0, 0)  # index of the server and proxy that last worked
+        self._format_checked = False
 
     def __repr__(self) -> str:
         return f"HTTPSource({self.urls!r})"
@@ -467,7 +469,17 @@ class HTTPSource:
         except NotFound:
             return None
 
+    def _check_format_once(self) -> None:
+        """Refuse a store of a format version this reader does not know, as the local
+        source does on opening; asked once, when releases are first listed (opening
+        an HTTP source does no I/O, so an offline node can still open it)."""
+        if self._format_checked:
+            return
+        check_format_doc(self.read_format(), self.urls[0].rstrip("/"))
+        self._format_checked = True
+
     def release_names(self) -> list[str]:
+        self._check_format_once()
         rel = names_index_relpath()
         try:
             return self._get(rel, MAX_RELEASE_INDEX,
@@ -477,6 +489,7 @@ class HTTPSource:
             return []  # no index (yet): an HTTP reader cannot list (FORMAT §6.4)
 
     def release_revisions(self, name: str) -> list[int]:
+        self._check_format_once()
         rel = revisions_index_relpath(name)
         try:
             return self._get(rel, MAX_RELEASE_INDEX,
