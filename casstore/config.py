@@ -190,7 +190,10 @@ def _http_settings(cfg: ClientConfig, raw: dict) -> None:
                              "(proxy URLs or DIRECT)")
         from casstore.sources.http import parse_proxies  # checks each URL
 
-        cfg.proxy = list(parse_proxies(proxy))
+        try:
+            cfg.proxy = list(parse_proxies(proxy))
+        except UsageError as exc:
+            raise UsageError(f"client config: {exc}") from None
     for name in _TIMEOUTS:
         if name in raw:
             v = raw[name]
