@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from casstore.julia.abcheck import parse_loading_log  # noqa: E402
 from casstore.julia.environment import check_package, write_environment  # noqa: E402
-from casstore.julia.fsutil import unpack_package  # noqa: E402
+from casstore.julia.filetree import unpack_package  # noqa: E402
 from casstore.julia.spec import load_spec  # noqa: E402
 
 CHECKSUM = "65e16f18f73a1b88"

@@ -139,7 +139,8 @@ class ReadOnly(CasError):
 
 
 class JuliaError(CasError):
-    """Installing Julia, building a depot or running a job failed."""
+    """Root of every error raised by casstore.julia: installing Julia, building a
+    depot, or running a job failed.  Refinements below say which part."""
 
     exit_code = 20
 
@@ -208,6 +209,100 @@ class ServersUnreachable(RemoteError):
 
     exit_code = 55
     errno = _errno.EIO
+
+
+class SpecError(JuliaError):
+    """The depot spec TOML is malformed: not TOML, an unknown key, a wrong type, a
+    missing key, or values that contradict each other."""
+
+    exit_code = 40
+    errno = _errno.EINVAL
+
+
+class UnsupportedJuliaVersion(SpecError):
+    """The spec asks for a Julia version the builder has no layout for."""
+
+    exit_code = 41
+
+
+class UnknownVariant(SpecError):
+    """A variant (or the baseline) names no CPU level that nodes can choose."""
+
+    exit_code = 42
+
+
+class BadCpuTarget(SpecError):
+    """A variant's ``cpu_target`` names a CPU or feature this Julia's LLVM lacks.
+
+    LLVM only warns and builds a generic image on an unknown name, so the spec is
+    checked before anything runs."""
+
+    exit_code = 43
+
+
+class SpecPathError(SpecError):
+    """A path in the spec is missing, of the wrong kind, or escapes the depot."""
+
+    exit_code = 44
+    errno = _errno.ENOENT
+
+
+class PackageMismatch(SpecError):
+    """A package source disagrees with the spec (name, uuid, version, layout, deps)."""
+
+    exit_code = 45
+
+
+class BuildError(JuliaError):
+    """A build stage (trace, sysimage, link, precompile, validation) failed."""
+
+    exit_code = 46
+
+
+class SysimageError(BuildError):
+    """A Julia or linker step of the sysimage build failed (refines BuildError)."""
+
+
+class InstallError(JuliaError):
+    """Julia is not installed where the spec says, or the installer failed."""
+
+    exit_code = 47
+
+
+class NamespaceError(JuliaError):
+    """Private mount namespaces are unavailable (the build needs root and unshare)."""
+
+    exit_code = 48
+    errno = _errno.EPERM
+
+
+class JobError(JuliaError):
+    """A Julia job (or its setup step) could not be run for a check."""
+
+    exit_code = 49
+
+
+class JuliaTimeout(JuliaError):
+    """A Julia process ran past its time limit and was killed (keeps code 20)."""
+
+
+class CacheUnsafe(CasError):
+    """The client cache folder could be written by others (the daemon runs as root)."""
+
+    exit_code = 26
+
+
+class VariantRefused(CasError):
+    """No variant of the release may run here: each is above the host's (or forced) level."""
+
+    exit_code = 27
+    errno = _errno.EACCES
+
+
+class NotACasMount(MountError):
+    """``cas umount`` was pointed at something that is not a casstore FUSE mount."""
+
+    exit_code = 28
 
 
 def all_error_classes() -> list[type[CasError]]:

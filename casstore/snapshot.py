@@ -429,7 +429,7 @@ def put_paths(store: Store, paths: list[Path], progress: Progress | None = None,
     under the exclusive lock, so it can never see the objects without the ref.
     """
     if ref is not None:
-        from casstore.remote import check_ref_name
+        from casstore.names import check_ref_name
 
         check_ref_name(ref)
     with os_errors(", ".join(map(str, paths))), store.lock():

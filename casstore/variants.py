@@ -1,21 +1,18 @@
-"""Micro-architecture variants: detect the host's level, pick a variant, merge views.
+"""Micro-architecture variants: detect the host's CPU level and choose a variant.
 
 A release may carry one overlay tree per CPU level (x86-64 psABI levels today;
-the table leaves room for aarch64).  At mount time the best level the host can
-run is chosen, falling back to the baseline, and the overlay is merged over the
-root tree: overlay files replace or add, overlay directories merge.  A node is
-never offered a level above what it can run.
+the table leaves room for aarch64).  :func:`choose` picks the best level the
+host (or a forced level) can run.  FORMAT §6.3: a client MUST NOT select a level
+above what the host supports, so the baseline is a fallback only when it too
+can run here; otherwise the release is refused (:class:`VariantRefused`).
+Merging the chosen overlay over the root tree is :mod:`casstore.vfs`'s job.
 """
 
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
 
-from casstore.errors import NotFound, UsageError
-from casstore.objects import ObjectId
-from casstore.reader import TreeReader, root_entry
-from casstore.trees import Entry, Kind
+from casstore.errors import UsageError, VariantRefused
 
 # Ordered from most to least capable within a family.
 LEVELS: dict[str, list[str]] = {
@@ -45,7 +42,11 @@ def host_levels() -> list[str]:
 
 
 def choose(available: list[str], baseline: str | None, forced: str | None = None) -> str | None:
-    """The best available level the host (or ``forced``) can run; baseline as fallback."""
+    """The best available level the host (or ``forced``) can run.
+
+    The baseline is the fallback only if it can run here too; a release whose
+    every variant is above this host's level is refused with VariantRefused.
+    """
     if not available:
         return None
     if forced is not None:
@@ -57,9 +58,11 @@ def choose(available: list[str], baseline: str | None, forced: str | None = None
     for lvl in runnable:
         if lvl in available:
             return lvl
-    if baseline in available:
-        return baseline
-    raise UsageError(f"no variant this CPU can run (release has {', '.join(available)})")
+    if baseline in available and baseline not in all_levels():
+        return baseline  # a family-neutral baseline (not a CPU level) runs anywhere
+    who = f"forced level {forced}" if forced else f"this CPU ({', '.join(runnable) or '?'})"
+    raise VariantRefused(f"no variant {who} can run: the release has "
+                         f"{', '.join(sorted(available))} (baseline {baseline})")
 
 
 def _at_or_below(level: str) -> list[str]:
@@ -67,68 +70,3 @@ def _at_or_below(level: str) -> list[str]:
         if level in fam:
             return fam[fam.index(level):]
     return [level]
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    """One path of the merged view: effective entry, overlay dir to merge, origin."""
-
-    entry: Entry
-    overlay: Entry | None = None
-    variant: bool = False
-
-
-class MergedView:
-    """A root tree with an optional overlay tree merged over it."""
-
-    def __init__(self, reader: TreeReader, root: ObjectId, overlay: ObjectId | None = None,
-                 level: str | None = None, mtime_ns: int = 0) -> None:
-        self.reader = reader
-        self.level = level
-        over = root_entry(overlay, mtime_ns) if overlay is not None else None
-        self.root = Node(root_entry(root, mtime_ns), over, False)
-
-    def children(self, node: Node) -> dict[bytes, Node]:
-        """Merged entries of a directory node, by name (overlay wins)."""
-        out: dict[bytes, Node] = {}
-        if node.variant and node.entry.kind == Kind.DIR:
-            return {e.name: Node(e, None, True) for e in self.reader.listdir(node.entry)}
-        for e in self.reader.listdir(node.entry):
-            out[e.name] = Node(e)
-        if node.overlay is not None:
-            for e in self.reader.listdir(node.overlay):
-                out[e.name] = self._merge(out.get(e.name), e)
-        return out
-
-    def _merge(self, base: Node | None, over: Entry) -> Node:
-        if over.kind == Kind.DIR and base is not None and base.entry.kind == Kind.DIR:
-            return Node(base.entry, over, False)
-        return Node(over, None, True)
-
-    def child(self, node: Node, name: bytes) -> Node:
-        if node.entry.kind != Kind.DIR:
-            raise NotFound("not a directory")
-        if node.overlay is None:
-            e = self.reader.child(node.entry, name)
-            return Node(e, None, node.variant)
-        found = self.children(node).get(name)
-        if found is None:
-            raise NotFound(f"no such entry {name.decode(errors='replace')!r}")
-        return found
-
-    def lookup(self, path: str | bytes) -> Node:
-        raw = path.encode() if isinstance(path, str) else path
-        node = self.root
-        for part in raw.split(b"/"):
-            if part not in (b"", b"."):
-                node = self.child(node, part)
-        return node
-
-    def listdir(self, node: Node) -> list[Node]:
-        if node.overlay is None:
-            return [Node(e, None, node.variant) for e in self.reader.listdir(node.entry)]
-        merged = self.children(node)
-        return [merged[k] for k in sorted(merged)]
-
-    def read(self, node: Node, offset: int, size: int) -> bytes:
-        return self.reader.read(node.entry, offset, size)

@@ -1,4 +1,5 @@
-"""The thin FUSE adapter: mfusepy Operations over :class:`fuseclient.fs.ReleaseFS`.
+"""The thin FUSE adapter: mfusepy Operations over :class:`fuseclient.fs.ReleaseFS`
+(itself a thin face of :class:`casstore.vfs.VFS`).
 
 This is the one place where errors become errno values: a :class:`CasError`
 becomes ``exc.errno`` (missing/corrupt objects -> EIO, with one log line naming
@@ -16,13 +17,13 @@ import errno
 import functools
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import mfusepy
 
-from casstore.cache import KnownBadCorrupt, KnownBadMissing
 from casstore.errors import CasError, NotFound, ObjectCorrupt, ObjectMissing
+from casstore.sources.knownbad import KnownBadCorrupt, KnownBadMissing
 from fuseclient.fs import XATTR_PREFIX, ReleaseFS
 
 log = logging.getLogger("casstore.fuse")
@@ -91,12 +92,17 @@ class CasOps(mfusepy.Operations):
 
     @boundary
     def stat_bytes(self, path: str) -> bytes:
-        """getattr as a packed struct stat (the fast path of mount.FastFUSE)."""
+        """getattr as a packed struct stat (the fast path of fastpath.FastFUSE)."""
         return self.fs.stat_bytes(path)
 
     @boundary
     def readdir(self, path: str, fh: int) -> list[str]:
         return self.fs.readdir(path)
+
+    @boundary
+    def readdir_raw(self, path: str, start: int = 0) -> Iterator[bytes]:
+        """readdir as raw name bytes from item ``start`` (fastpath.FastFUSE)."""
+        return self.fs.readdir_raw(path, start)
 
     @boundary
     def readlink(self, path: str) -> str:

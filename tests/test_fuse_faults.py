@@ -13,7 +13,7 @@ import pytest
 
 from casstore.errors import BadSignature, ReleaseExpired, RollbackRefused, Unsigned, UntrustedKey
 from casstore.reader import TreeReader, root_entry
-from casstore.remote import object_path
+from casstore.sources.layout import object_path
 
 from fuse_fixtures import Kit, Mounter, mounted, run_cas
 

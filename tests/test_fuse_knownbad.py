@@ -15,14 +15,16 @@ from pathlib import Path
 import mfusepy
 import pytest
 
-from casstore.cache import MISSING_RETRY_S, FileCache, GuardedReader, KnownBad
+from casstore.cache import FileCache
 from casstore.objects import ObjectId
 from casstore.reader import TreeReader, root_entry
-from casstore.remote import LocalSource, object_path
 from casstore.snapshot import put_paths
 from casstore.sources import verified
+from casstore.sources.knownbad import MISSING_RETRY_S, KnownBad
+from casstore.sources.layout import object_path
+from casstore.sources.local import LocalSource
 from casstore.store import Store
-from casstore.variants import MergedView
+from casstore.vfs import VFS
 from fuseclient.fs import MountInfo, ReleaseFS
 from fuseclient.ops import CasOps
 
@@ -76,16 +78,18 @@ def world(tmp_path: Path):
     store.close()
     source = CountingSource(LocalSource(tmp_path / "store"))
     clock = Clock()
-    reader = GuardedReader(source, KnownBad(clock=clock))
-    cache = FileCache(reader, tmp_path / "cache", 64 << 20, prefetch_min=1 << 20)
-    fs = ReleaseFS(MergedView(reader, root), MountInfo("r", 1, None, str(root)), cache)
+    composed = KnownBad(source, clock=clock)  # as fuseclient.wiring composes it
+    cache = FileCache(composed, tmp_path / "cache", 64 << 20, prefetch_min=1 << 20)
+    fs = ReleaseFS(VFS(composed, root, info=MountInfo("r", 1, None, str(root)), cache=cache))
     plain = TreeReader(LocalSource(tmp_path / "store"))
     ids = {"root": root, "sub": plain.lookup(root_entry(root), "sub").oid}
     for rel in files:
         e = plain.lookup(root_entry(root), rel)
         ids[rel] = plain.file_chunk_ids(e)
-    yield CasOps(fs), source, clock, files, ids, tmp_path / "store"
-    cache.close()
+    try:
+        yield CasOps(fs), source, clock, files, ids, tmp_path / "store"
+    finally:
+        cache.close()
 
 
 def _eio(ops: CasOps, call: str, *args) -> None:
@@ -105,7 +109,7 @@ def test_corrupt_chunk_is_not_fetched_again(world) -> None:
     assert source.reads[bad] == 1  # never re-fetched, never re-hashed
     assert ops.errors["corrupt"] == 4 and ops.errors["eio"] == 4  # still counted
     assert ops.errors["known_bad"] == 3
-    assert set(ops.fs.view.reader.bad.corrupt) == {bad}
+    assert set(ops.fs.vfs.reader.source.corrupt) == {bad}
     # Even a repaired object stays refused for the life of the mount.
     shutil.copyfile(object_path(store, ids["ok"][0]), object_path(store, bad))
     _eio(ops, "read", "/mid", 10, 0, 0)
@@ -136,7 +140,7 @@ def test_corrupt_tree_fails_fast(world) -> None:
     _eio(ops, "readdir", "/sub", 0)
     _eio(ops, "getattr", "/sub/x")
     assert source.reads[ids["sub"]] == 1
-    assert set(ops.fs.view.reader.bad.corrupt) == {ids["sub"]}
+    assert set(ops.fs.vfs.reader.source.corrupt) == {ids["sub"]}
     assert ops.errors["known_bad"] == 2
 
 
@@ -155,7 +159,7 @@ def test_missing_object_retried_after_backoff(world) -> None:
     clock.now += MISSING_RETRY_S / 2 + 0.01
     assert ops.read("/mid", 100, 0, 0) == files["mid"][:100]
     assert source.reads[oid] == 2
-    assert not ops.fs.view.reader.bad.missing
+    assert not ops.fs.vfs.reader.source.missing
 
 
 def test_not_found_is_not_remembered(world) -> None:
@@ -163,7 +167,7 @@ def test_not_found_is_not_remembered(world) -> None:
     with pytest.raises(mfusepy.FuseOSError) as info:
         ops.getattr("/nope")
     assert info.value.errno == errno.ENOENT
-    bad = ops.fs.view.reader.bad
+    bad = ops.fs.vfs.reader.source
     assert not bad.corrupt and not bad.missing and ops.errors["eio"] == 0
 
 

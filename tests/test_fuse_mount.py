@@ -203,6 +203,49 @@ def test_umount_of_unmounted_is_an_error(kit: Kit) -> None:
     assert res.returncode == 17 and "not mounted" in res.stderr
 
 
+def test_umount_refuses_what_is_not_a_cas_mount(kit: Kit) -> None:
+    """A tmpfs (in a private mount namespace) is left mounted: exit 28, one line."""
+    mp = kit.base / "tmpfs"
+    mp.mkdir()
+    script = ('mount -t tmpfs casstore-test "$1" || exit 99; '
+              '"$2" -m casstore umount --config "$3" "$1"; echo "rc=$?"; '
+              'grep -c " $1 tmpfs " /proc/self/mounts')
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                          "sh", str(mp), sys.executable, str(kit.config)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert res.stdout.split() == ["rc=28", "1"], (res.stdout, res.stderr)
+    assert "not a casstore mount" in res.stderr and "Traceback" not in res.stderr
+    assert not mounted(mp)  # the namespace (and its tmpfs) is gone
+
+
+def test_big_directory_listed_page_by_page(kit: Kit, mounter: Mounter) -> None:
+    """readdir is served a page at a time (offsets): nothing lost or repeated."""
+    src = kit.base / "bigdir"
+    (src / "d").mkdir(parents=True)
+    names = [f"entry-{i:05d}-{'x' * (i % 40)}" for i in range(5000)]
+    for n in names:
+        (src / "d" / n).touch()
+    kit.publish("bigdir", 1, kit.put(src))
+    mp = mounter.mount("bigdir")
+    assert sorted(os.listdir(mp / "d")) == sorted(names)
+    assert len(os.listdir(mp / "d")) == 5000
+    ls = subprocess.run(["ls", "-f", str(mp / "d")], capture_output=True, text=True, check=True)
+    assert sorted(ls.stdout.split()) == sorted([".", "..", *names])
+
+
+def test_mount_refuses_a_cache_folder_others_can_write(kit: Kit, tree) -> None:
+    cache = kit.base / "cache"
+    cache.mkdir()
+    os.chmod(cache, 0o777)
+    (kit.base / "m").mkdir()
+    res = run_cas("mount", "--config", str(kit.config), "depot", str(kit.base / "m"))
+    assert res.returncode == 26, res.stderr
+    assert res.stderr.startswith("cas: error:") and "writable by others" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not mounted(kit.base / "m")
+
+
 def _real_lib(name: str) -> Path:
     found = ctypes.util.find_library(name)
     assert found, name

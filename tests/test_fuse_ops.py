@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mfusepy
@@ -15,17 +16,16 @@ from casstore.cache import FileCache
 from casstore.config import from_dict, load, parse_size
 from casstore.errors import KeyFileError, UsageError
 from casstore.objects import ObjectId
-from casstore.reader import TreeReader
-from casstore.remote import object_path
 from casstore.snapshot import put_paths
+from casstore.sources.layout import object_path
 from casstore.store import Store
-from casstore.variants import MergedView
+from casstore.vfs import VFS
 from fuseclient.fs import MountInfo, ReleaseFS
 from fuseclient.ops import CasOps
 
 
 @pytest.fixture
-def fs(tmp_path: Path) -> tuple[ReleaseFS, Store, dict[str, bytes]]:
+def fs(tmp_path: Path) -> Iterator[tuple[ReleaseFS, Store, dict[str, bytes]]]:
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     files = {"small": b"tiny\n", "big": os.urandom(3 << 20), "sub/mid": os.urandom(100_000)}
@@ -36,10 +36,12 @@ def fs(tmp_path: Path) -> tuple[ReleaseFS, Store, dict[str, bytes]]:
     os.symlink("sub/mid", src / "ln")
     store = Store.open(tmp_path / "store", create=True)
     root = put_paths(store, [src])
-    reader = TreeReader(store)
-    cache = FileCache(reader, tmp_path / "cache", 64 << 20, prefetch_min=1 << 20)
-    view = MergedView(reader, root, mtime_ns=7)
-    return ReleaseFS(view, MountInfo("r", 3, None, str(root)), cache), store, files
+    cache = FileCache(store, tmp_path / "cache", 64 << 20, prefetch_min=1 << 20)
+    vfs = VFS(store, root, info=MountInfo("r", 3, None, str(root)), mtime_ns=7, cache=cache)
+    try:
+        yield ReleaseFS(vfs), store, files
+    finally:
+        cache.close()  # stops the prefetch threads and closes their files
 
 
 def test_getattr_exact(fs) -> None:
@@ -93,6 +95,11 @@ def test_unexpected_exception_is_eio_and_counted(fs, monkeypatch) -> None:
     assert info.value.errno == errno.EIO and ops.errors["internal"] == 1
 
 
+def test_statfs_name_max_is_linux_255(fs) -> None:
+    rfs, _store, _files = fs
+    assert CasOps(rfs).statfs("/")["f_namemax"] == 255
+
+
 def test_xattrs_model(fs) -> None:
     rfs, _store, files = fs
     x = rfs.xattrs("/small")
@@ -109,16 +116,19 @@ def test_cache_eviction_bounded(tmp_path: Path) -> None:
         (src / f"f{i}").write_bytes(os.urandom(2 << 20))
     store = Store.open(tmp_path / "store", create=True)
     root = put_paths(store, [src])
-    reader = TreeReader(store)
-    cache = FileCache(reader, tmp_path / "cache", 5 << 20, prefetch_min=1 << 20)
-    view = MergedView(reader, root)
-    for i in range(3):
-        node = view.lookup(f"f{i}")
-        assert cache.read(node.entry, 0, 1 << 22) == (src / f"f{i}").read_bytes()
-        time.sleep(0.01)
-    assert cache.used_bytes() <= 5 << 20 and cache.stats["evictions"] >= 1
-    disk = sum(p.stat().st_size for p in (tmp_path / "cache" / "files").iterdir())
-    assert disk <= 5 << 20
+    cache = FileCache(store, tmp_path / "cache", 5 << 20, prefetch_min=1 << 20)
+    vfs = VFS(store, root, cache=cache)
+    try:
+        for i in range(3):
+            node = vfs.lookup(f"f{i}")
+            assert vfs.read(node, 0, 1 << 22) == (src / f"f{i}").read_bytes()
+            time.sleep(0.01)
+        assert cache.stats["hits"] >= 3
+        assert cache.used_bytes() <= 5 << 20 and cache.stats["evictions"] >= 1
+        disk = sum(p.stat().st_size for p in (tmp_path / "cache" / "files").iterdir())
+        assert disk + cache.used_bytes() <= 5 << 20
+    finally:
+        cache.close()
 
 
 def test_config_parsing(tmp_path: Path) -> None:
@@ -194,4 +204,28 @@ def test_fast_getattr_writes_what_mfusepy_would(fs) -> None:
     assert buf.contents.st_size == 100_000 and buf.contents.st_mode == stat.S_IFREG | 0o644
     with pytest.raises(mfusepy.FuseOSError) as info:
         fast.getattr_fuse_3(b"/nope", buf, None)
+    assert info.value.errno == errno.ENOENT
+
+
+def test_fast_readdir_gives_raw_names(fs) -> None:
+    """The raw-name readdir fast path lists what mfusepy's own readdir lists."""
+    from fuseclient.mount import fuse_class
+
+    rfs, _store, _files = fs
+    fast_cls = fuse_class()
+    fast = fast_cls.__new__(fast_cls)
+    fast.operations, fast.encoding, fast.errors = CasOps(rfs), "utf-8", "surrogateescape"
+    for path in ("/", "/sub"):
+        got: list[bytes] = []
+
+        def filler(_buf, name, _st, _off, _flags, got=got) -> int:
+            got.append(name)
+            return 0
+
+        fast.readdir_fuse_3(path.encode(), None, filler, 0, None, 0)
+        assert got == [n.encode() for n in rfs.readdir(path)]
+        for start in range(len(got) + 1):  # libfuse resumes from the last offset
+            assert list(rfs.readdir_raw(path, start)) == got[start:]
+    with pytest.raises(mfusepy.FuseOSError) as info:
+        fast.readdir_fuse_3(b"/small", None, lambda *a: 0, 0, None, 0)
     assert info.value.errno == errno.ENOENT

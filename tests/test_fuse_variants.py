@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from casstore.errors import VariantRefused
 from casstore.variants import choose
 
 from fuse_fixtures import Kit, Mounter, run_cas
@@ -71,8 +72,25 @@ def test_forced_level(kit: Kit, mounter: Mounter, variant_release, forced: str,
     assert (st["variant"], st["variant_choice"]) == (expected, "forced")
 
 
+# psABI level requirements (x86-64 psABI 1.0, §3.1.1), as /proc/cpuinfo names them.
+V2_FLAGS = {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"}
+V3_FLAGS = V2_FLAGS | {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe",
+                       "xsave"}
+
+
+def cpuinfo_level() -> str:
+    """The host's best level among LEVELS, read from /proc/cpuinfo flags directly."""
+    flags: set[str] = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.partition(":")[2].split())
+                break
+    return "x86-64-v3" if V3_FLAGS <= flags else "x86-64"
+
+
 def test_host_detection(kit: Kit, mounter: Mounter, variant_release) -> None:
-    expected = choose(list(LEVELS), "x86-64")
+    expected = cpuinfo_level()
     mp = mounter.mount("multi")
     _check(mp, expected)
     assert f"variant: {expected}, detected" in mounter.output()
@@ -83,3 +101,34 @@ def test_unknown_level_is_refused(kit: Kit, variant_release) -> None:
     res = run_cas("mount", "--config", str(kit.config), "--arch", "pentium4", "multi",
                   str(kit.base / "m"))
     assert res.returncode == 2 and "unknown CPU level" in res.stderr
+
+
+def test_level_above_the_host_is_refused(kit: Kit) -> None:
+    """FORMAT §6.3: never a level above the host's, not even as the baseline."""
+    only = kit.base / "v4"
+    only.mkdir()
+    (only / "sys.so").write_bytes(b"needs avx512\n")
+    kit.publish("v4only", 1, kit.put(kit.base / "v4"),
+                variants={"x86-64-v4": kit.put(only)}, baseline="x86-64-v4")
+    (kit.base / "m").mkdir()
+    res = run_cas("mount", "--config", str(kit.config), "--arch", "x86-64", "v4only",
+                  str(kit.base / "m"))
+    assert res.returncode == VariantRefused.exit_code == 27, res.stderr
+    assert "no variant" in res.stderr and "variant: x86-64-v4" not in res.stdout
+    assert len(res.stderr.strip().splitlines()) == 1
+    with open("/proc/self/mounts") as f:
+        assert str(kit.base / "m") not in f.read()
+
+
+@pytest.mark.parametrize(("available", "baseline", "forced", "expected"), [
+    (["x86-64", "x86-64-v3"], "x86-64", "x86-64-v2", "x86-64"),
+    (["x86-64-v2", "x86-64-v3"], "x86-64-v3", "x86-64-v2", "x86-64-v2"),
+    (["x86-64-v3"], "x86-64-v3", "x86-64-v2", None),
+    (["x86-64-v4"], "x86-64-v4", "x86-64-v3", None),
+])
+def test_choose_never_above_the_forced_level(available, baseline, forced, expected) -> None:
+    if expected is None:
+        with pytest.raises(VariantRefused):
+            choose(available, baseline, forced)
+    else:
+        assert choose(available, baseline, forced) == expected

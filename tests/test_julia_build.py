@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from casstore.errors import SpecPathError, UnknownVariant
 from casstore.julia import build_depot, compare, load_spec, run_job
-from casstore.julia.fsutil import link_tree, rel_files, tree_digest
+from casstore.julia.filetree import link_tree, rel_files, tree_digest
 from casstore.julia.install import ensure_julia
 from casstore.julia.namespace import namespaces_available, run_bound
-from casstore.julia.spec import SpecError
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "examples" / "depot.toml"
@@ -34,15 +34,17 @@ def test_spec_parses_with_variants_and_baseline() -> None:
 
 def test_spec_rejects_unknown_variant_level(tmp_path: Path) -> None:
     bad = tmp_path / "s.toml"
-    bad.write_text('[workload]\nscript = "w.jl"\n[[variants]]\nname = "pentium"\n')
-    with pytest.raises(ValueError):
+    (tmp_path / "w.jl").write_text("1\n")
+    bad.write_text('[files]\n"w.jl" = "w.jl"\n[workload]\nscript = "w.jl"\n'
+                   '[[variants]]\nname = "pentium"\n')
+    with pytest.raises(UnknownVariant):
         load_spec(bad)
 
 
 def test_spec_rejects_escaping_paths(tmp_path: Path) -> None:
     bad = tmp_path / "s.toml"
     bad.write_text('[workload]\nscript = "../w.jl"\n[[variants]]\nname = "x86-64"\n')
-    with pytest.raises(SpecError):
+    with pytest.raises(SpecPathError):
         load_spec(bad)
 
 
@@ -95,8 +97,8 @@ def test_job_loads_cleanly_from_readonly_depot(built, events, level, tmp_path) -
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     # --report loads CasReport, which is not in the image: from the depot's .ji
-    res = run_job(JULIA, f"{scratch}:/depot", "/depot/jobs/jetjob.jl", events,
-                  job_args=["--report"], tree=view)
+    res = run_job(JULIA, f"{scratch}:/depot", ["/depot/jobs/jetjob.jl", events, "--report"],
+                  tree=view)
     assert res.returncode == 0, res.stderr
     assert res.checksum == EXPECTED_CHECKSUM
     assert "jet pt" in res.stdout
@@ -122,7 +124,7 @@ def test_abcheck_same_depot_twice_agrees(built, events, tmp_path) -> None:
     for i in range(2):
         scratch = tmp_path / f"s{i}"
         scratch.mkdir()
-        runs.append(run_job(JULIA, f"{scratch}:/depot", "/depot/jobs/jetjob.jl", events,
+        runs.append(run_job(JULIA, f"{scratch}:/depot", ["/depot/jobs/jetjob.jl", events],
                             tree=view, probe=True))
     assert runs[0].mi_count > 1000
     assert any(m.name == "CasJets" for m in runs[0].loaded_modules)
@@ -139,7 +141,6 @@ def test_rebuild_is_identical_with_cache(built, tmp_path) -> None:
         assert tree_digest(again.variants[level], mtimes=True) == tree_digest(path, mtimes=True)
     st = [os.lstat(p / "dev/CasJets/src/CasJets.jl") for p in (built.root, again.root)]
     assert st[0].st_mtime_ns == st[1].st_mtime_ns == 1577836800 * 10**9
-
 
 
 @pytest.mark.julia

@@ -129,6 +129,7 @@ def test_abcheck_local_staging_equals_mounted_release(published: dict, arch: str
     report = json.loads(res.out)
     assert res.code == 0 and report["identical"], report
     assert report["variant"] == arch
+    assert report["job"] == ["/depot/jobs/jetjob.jl", "events.txt"]  # the spec's [job]
     assert report["local"]["checksum"] == EXPECTED_CHECKSUM
     assert report["local"]["methods"] > 1000 and report["local"]["digest"]
 
@@ -140,6 +141,7 @@ def test_abcheck_reports_a_difference(published: dict, tmp_path: Path) -> None:
     bad = tmp_path / "build"
     shutil.copytree(published["base"] / "build" / "root", bad / "root", symlinks=True)
     shutil.copytree(published["base"] / "build" / "variants", bad / "variants", symlinks=True)
+    shutil.copy(published["base"] / "build" / "meta.json", bad / "meta.json")  # its [job]
     job = bad / "root" / "jobs" / "jetjob.jl"
     job.write_text(job.read_text().replace('println("CHECKSUM ', 'println("CHECKSUM 0'))
     res = cas(published["store"], "--json", "depot", "abcheck", str(bad), "demo",
@@ -147,3 +149,25 @@ def test_abcheck_reports_a_difference(published: dict, tmp_path: Path) -> None:
     report = json.loads(res.out)
     assert res.code == 1 and not report["identical"]
     assert any(d.startswith("checksum") for d in report["differences"])
+
+
+def test_abcheck_runs_any_job_command_line(published: dict, tmp_path: Path) -> None:
+    """Not the example's job and conventions: a script outside /depot, its own
+    arguments, no event file; given after `--`, run from the caller's folder."""
+    job = tmp_path / "vectors.jl"
+    job.write_text(
+        "using CasLorentz\n"
+        "n = parse(Int, ARGS[1]); scale = parse(Float64, ARGS[2])\n"
+        "v = sum(LorentzVector(10.0 * i, scale * i, 0.5 * i, 0.25 * i) for i in 1:n)\n"
+        "println(\"mass \", mass(v))\n"
+        "println(\"CHECKSUM \", string(hash((v.t, v.x, v.y, v.z)); base=16))\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "casstore", "--store", str(published["store"]), "--json",
+         "depot", "abcheck", str(published["base"] / "build"), "demo", "--config",
+         str(published["config"]), "--arch", "x86-64", "--", "vectors.jl", "40", "1.5"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    report = json.loads(res.stdout)
+    assert res.returncode == 0 and report["identical"], report
+    assert report["job"] == ["vectors.jl", "40", "1.5"] and report["setup"] == []
+    assert report["local"]["checksum"] == report["mounted"]["checksum"]
+    assert report["local"]["checksum"] not in (None, EXPECTED_CHECKSUM)

@@ -11,15 +11,19 @@ real ``cas put`` and ``cas release create``.  After each one:
   change the output: then it is not damage, and get must still succeed);
 * nothing hangs (each case runs under a deadline).
 
-Every 20th case also runs the real ``cas get`` and ``cas fsck`` processes.
-Checks are plain functions in ``CHECKS``, so a FUSE-read leg can be appended once
-the vfs restructure has merged.
+Every 20th case also runs the real ``cas get`` and ``cas fsck`` processes, and
+every 10th case reads the whole release through a real FUSE mount (``cas exec``
+with a fresh client cache): every byte that a read returns must be the original
+byte, an unreadable file must fail with an error (EIO), never with other bytes.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import random
 import shutil
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +44,7 @@ from helpers import cas, make_tree, snapshot
 
 CASES = 240
 CLI_EVERY = 20
+FUSE_EVERY = 10
 DEADLINE = 30.0  # seconds per case; a hang fails the test instead of stalling the suite
 
 
@@ -169,6 +174,63 @@ def check_cli(c: Case) -> None:
     assert res.code == (0 if c.benign else 1), (c.n, c.label, res)
 
 
+# Run inside the private mount namespace of `cas exec`: walk the mount, record what
+# each path gives (its metadata and bytes, or the errno of the failed read).
+_FUSE_READER = r"""
+import json, os, stat, sys
+mp, out = sys.argv[1], sys.argv[2]
+seen = {}
+for top, dirs, files in os.walk(mp):
+    for name in sorted(dirs + files):
+        p = os.path.join(top, name)
+        rel = os.path.relpath(p, mp)
+        try:
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                seen[rel] = ["l", os.readlink(p), st.st_mtime_ns]
+            elif stat.S_ISDIR(st.st_mode):
+                seen[rel] = ["d", stat.S_IMODE(st.st_mode), st.st_mtime_ns]
+            else:
+                with open(p, "rb") as f:
+                    data = f.read()
+                seen[rel] = ["f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, data.hex()]
+        except OSError as exc:
+            seen[rel] = ["error", exc.errno]
+with open(out, "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def check_fuse(c: Case) -> None:
+    """Read everything through a real mount: original bytes or an error, never others."""
+    w = c.world
+    cfg = c.out / "client.toml"
+    cfg.write_text(f'trusted_keys = ["{w.pub}"]\nsource = "{w.store}"\n'
+                   'cache_dir = "cache"\nstate_dir = "state"\nprefetch_min = "1M"\n')
+    mp, report = c.out / "mnt", c.out / "fuse.json"
+    mp.mkdir()
+    res = cas(None, "exec", "rel", "--config", str(cfg), "--mountpoint", str(mp), "--",
+              sys.executable, "-c", _FUSE_READER, str(mp), str(report), timeout=DEADLINE)
+    if res.code != 0:  # the release or its root cannot be used: a clean refusal
+        assert "Traceback" not in res.err and res.err.startswith("cas: error:"), res
+        assert not c.benign, f"case {c.n} ({c.label}): benign change broke the mount: {res}"
+        return
+    seen = json.loads(report.read_text())
+    errors = 0
+    for rel, got in seen.items():
+        if got[0] == "error":
+            errors += 1
+            assert got[1] == errno.EIO, f"case {c.n} ({c.label}): {rel} gave errno {got[1]}"
+            continue
+        assert rel in w.expected, f"case {c.n} ({c.label}): FUSE shows a path {rel!r} not stored"
+        want = list(w.expected[rel])
+        if want[0] == "f":
+            want[3] = want[3].hex()
+        assert got == want, f"case {c.n} ({c.label}): WRONG BYTES or metadata via FUSE: {rel}"
+    if c.benign:
+        assert errors == 0 and set(seen) == set(w.expected), (c.n, c.label)
+
+
 CHECKS: list[Callable[[Case], None]] = [check_restore, check_fsck]
 
 
@@ -206,7 +268,8 @@ def test_random_mutations(world: World) -> None:
         benign += case.benign
         path.write_bytes(bad)
         try:
-            checks = CHECKS + ([check_cli] if n % CLI_EVERY == 0 else [])
+            checks = (CHECKS + ([check_cli] if n % CLI_EVERY == 0 else [])
+                      + ([check_fuse] if n % FUSE_EVERY == 0 else []))
             for check in checks:
                 _run_with_deadline(check, case)
         finally:

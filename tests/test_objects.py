@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
-from casstore.errors import FormatError, ObjectCorrupt, all_error_classes
+from casstore.errors import CasError, FormatError, ObjectCorrupt, all_error_classes
 from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode, encode
 
 
@@ -61,13 +63,56 @@ def test_wrong_type_is_refused() -> None:
         decode(ObjectId.of(raw), stored, ObjType.TREE)
 
 
-def test_exit_codes_are_unique_and_documented() -> None:
-    # Subclasses that only refine a message (e.g. the cache's known-bad errors)
-    # inherit their parent's code; every class that defines a code has its own.
-    classes = all_error_classes()
-    codes = [c.exit_code for c in classes if "exit_code" in vars(c)]
-    assert len(codes) == len(set(codes)), codes
-    assert all(c.__doc__ for c in classes)
+def _every_error_class() -> list[type[CasError]]:
+    """All CasError classes, after importing every casstore module (refinements such
+    as the known-bad errors live beside their code, not in errors.py)."""
+    import importlib
+    import pkgutil
+
+    import casstore
+
+    for mod in pkgutil.walk_packages(casstore.__path__, "casstore."):
+        if not mod.name.endswith("__main__"):
+            importlib.import_module(mod.name)
+    return all_error_classes()
+
+
+def test_exit_codes_are_unique_in_range_and_inherited() -> None:
+    # Exit codes are an API for scripts (borg-style): each class that defines one
+    # has its own, below sysexits' 64 (70 is the CLI's internal-error code).
+    classes = _every_error_class()
+    assert len(classes) > 30  # the Julia and store refinements were found
+    own = {c: vars(c)["exit_code"] for c in classes if "exit_code" in vars(c)}
+    for cls, code in own.items():
+        assert type(code) is int and 1 <= code < 64, (cls, code)
+    by_code: dict[int, list[str]] = {}
+    for cls, code in own.items():
+        by_code.setdefault(code, []).append(cls.__name__)
+    assert not {c: n for c, n in by_code.items() if len(n) > 1}
+    # A refinement without its own code answers with its parent's.
+    for cls in classes:
+        if cls is not CasError and cls not in own:
+            parent = next(b for b in cls.__mro__[1:] if issubclass(b, CasError))
+            assert cls.exit_code == parent.exit_code, cls
+    for cls in classes:
+        assert cls.__doc__, cls
+        assert cls.errno in errno.errorcode, (cls, cls.errno)
+
+
+@pytest.mark.parametrize("cls", _every_error_class(), ids=lambda c: c.__name__)
+def test_cli_boundary_maps_each_error_to_its_code(cls, capsys) -> None:
+    """`cas`'s one error boundary turns a raised error into one line and its code."""
+    from casstore.cli.common import handle_errors
+
+    @handle_errors
+    def fails() -> None:
+        raise cls(f"{cls.__name__} happened")
+
+    with pytest.raises(SystemExit) as ei:
+        fails()
+    assert ei.value.code == cls.exit_code
+    err = capsys.readouterr().err
+    assert err == f"cas: error: {cls.__name__} happened\n"
 
 
 def test_forged_sizes_are_refused_without_allocating() -> None:

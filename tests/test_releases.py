@@ -116,12 +116,15 @@ def test_each_bad_release_has_its_own_message(tmp_path: Path, keys) -> None:
     unsigned = dict(good, signature="")
     tampered = dict(good, body=base64.b64encode(b'{"x":1}').decode())
     sk = load_secret(a)
-    cases = [([pb], sign(_rel(), sk)), ([pa], sign(_rel(expires_in=-1), sk)),
-             ([pa], json.dumps(unsigned).encode()), ([pa], json.dumps(tampered).encode())]
+    cases = [(UntrustedKey, [pb], sign(_rel(), sk)),
+             (ReleaseExpired, [pa], sign(_rel(expires_in=-1), sk)),
+             (Unsigned, [pa], json.dumps(unsigned).encode()),
+             (BadSignature, [pa], json.dumps(tampered).encode())]
     msgs = []
-    for trusted, doc in cases:
-        with pytest.raises(Exception) as ei:
+    for expected, trusted, doc in cases:
+        with pytest.raises(expected) as ei:
             verify(doc, trusted)
+        assert type(ei.value) is expected
         msgs.append((type(ei.value), str(ei.value)))
     seen = SeenRevisions(tmp_path / "s.json")
     seen.record(_rel(5))

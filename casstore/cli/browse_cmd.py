@@ -1,4 +1,8 @@
-"""``cas cat``, ``cas ls`` and ``cas diff``: look inside stored trees."""
+"""``cas cat``, ``cas ls`` and ``cas diff``: look inside stored trees.
+
+``cat`` and ``ls`` are thin adapters over :class:`casstore.vfs.VFS`, the same
+model the FUSE client serves; ``diff`` compares two trees object by object.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,34 @@ from casstore.cli.resolve import resolve_spec
 from casstore.errors import UsageError
 from casstore.objects import ObjType
 from casstore.reader import TreeReader, root_entry
-from casstore.restore import Restorer
+from casstore.sources import ObjectSource
 from casstore.sources.base import stored_type
 from casstore.trees import Entry, Kind, Storage
+from casstore.vfs import VFS, Node
 
 _KIND = {Kind.FILE: "-", Kind.DIR: "d", Kind.SYMLINK: "l"}
+
+
+def _view(source: ObjectSource, spec: str) -> tuple[VFS, Node]:
+    """The VFS over the tree a spec names, and the node at its path.
+
+    A bare chunk or blob id becomes a one-file view (a synthetic entry), so
+    ``cas cat ID`` reads through the same path as a file inside a tree.
+    """
+    oid, sub = resolve_spec(source, spec)
+    kind = stored_type(source, oid)
+    if kind == ObjType.TREE:
+        vfs = VFS(source, oid)
+        return vfs, vfs.lookup(sub.encode("utf-8", "surrogateescape"))
+    if sub:
+        raise UsageError(f"{spec}: {oid} is a {kind.name.lower()}, not a tree")
+    vfs = VFS(source, oid)
+    reader = vfs.reader
+    if kind == ObjType.BLOB:
+        size, storage = reader.blob(oid).size, Storage.BLOB
+    else:
+        size, storage = len(reader.chunk(oid)), Storage.CHUNK
+    return vfs, Node(Entry(oid.hex.encode(), Kind.FILE, 0o644, size, 0, storage, oid))
 
 
 @command(cli, "cat")
@@ -26,25 +53,34 @@ _KIND = {Kind.FILE: "-", Kind.DIR: "d", Kind.SYMLINK: "l"}
 @pass_ctx
 def cat(ctx: Ctx, spec: str) -> None:
     """Write the bytes of file ID[/path] to stdout (verified chunk by chunk)."""
-    source = ctx.source()
-    oid, sub = resolve_spec(source, spec)
-    kind = stored_type(source, oid)
-    r = Restorer(source)
-    try:
-        if kind == ObjType.TREE:
-            e = TreeReader(source).lookup(root_entry(oid), sub)
-            if e.kind != Kind.FILE:
-                raise UsageError(f"{spec} is not a regular file")
-            pieces = r.file_pieces(e.storage, e.oid, e.data, e)  # type: ignore[arg-type]
+    vfs, node = _view(ctx.source(), spec)
+    if node.entry.kind != Kind.FILE:
+        raise UsageError(f"{spec} is not a regular file")
+    out = sys.stdout.buffer
+    for piece in vfs.iter_bytes(node):
+        out.write(piece)
+    out.flush()
+
+
+def quote_name(raw: bytes) -> str:
+    """A name safe to print, escaped as ``ls -b`` does: control characters become
+    ``\\n``, ``\\t`` or ``\\xNN``, undecodable bytes ``\\xNN`` and a backslash ``\\\\``,
+    so a crafted name can neither forge output lines nor drive the terminal."""
+    out = []
+    for ch in raw.decode("utf-8", "surrogateescape"):
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif o < 0x20 or 0x7F <= o < 0xA0:
+            out.append(_ESCAPES.get(ch, f"\\x{o:02x}"))
         else:
-            pieces = r.file_pieces(Storage.BLOB if kind == ObjType.BLOB else Storage.CHUNK,
-                                   oid, b"")
-        out = sys.stdout.buffer
-        for piece in pieces:
-            out.write(piece)
-        out.flush()
-    finally:
-        r.close()
+            out.append(ch)
+    return "".join(out)
+
+
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def _describe(e: Entry) -> dict:
@@ -60,9 +96,9 @@ def _describe(e: Entry) -> dict:
 
 
 def _line(e: Entry, long: bool, shown: bytes | None = None) -> str:
-    name = os.fsdecode(shown or e.name) + ("/" if e.kind == Kind.DIR else "")
+    name = quote_name(shown or e.name) + ("/" if e.kind == Kind.DIR else "")
     if e.kind == Kind.SYMLINK:
-        name += " -> " + os.fsdecode(e.data)
+        name += " -> " + quote_name(e.data)
     if not long:
         return name
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.mtime_ns // 10**9))
@@ -75,22 +111,19 @@ def _line(e: Entry, long: bool, shown: bytes | None = None) -> str:
 @click.option("-R", "recursive", is_flag=True, help="List recursively.")
 @pass_ctx
 def ls(ctx: Ctx, spec: str, long: bool, recursive: bool) -> None:
-    """List the directory ID[/path]."""
-    source = ctx.source()
-    oid, sub = resolve_spec(source, spec)
-    reader = TreeReader(source)
-    top = reader.lookup(root_entry(oid), sub)
-    if top.kind != Kind.DIR:
-        items = [(top.name, top)]
+    """List the directory ID[/path] (control characters in names are escaped)."""
+    vfs, top = _view(ctx.source(), spec)
+    if top.entry.kind != Kind.DIR:
+        items = iter([(top.entry.name, top)])
     elif recursive:
-        items = list(reader.walk(top))
+        items = vfs.walk(top)
     else:
-        items = [(e.name, e) for e in reader.listdir(top)]
+        items = ((n.entry.name, n) for n in vfs.listdir(top))
     if ctx.as_json:
-        ctx.emit([dict(_describe(e), path=os.fsdecode(p)) for p, e in items])
+        ctx.emit([dict(_describe(n.entry), path=os.fsdecode(p)) for p, n in items])
         return
-    for p, e in items:
-        click.echo(_line(e, long, p))
+    for p, n in items:
+        click.echo(_line(n.entry, long, p))
 
 
 @command(cli, "diff")
@@ -111,14 +144,28 @@ def diff(ctx: Ctx, a: str, b: str) -> None:
         ctx.emit([{"change": c, "path": os.fsdecode(p)} for c, p in changes])
     else:
         for c, p in changes:
-            click.echo(f"{c} {os.fsdecode(p)}")
+            click.echo(f"{c} {quote_name(p)}")
     sys.exit(1 if changes else 0)
 
 
 def _diff(reader: TreeReader, a: Entry, b: Entry, prefix: bytes):
-    """Walk two trees together, skipping identical subtrees by id."""
-    if a.oid == b.oid and a.kind == b.kind == Kind.DIR:
-        return
+    """Walk two trees together, skipping identical subtrees by id.
+
+    Depth first in name order, with an explicit stack (no recursion limit)."""
+    stack = [_diff_dir(reader, a, b, prefix)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif item[0] == "dir":
+            _, x, y, path = item
+            if not (x.oid == y.oid and x.kind == y.kind == Kind.DIR):
+                stack.append(_diff_dir(reader, x, y, path))
+        else:
+            yield item
+
+
+def _diff_dir(reader: TreeReader, a: Entry, b: Entry, prefix: bytes):
     ea = {e.name: e for e in reader.listdir(a)}
     eb = {e.name: e for e in reader.listdir(b)}
     for name in sorted(ea.keys() | eb.keys()):
@@ -130,6 +177,6 @@ def _diff(reader: TreeReader, a: Entry, b: Entry, prefix: bytes):
         elif x.kind == y.kind == Kind.DIR:
             if x.mode != y.mode or x.mtime_ns != y.mtime_ns:
                 yield "M", path + b"/"
-            yield from _diff(reader, x, y, path + b"/")
+            yield "dir", x, y, path + b"/"
         elif x != y:
             yield "M", path

@@ -11,11 +11,9 @@ import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
-from casstore.errors import JuliaError
-from casstore.releases import load_secret
+from casstore.errors import JobError, UsageError
+from casstore.releases import DAY, load_secret
 from casstore.snapshot import put_paths, total_size
-
-DAY = 86400
 
 
 @cli.group("depot")
@@ -40,11 +38,17 @@ def _put(ctx: Ctx, store, path: Path, label: str) -> str:
 
 def _release_meta(meta: dict) -> dict:
     """What nodes and operators need to know, from the builder's meta.json."""
-    targets = {k: v.get("cpu_target") for k, v in meta.get("variants", {}).items()}
-    return {"julia_version": meta.get("julia_version"), "environment": meta.get("environment"),
-            "variant_targets": targets,
-            "packages": [p["name"] for p in meta.get("packages", [])],
-            "input_key": meta.get("input_key")}
+    variants = meta.get("variants", {})
+    targets = {k: v.get("cpu_target") for k, v in variants.items()}
+    out = {"julia_version": meta.get("julia_version"), "environment": meta.get("environment"),
+           "variant_targets": targets,
+           "packages": [p["name"] for p in meta.get("packages", [])],
+           "input_key": meta.get("input_key")}
+    crashed = {k: v["trace"]["note"] for k, v in variants.items()
+               if v.get("trace", {}).get("ok") is False}
+    if crashed:  # operators must see that an image was built without a full trace
+        out["trace_crashed"] = crashed
+    return out
 
 
 def _publish(store, name: str, key: Path, root: str, overlays: dict[str, str], res,
@@ -83,26 +87,13 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
     staged depot at /depot in a private mount namespace, then `cas put` the
     common tree and one overlay per variant and sign a release listing them.
     """
-    import subprocess
-    import tomllib
-
-    from casstore.julia.builder import BuildError, build_depot
-    from casstore.julia.namespace import NamespaceError
-    from casstore.julia.spec import SpecError
-    from casstore.julia.sysimage import SysimageError
+    from casstore.julia.builder import build_depot
 
     if release_name and not key:
-        raise JuliaError("--release needs --key to sign it")
+        raise UsageError("--release needs --key to sign it")
     out = out or Path("build") / spec.stem
     log = _log(ctx.quiet or ctx.as_json)
-    try:
-        res = build_depot(spec, out, log)
-    except (BuildError, SpecError, SysimageError, NamespaceError) as exc:
-        raise JuliaError(str(exc)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise JuliaError(f"{spec}: not valid TOML ({exc})") from None
-    except subprocess.TimeoutExpired as exc:
-        raise JuliaError(f"a build step timed out after {exc.timeout} s") from None
+    res = build_depot(spec, out, log)
     store = ctx.open_store(create=True)
     t0 = time.monotonic()
     root = _put(ctx, store, res.root, "root")
@@ -124,7 +115,7 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
 
 def _view(build_dir: Path, level: str, dest: Path) -> Path:
     """The staging depot as a node of ``level`` sees it: root merged with the overlay."""
-    from casstore.julia.fsutil import link_tree
+    from casstore.julia.filetree import link_tree
 
     link_tree(build_dir / "root", dest)
     link_tree(build_dir / "variants" / level, dest)
@@ -132,36 +123,56 @@ def _view(build_dir: Path, level: str, dest: Path) -> Path:
 
 
 def _mounted_level(ctx: Ctx, release: str, config: Path | None, arch: str | None) -> str:
-    """The variant `cas mount` would choose, from the (verified) release."""
-    from casstore import variants
+    """The variant `cas mount` would choose: the same selection as mount and exec."""
     from casstore.config import load
-    from casstore.releases import load_verified
+    from casstore.selection import select
 
-    cfg = load(config)
-    rel = load_verified(ctx.source(), release, cfg.trusted(), None)
-    return variants.choose(sorted(rel.variants), rel.baseline, arch or cfg.arch)
+    return select(release, load(config), ctx.store_path, arch).level or ""
 
 
-@command(depot, "abcheck")
+def _spec_job(build_dir: Path) -> tuple[list[str], list[str]]:
+    """The spec's [job] as recorded in BUILD_DIR/meta.json: (command, setup) argv lists,
+    scripts as seen at /depot."""
+    try:
+        job = json.loads((build_dir / "meta.json").read_text()).get("job")
+    except (OSError, ValueError, AttributeError):
+        raise UsageError(f"{build_dir} holds no readable meta.json; is it a "
+                         "`cas depot build --out` folder?") from None
+    if job is None:
+        raise UsageError("no job to run: give one after -- (cas depot abcheck BUILD_DIR "
+                         "RELEASE -- JOB.jl ARGS...) or set [job] in the depot spec")
+    argvs = [job.get(k) if isinstance(job, dict) else None for k in ("command", "setup")]
+    for argv in argvs:
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise UsageError(f"{build_dir}/meta.json: job is malformed; rebuild the depot")
+    return [[f"/depot/{a[0]}", *a[1:]] if a else [] for a in argvs]
+
+
+@command(depot, "abcheck", context_settings={"ignore_unknown_options": True})
 @click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("release")
+@click.argument("job", nargs=-1, type=click.UNPROCESSED)
 @click.option("--config", type=click.Path(path_type=Path), default=None,
               help="Client config TOML (as for cas mount).")
 @click.option("--arch", default=None, metavar="LEVEL", help="Force a CPU level on both sides.")
-@click.option("--job", default="/depot/jobs/jetjob.jl", show_default=True)
-@click.option("--events", type=click.Path(path_type=Path), default=None,
-              help="Event file (default: generate 300 events with /depot/jobs/gen_events.jl).")
 @pass_ctx
-def abcheck(ctx: Ctx, build_dir: Path, release: str, config: Path | None, arch: str | None,
-            job: str, events: Path | None) -> None:
-    """Run the job from the local staging depot (BUILD_DIR, bound at /depot) and from
-    the mounted RELEASE, and compare: output checksum, loaded modules with build
-    ids, and a digest of the compiled method instances.  Exits 1 on any difference.
+def abcheck(ctx: Ctx, build_dir: Path, release: str, job: tuple[str, ...],
+            config: Path | None, arch: str | None) -> None:
+    """Run a job from the local staging depot (BUILD_DIR, bound at /depot) and from
+    the mounted RELEASE, and compare: output checksum (a `CHECKSUM <hex>` line),
+    loaded modules with build ids, and a digest of the compiled method instances.
+    Exits 1 on any difference.
+
+    \b
+    The job is any Julia command line after `--`, run from the current folder:
+        cas depot abcheck BUILD demo -- /depot/jobs/myjob.jl in.dat
+    Without one, the spec's [job] runs (its setup first) in a fresh temporary folder.
     """
     import tempfile
 
     from casstore.julia import compare, run_job
 
+    command_argv, setup = (list(job), []) if job else _spec_job(build_dir)
     level = _mounted_level(ctx, release, config, arch)
     store_args = ["--store", str(ctx.store_path)]
     wrapper = [sys.executable, "-m", "casstore", *store_args, "-q", "exec", release,
@@ -169,22 +180,26 @@ def abcheck(ctx: Ctx, build_dir: Path, release: str, config: Path | None, arch: 
     julia = "/depot/julia/bin/julia"
     with tempfile.TemporaryDirectory(prefix="cas-ab-") as tmp:
         t = Path(tmp)
-        for sub in ("scratch-a", "scratch-b"):
+        for sub in ("scratch-a", "scratch-b", "work"):
             (t / sub).mkdir()
+        cwd = None if job else t / "work"  # the spec's relative file names land here
         view = _view(build_dir, level, t / "view")
-        if events is None:
-            events = t / "events.txt"
-            gen = run_job(julia, f"{t}/scratch-a:/depot", "/depot/jobs/gen_events.jl",
-                          events, tree=view, job_args=["300"], debug_loading=False)
-            if gen.returncode != 0:
-                raise JuliaError(f"generating events failed: {gen.stderr.strip()[-300:]}")
-        a = run_job(julia, f"{t}/scratch-a:/depot", job, events, tree=view, probe=True)
-        b = run_job(julia, f"{t}/scratch-b:/depot", job, events, wrapper=wrapper, probe=True)
+        if setup:
+            prep = run_job(julia, f"{t}/scratch-a:/depot", setup, tree=view, cwd=cwd,
+                           debug_loading=False)
+            if prep.returncode != 0:
+                raise JobError(f"job setup {' '.join(setup)} failed ({prep.returncode}): "
+                               f"{_last_line(prep.stderr)}")
+        a = run_job(julia, f"{t}/scratch-a:/depot", command_argv, tree=view, probe=True,
+                    cwd=cwd)
+        b = run_job(julia, f"{t}/scratch-b:/depot", command_argv, wrapper=wrapper,
+                    probe=True, cwd=cwd)
     diffs = compare(a, b)
     for label, r in (("local", a), ("mounted", b)):
         if r.returncode != 0:
             diffs.append(f"{label} run failed ({r.returncode}): {r.stderr.strip()[-300:]}")
     report = {"variant": level, "identical": not diffs, "differences": diffs,
+              "job": command_argv, "setup": setup,
               "local": {"checksum": a.checksum, "wall_s": a.wall_time, "modules":
                         len(a.loaded_modules), "methods": a.mi_count, "digest": a.mi_digest},
               "mounted": {"checksum": b.checksum, "wall_s": b.wall_time, "modules":
@@ -194,3 +209,8 @@ def abcheck(ctx: Ctx, build_dir: Path, release: str, config: Path | None, arch: 
             + ("\n".join(diffs) if diffs else "A/B identical"))
     ctx.emit(report, text)
     sys.exit(1 if diffs else 0)
+
+
+def _last_line(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    return next((ln for ln in lines if ln.startswith("ERROR:")), lines[-1] if lines else "")

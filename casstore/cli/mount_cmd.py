@@ -42,17 +42,19 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     Before mounting, the newest revision (or --revision) is verified against the
     trusted_keys of the client config: unsigned, tampered, expired, wrong-key and
     older-than-seen revisions are refused, each with its own exit code (11-15).
-    The best CPU variant this host can run is chosen (or --arch), and printed.
+    The best CPU variant this host can run is chosen (or --arch), and printed;
+    a release with no variant at or below that level is refused (exit 27).
     Objects come from --store, else the config's 'source' (which may be a
     read-only CVMFS/NFS folder); the client caches only in its own cache_dir.
     Without --foreground the daemon detaches once the mount is in place.
     Unmount with 'cas umount MOUNTPOINT' or SIGTERM to the daemon.
     """
-    from fuseclient.mount import canon, prepare, serve
+    from casstore.selection import select
+    from fuseclient.mount import canon, serve
 
     cfg = _config(config_path)
     store = _explicit_store(ctx)
-    p = prepare(release, cfg, store, arch, revision)
+    p = select(release, cfg, store, arch, revision)
     info = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "mountpoint": str(canon(mountpoint))}
     ctx.emit(info, f"mounting {p.release.name} revision {p.release.revision} at "
@@ -66,7 +68,10 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
 @click.option("-z", "--lazy", is_flag=True, help="Detach now even if files are in use.")
 @pass_ctx
 def umount(ctx: Ctx, mountpoint: Path, config_path: Path | None, lazy: bool) -> None:
-    """Unmount a casstore mount and wait for its daemon to exit."""
+    """Unmount a casstore mount and wait for its daemon to exit.
+
+    Refuses (exit 28) anything that is not a casstore FUSE mount (fstype fuse.cas).
+    """
     from fuseclient.mount import unmount
 
     unmount(_config(config_path), mountpoint, lazy)

@@ -1,7 +1,8 @@
 """Run a job against a depot and describe what Julia actually used.
 
-`run_job` runs one job (optionally inside a private namespace with a tree
-bound at /depot) and returns its checksum, wall time and the loading log.
+`run_job` runs one job, any Julia command line (optionally inside a private
+namespace with a tree bound at /depot), and returns its checksum (a
+`CHECKSUM <hex>` line, if the job prints one), wall time and the loading log.
 With `probe=True` a small Julia file is preloaded (`-L`) that, at exit,
 records every loaded module with its build id and a digest of all method
 instances that have native code.  Two runs of one job are "the same" for the
@@ -12,14 +13,14 @@ staging depot bound at /depot versus the FUSE-mounted release.
 from __future__ import annotations
 
 import re
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casstore.julia.namespace import clean_env, run_bound
+from casstore.julia.limits import JULIA_RUN_TIMEOUT
+from casstore.julia.namespace import run_bound, run_logged
 
 PROBE = r"""
 # casstore A/B probe (loaded with -L): report modules and compiled code at exit.
@@ -48,6 +49,9 @@ let out = get(ENV, "CAS_ABCHECK_OUT", "")
         return mts
     end
     function report(io)
+        # Run pending finalizers now, in every run: otherwise whether a GC (and so a
+        # finalizer, which compiles its method) happened before exit depends on load.
+        GC.gc(true); GC.gc(true)
         mods = collect(values(Base.loaded_modules))
         append!(mods, [Base, Core, Main])
         for (k, m) in sort!(collect(Base.loaded_modules); by=kv -> kv[1].name)
@@ -113,11 +117,6 @@ class JobResult:
         """No rejected cache and no precompilation during the run."""
         return not self.rejected and not self.precompiled
 
-    def ab_key(self) -> tuple:
-        """What must agree between two runs of the same job and depot."""
-        mods = tuple((m.name, m.uuid, m.build_id) for m in self.loaded_modules)
-        return (self.checksum, mods, self.mi_count, self.mi_digest)
-
 
 def parse_loading_log(stderr: str) -> tuple[list[str], list[str]]:
     """Rejected-cache and precompiling lines of a JULIA_DEBUG=loading log."""
@@ -139,13 +138,12 @@ def _parse_probe(text: str, res: JobResult) -> None:
             res.sysimage = rest
 
 
-def run_job(julia_bin: str | Path, depot_path_env: str, job_script: str | Path,
-            event_file: str | Path, extra_args: Sequence[str] = (), *,
-            job_args: Sequence[str] = (), tree: Path | None = None, readonly: bool = True,
-            probe: bool = False, wrapper: Sequence[str] = (),
+def run_job(julia_bin: str | Path, depot_path_env: str, job: Sequence[str | Path],
+            extra_args: Sequence[str] = (), *, tree: Path | None = None,
+            readonly: bool = True, probe: bool = False, wrapper: Sequence[str] = (),
             debug_loading: bool = True, env: Mapping[str, str] | None = None,
-            timeout: float = 1800) -> JobResult:
-    """Run `julia [extra_args] job_script event_file [job_args]`; collect the evidence.
+            cwd: Path | None = None, timeout: float = JULIA_RUN_TIMEOUT) -> JobResult:
+    """Run `julia [extra_args] JOB...` (a script and its arguments); collect the evidence.
 
     `extra_args` go to Julia (e.g. `-J <image>`, `--cpu-target=...`).
     `tree`, if given, is bound at /depot in a private mount namespace (paths
@@ -158,7 +156,7 @@ def run_job(julia_bin: str | Path, depot_path_env: str, job_script: str | Path,
         pre = ["-L", str(Path(tmp) / "probe.jl")] if probe else []
         (Path(tmp) / "probe.jl").write_text(PROBE)
         argv = [*wrapper, str(julia_bin), "--startup-file=no", "--history-file=no", *pre,
-                *extra_args, str(job_script), str(event_file), *job_args]
+                *extra_args, *map(str, job)]
         e = {"JULIA_DEPOT_PATH": depot_path_env, **(env or {})}
         if debug_loading:
             e["JULIA_DEBUG"] = "loading"
@@ -166,10 +164,9 @@ def run_job(julia_bin: str | Path, depot_path_env: str, job_script: str | Path,
             e["CAS_ABCHECK_OUT"] = str(out)
         t0 = time.monotonic()
         if tree is not None:
-            proc = run_bound(tree, argv, e, readonly=readonly, timeout=timeout)
+            proc = run_bound(tree, argv, e, readonly=readonly, timeout=timeout, cwd=cwd)
         else:
-            proc = subprocess.run(argv, env=clean_env(e), capture_output=True, text=True,
-                                  timeout=timeout, check=False)
+            proc = run_logged(argv, e, timeout=timeout, cwd=cwd)
         wall = time.monotonic() - t0
         m = _CHECKSUM.search(proc.stdout)
         rejected, precompiled = parse_loading_log(proc.stderr)

@@ -5,6 +5,10 @@ Output layout (see docs/JULIA.md):
   out_dir/variants/<level>/      only the level-specific paths (same set for all)
   out_dir/meta.json              versions, cpu targets, timings, sizes
 The view a node of level L mounts is root overlaid with variants/L.
+
+Every failure is a casstore.errors.JuliaError: bad specs fail in load_spec and
+package checks before any copying or Julia run; stage failures are BuildErrors
+whose message is one line, with Julia's stderr tail in the build log.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from casstore.errors import BuildError, InstallError, NamespaceError
 from casstore.julia import sysimage as si
 from casstore.julia.abcheck import parse_loading_log
 from casstore.julia.environment import check_package, write_environment
-from casstore.julia.fsutil import (
+from casstore.julia.filetree import (
     copy_tree,
     file_digest,
     link_tree,
@@ -31,15 +36,17 @@ from casstore.julia.fsutil import (
     tree_digest,
     unpack_package,
 )
-from casstore.julia.namespace import DEPOT_MOUNT, run_bound
+from casstore.julia.limits import JULIA_RUN_TIMEOUT
+from casstore.julia.namespace import DEPOT_MOUNT, namespaces_available, run_bound
 from casstore.julia.spec import DepotSpec, VariantSpec, load_spec
 
+__all__ = ["BuildError", "BuildResult", "build_depot"]
+
 FORMAT = "casstore-julia-depot-1"
+# Bumped when what a cached overlay entry holds changes (2: a <key>.json sidecar
+# with the trace outcome, so a cache hit still reports a crashed trace).
+CACHE_VERSION = 2
 Log = Callable[[str], None]
-
-
-class BuildError(RuntimeError):
-    """A build stage failed; the message names the stage."""
 
 
 @dataclass
@@ -72,11 +79,21 @@ def _julia_env(spec: DepotSpec) -> dict[str, str]:
     return env
 
 
+def check_runtime(spec: DepotSpec) -> None:
+    """Julia with the spec's layout, and private namespaces: checked before staging."""
+    if not namespaces_available():
+        raise NamespaceError("building a depot needs root and unshare(1) for a private "
+                             "mount namespace at /depot")
+    prefix, lay = spec.julia_prefix, spec.layout
+    for rel in ("bin/julia", lay.sysimage, lay.stdlib):
+        if not (prefix / rel).exists():
+            raise InstallError(f"no Julia {spec.julia_version} at {prefix} ({rel} missing); "
+                               "run tools/install-julia or set julia.prefix")
+
+
 def stage_runtime(spec: DepotSpec, root: Path) -> None:
     """Copy the Julia prefix to julia/, keeping the stock image as sys-stock.so."""
     prefix, lay = spec.julia_prefix, spec.layout
-    if not (prefix / "bin/julia").is_file():
-        raise BuildError(f"no Julia at {prefix}; run tools/install-julia first")
     copy_tree(prefix, root / "julia")
     os.replace(root / "julia" / lay.sysimage, root / "julia" / lay.stock_sysimage)
 
@@ -88,7 +105,7 @@ def stage_sources(spec: DepotSpec, root: Path) -> None:
         dst = root / "dev" / pkg.name
         unpack_package(pkg.source, dst)
         projects[pkg.name] = check_package(pkg, dst)
-    write_environment(spec, root, projects, root / "julia" / spec.layout.stdlib)
+    write_environment(spec, root, projects, spec.julia_prefix / spec.layout.stdlib)
     for dst, src in spec.files.items():
         if src.is_dir():
             copy_tree(src, root / dst)
@@ -115,7 +132,12 @@ def input_key(spec: DepotSpec, root: Path) -> str:
 
 
 def variant_key(base: str, v: VariantSpec) -> str:
-    return hashlib.sha256(f"{base}\0{v.cpu_target}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{base}\0{v.cpu_target}\0{CACHE_VERSION}".encode()).hexdigest()[:32]
+
+
+def _tail_to_log(stderr: str, log: Log) -> None:
+    for line in stderr[-4000:].splitlines():
+        log(f"  | {line}")
 
 
 class _Builder:
@@ -127,6 +149,7 @@ class _Builder:
         self.work = out_dir / ".work"
         self.env = _julia_env(spec)
         self._trace: Path | None = None
+        self.trace_result: si.TraceResult | None = None
         self.timings: dict[str, float] = {}
 
     def scratch(self, name: str) -> Path:
@@ -136,12 +159,17 @@ class _Builder:
         return d
 
     def trace(self) -> Path:
-        """Run the workload once with --trace-compile (shared by all variants)."""
+        """Run the workload once with --trace-compile (shared by all variants).
+
+        A crashed trace run is not fatal (see sysimage.py): its outcome is kept in
+        `trace_result` for the log, the cache sidecar and meta.json.
+        """
         if self._trace is None:
             path = self.work / "trace.jl"
             with _stage("trace workload", self.timings, self.log):
-                si.trace_workload(self.root, self.spec.layout, self.spec.workload,
-                                  self.scratch("trace"), path, self.env)
+                self.trace_result = si.trace_workload(
+                    self.root, self.spec.layout, self.spec.workload, self.scratch("trace"),
+                    path, self.env, self.log)
             self._trace = path
         return self._trace
 
@@ -165,7 +193,8 @@ class _Builder:
         with _stage(f"sysimage {v.name}", self.timings, self.log):
             si.generate_object(self.root, lay, v.cpu_target, script, obj,
                                self.scratch(v.name), self.env, self.log)
-            si.link_sysimage(obj, dst / "julia" / lay.sysimage, self.spec.julia_prefix, lay)
+            si.link_sysimage(obj, dst / "julia" / lay.sysimage, self.spec.julia_prefix, lay,
+                             self.log)
         obj.unlink()
         with _stage(f"precompile {v.name}", self.timings, self.log):
             self.precompile(v, dst)
@@ -180,20 +209,23 @@ class _Builder:
         code = "for p in ARGS; Base.require(Main, Symbol(p)); end"
         argv = si.julia_argv(self.spec.layout, "-e", code, *names)
         env = {**self.env, "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}"}
-        proc = run_bound(tree, argv, env, readonly=True, timeout=1800)
+        proc = run_bound(tree, argv, env, readonly=True, timeout=JULIA_RUN_TIMEOUT)
         if proc.returncode != 0:
-            raise BuildError(f"precompile for {v.name} failed:\n{proc.stderr[-4000:]}")
+            _tail_to_log(proc.stderr, self.log)
+            raise BuildError(f"precompile for {v.name} failed ({proc.returncode}): "
+                             f"{si.first_error(proc.stderr)}")
         compiled = self.spec.layout.compiled_subdir()
         if not (scratch / compiled).is_dir():
             raise BuildError(f"precompile for {v.name} wrote no caches (packages in the image?)")
         copy_tree(scratch / compiled, dst / compiled)
         shutil.rmtree(tree)
 
-    def overlay(self, v: VariantSpec, key: str) -> tuple[Path, bool]:
-        """The cached overlay for `key`, building it on a miss."""
+    def overlay(self, v: VariantSpec, key: str) -> tuple[Path, bool, dict]:
+        """The cached overlay for `key` and its trace outcome, building it on a miss."""
         cached = cache_root() / "overlays" / key
+        sidecar = cached.with_name(f"{key}.json")
         if cached.is_dir():
-            return cached, True
+            return cached, True, _read_sidecar(sidecar)
         _drop_stale_tmp(cached.parent)
         tmp = cached.with_name(f"{key}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -201,13 +233,17 @@ class _Builder:
         try:
             self.build_overlay(v, tmp)
             set_mtimes(tmp, self.spec.epoch)
+            assert self.trace_result is not None  # build_overlay ran the trace
+            info = {"trace": self.trace_result.as_meta()}
+            sidecar.write_text(json.dumps(info, sort_keys=True) + "\n")
             os.replace(tmp, cached)
         except OSError:
             if not cached.is_dir():  # lost a race with a concurrent build: use theirs
                 raise
+            info = _read_sidecar(sidecar)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return cached, False
+        return cached, False, info
 
     def validate(self, v: VariantSpec, overlay: Path) -> dict:
         """Run the workload on root+overlay bound read-only at /depot.
@@ -224,7 +260,7 @@ class _Builder:
                              str(DEPOT_MOUNT / self.spec.workload))
         env = {**self.env, "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}",
                "JULIA_DEBUG": "loading"}
-        proc = run_bound(tree, argv, env, readonly=True, timeout=1800)
+        proc = run_bound(tree, argv, env, readonly=True, timeout=JULIA_RUN_TIMEOUT)
         shutil.rmtree(tree)
         if "Unable to find compatible target" in proc.stderr:
             self.log(f"[validate {v.name}] host CPU cannot run {v.cpu_target}; not validated")
@@ -232,11 +268,23 @@ class _Builder:
         rejected, precompiled = parse_loading_log(proc.stderr)
         written = sorted(rel_files(scratch / "compiled")) if (scratch / "compiled").exists() else []
         if proc.returncode != 0 or rejected or precompiled or written:
-            raise BuildError(f"variant {v.name} does not load cleanly: rc={proc.returncode} "
-                             f"rejected={rejected} precompiled={precompiled} wrote={written}\n"
-                             f"{proc.stderr[-3000:]}")
+            _tail_to_log(proc.stderr, self.log)
+            raise BuildError(f"variant {v.name} does not load cleanly: rc={proc.returncode}, "
+                             f"{len(rejected)} rejected caches, {len(precompiled)} "
+                             f"precompiled, wrote {written[:3]}: {si.first_error(proc.stderr)}")
         loads = [ln for ln in proc.stderr.splitlines() if "Loading" in ln or "loading" in ln]
         return {"validated": True, "loading_log": loads}
+
+
+def _read_sidecar(path: Path) -> dict:
+    """A cached overlay's recorded trace outcome; a missing or bad sidecar says so."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict) or not isinstance(info.get("trace"), dict):
+        return {"trace": {"ok": None, "note": f"trace outcome not recorded ({path.name})"}}
+    return {"trace": info["trace"]}
 
 
 def _drop_stale_tmp(folder: Path) -> None:
@@ -272,14 +320,15 @@ def build_depot(spec_path: Path, out_dir: Path, log: Log) -> BuildResult:
     $CAS_BUILD_CACHE when their input key matches.
     """
     spec = load_spec(spec_path)
+    check_runtime(spec)
     out_dir = Path(out_dir).resolve()
     _prepare(out_dir)
     b = _Builder(spec, out_dir, log)
     t0 = time.monotonic()
-    with _stage("stage runtime", b.timings, log):
-        stage_runtime(spec, b.root)
     with _stage("stage sources", b.timings, log):
         stage_sources(spec, b.root)
+    with _stage("stage runtime", b.timings, log):
+        stage_runtime(spec, b.root)
         set_mtimes(b.root, spec.epoch)
     with _stage("input key", b.timings, log):
         base = input_key(spec, b.root)
@@ -287,14 +336,16 @@ def build_depot(spec_path: Path, out_dir: Path, log: Log) -> BuildResult:
     for v in spec.variants:
         key = variant_key(base, v)
         with _stage(f"overlay {v.name}", b.timings, log):
-            cached, hit = b.overlay(v, key)
+            cached, hit, info = b.overlay(v, key)
             log(f"[overlay {v.name}] key {key} {'cache hit' if hit else 'built'}")
+            if info["trace"].get("ok") is False:
+                log(f"[overlay {v.name}] WARNING: {info['trace']['note']}")
             dst = out_dir / "variants" / v.name
             copy_tree(cached, dst)
             set_mtimes(dst, spec.epoch)
         variants[v.name] = dst
         vmeta[v.name] = {"cpu_target": v.cpu_target, "key": key, "cache_hit": hit,
-                         "sizes": _sizes(dst, spec)}
+                         "sizes": _sizes(dst, spec), "trace": info["trace"]}
     _check_same_paths(variants)
     for v in spec.variants:
         with _stage(f"validate {v.name}", b.timings, log):
@@ -309,6 +360,9 @@ def build_depot(spec_path: Path, out_dir: Path, log: Log) -> BuildResult:
                       "sysimage": p.sysimage} for p in spec.packages],
         "variant_paths": sorted(rel_files(variants[spec.baseline])),
         "timings": b.timings, "epoch": spec.epoch,
+        "trace_crashed": sorted(k for k, m in vmeta.items() if m["trace"].get("ok") is False),
+        "job": None if spec.job is None else {"command": list(spec.job.command),
+                                              "setup": list(spec.job.setup)},
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return BuildResult(root=b.root, variants=variants, baseline=spec.baseline, meta=meta)

@@ -14,6 +14,11 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from casstore.errors import JuliaTimeout, NamespaceError
+
+__all__ = ["DEPOT_MOUNT", "NamespaceError", "clean_env", "ensure_mountpoint",
+           "namespaces_available", "run_bound", "run_logged"]
+
 DEPOT_MOUNT = Path("/depot")
 
 # mount the tree, optionally read-only, then exec the command
@@ -22,10 +27,6 @@ _SHELL = (
     'if [ "$3" = ro ]; then mount -o remount,bind,ro "$2"; fi; '
     'shift 3; exec "$@"'
 )
-
-
-class NamespaceError(RuntimeError):
-    """Private mount namespaces are not available (not root, no unshare)."""
 
 
 def namespaces_available() -> bool:
@@ -64,5 +65,19 @@ def run_bound(tree: Path, argv: Sequence[str], env: Mapping[str, str], *,
     ensure_mountpoint(mountpoint)
     cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", _SHELL, "sh",
            str(tree), str(mountpoint), "ro" if readonly else "rw", *argv]
-    return subprocess.run(cmd, env=clean_env(env), capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, check=False)
+    return run_logged(cmd, env, timeout=timeout, cwd=cwd)
+
+
+def run_logged(cmd: Sequence[str], env: Mapping[str, str], *, timeout: float | None = None,
+               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run with a clean environment, capturing output; a time-out is a JuliaTimeout.
+
+    subprocess kills the child on a time-out; the error names the program and limit
+    so the CLI can print one line instead of a TimeoutExpired traceback.
+    """
+    try:
+        return subprocess.run(list(cmd), env=clean_env(env), capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd, check=False)
+    except subprocess.TimeoutExpired:
+        prog = Path(next((a for a in cmd if "julia" in a), cmd[0])).name
+        raise JuliaTimeout(f"{prog} ran longer than {timeout:.0f} s and was stopped") from None

@@ -2,19 +2,32 @@
 
 Steps: (1) run the workload once with `--trace-compile` to learn which method
 instances a job needs; (2) start Julia with `--output-o` on the stock image,
-load the sysimage packages and replay the recorded `precompile` statements;
-(3) link the object file into `sys.so` with gcc.
+load the sysimage packages, replay the recorded `precompile` statements and run
+the workload itself; (3) link the object file into `sys.so` with gcc.
+
+Step (1) is a help, not a requirement: Julia 1.5.3 segfaults under
+`--trace-compile` in some workloads (inference on Unitful's `u"GeV"`).  A crashed
+trace run keeps the statements written before the crash, and step (2) still
+compiles everything the workload runs, so the image only loses the dispatch
+roots the trace would have added after the crash.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from casstore.julia.namespace import DEPOT_MOUNT, run_bound
+from casstore.errors import SysimageError
+from casstore.julia.limits import JULIA_RUN_TIMEOUT, SYSIMAGE_TIMEOUT
+from casstore.julia.namespace import DEPOT_MOUNT, run_bound, run_logged
 from casstore.julia.versions import JuliaLayout
+
+__all__ = ["OUTPUT_SCRIPT", "SysimageError", "TraceResult", "generate_object", "julia_argv",
+           "link_sysimage", "output_script", "trace_workload"]
 
 # Generation-time prologue: Base.__init__ has not run while generating output,
 # so stdio, Sys.BINDIR/STDLIB and the depot/load paths must be set by hand.
@@ -55,8 +68,38 @@ empty!(DEPOT_PATH)
 """
 
 
-class SysimageError(RuntimeError):
-    """A Julia or linker step of the sysimage build failed."""
+@dataclass(frozen=True)
+class TraceResult:
+    """How the trace run went; `crashed` runs still give the statements written so far."""
+
+    returncode: int
+    statements: int
+    detail: str = ""
+
+    @property
+    def crashed(self) -> bool:
+        return self.returncode != 0
+
+    def describe(self) -> str:
+        how = (f"killed by {signal.Signals(-self.returncode).name}" if self.returncode < 0
+               else f"exit {self.returncode}")
+        if not self.crashed:
+            return f"trace run recorded {self.statements} precompile statements"
+        return (f"trace run crashed ({how}); kept the {self.statements} precompile "
+                f"statements written before the crash and compile what the workload runs "
+                f"during --output-o instead")
+
+    def as_meta(self) -> dict:
+        return {"ok": not self.crashed, "returncode": self.returncode,
+                "statements": self.statements, "note": self.describe(),
+                **({"detail": self.detail} if self.detail else {})}
+
+
+def first_error(stderr: str) -> str:
+    """The line of a Julia stderr that says what went wrong (for one-line errors)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    pick = next((ln for ln in lines if ln.startswith("ERROR:")), lines[-1] if lines else "")
+    return pick[:300]
 
 
 def julia_argv(layout: JuliaLayout, *args: str, sysimage: str | None = None) -> list[str]:
@@ -67,21 +110,43 @@ def julia_argv(layout: JuliaLayout, *args: str, sysimage: str | None = None) -> 
     return argv + list(args)
 
 
-def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
+def _check(proc: subprocess.CompletedProcess[str], what: str,
+           log: Callable[[str], None]) -> None:
+    """One-line error for the CLI; the stderr tail goes to the build log."""
     if proc.returncode != 0:
-        raise SysimageError(f"{what} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        for line in proc.stderr[-4000:].splitlines():
+            log(f"  | {line}")
+        raise SysimageError(f"{what} failed ({proc.returncode}): {first_error(proc.stderr)}")
+
+
+def _keep_complete_lines(trace: Path) -> int:
+    """Drop a last line cut off by a crash; return the number of statements kept."""
+    data = trace.read_bytes() if trace.is_file() else b""
+    if data and not data.endswith(b"\n"):
+        data = data[:data.rfind(b"\n") + 1]
+    trace.write_bytes(data)
+    return sum(1 for ln in data.splitlines() if ln.startswith(b"precompile("))
 
 
 def trace_workload(root: Path, layout: JuliaLayout, workload: str, scratch: Path,
-                   trace: Path, env: dict[str, str]) -> None:
-    """Run the workload on the stock image, recording precompile statements."""
+                   trace: Path, env: dict[str, str],
+                   log: Callable[[str], None]) -> TraceResult:
+    """Run the workload on the stock image, recording precompile statements.
+
+    Never fails on the run's own exit status (see the module docstring): the
+    result says whether it crashed, and the trace file always exists.
+    """
     argv = julia_argv(layout, f"--trace-compile={trace}", str(DEPOT_MOUNT / workload),
                       sysimage=layout.stock_sysimage)
     env = {**env, "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}"}
-    proc = run_bound(root, argv, env, readonly=True, timeout=1800)
-    _check(proc, "workload trace run")
-    if not trace.is_file():
-        raise SysimageError("trace run produced no trace file")
+    proc = run_bound(root, argv, env, readonly=True, timeout=JULIA_RUN_TIMEOUT)
+    res = TraceResult(proc.returncode, _keep_complete_lines(trace),
+                      first_error(proc.stderr) if proc.returncode else "")
+    if res.crashed:
+        for line in proc.stderr[-2000:].splitlines():
+            log(f"  | {line}")
+    log(f"[trace workload] {res.describe()}")
+    return res
 
 
 def output_script(layout: JuliaLayout, packages: Sequence[str], trace: Path,
@@ -102,17 +167,21 @@ def generate_object(root: Path, layout: JuliaLayout, cpu_target: str, script: Pa
     argv = julia_argv(layout, f"--cpu-target={cpu_target}", "--sysimage-native-code=yes",
                       f"--output-o={obj}", str(script), sysimage=layout.stock_sysimage)
     env = {**env, "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}"}
-    proc = run_bound(root, argv, env, readonly=True, timeout=3600)
-    _check(proc, f"sysimage generation for {cpu_target}")
+    proc = run_bound(root, argv, env, readonly=True, timeout=SYSIMAGE_TIMEOUT)
+    _check(proc, f"sysimage generation for {cpu_target}", log)
     for line in proc.stderr.splitlines():
         if line.startswith("casstore-sysimage:"):
             log(line)
 
 
-def link_sysimage(obj: Path, out: Path, julia_prefix: Path, layout: JuliaLayout) -> None:
+def link_sysimage(obj: Path, out: Path, julia_prefix: Path, layout: JuliaLayout,
+                  log: Callable[[str], None]) -> None:
     """Link the object file against libjulia into a loadable system image."""
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["gcc", "-shared", "-o", str(out), "-Wl,--whole-archive", str(obj),
            "-Wl,--no-whole-archive", f"-L{julia_prefix / layout.libdir}", "-l:libjulia.so.1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    _check(proc, "sysimage link")
+    try:
+        proc = run_logged(cmd, {}, timeout=JULIA_RUN_TIMEOUT)
+    except FileNotFoundError:
+        raise SysimageError("gcc is needed to link system images; install it") from None
+    _check(proc, "sysimage link", log)

@@ -1,4 +1,6 @@
-"""File-tree helpers for the depot builder: copying, mtimes, digests."""
+"""File trees on local disk for the depot builder: walk, copy, hard-link, set mtimes,
+digest, unpack package tarballs.  (Not casstore/fsutil.py, which holds the store's
+atomic-write and fsync helpers.)"""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ import hashlib
 import os
 import shutil
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+
+from casstore.errors import PackageMismatch
 
 
 def walk_files(root: Path) -> Iterator[Path]:
@@ -78,19 +82,19 @@ def link_tree(src: Path, dst: Path) -> None:
                 os.link(s, d)
 
 
-def copy_files(src_root: Path, dst_root: Path, rels: Iterable[str]) -> None:
-    """Copy the listed relative paths, creating parents."""
-    for rel in rels:
-        d = dst_root / rel
-        d.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src_root / rel, d, follow_symlinks=False)
-
-
 def unpack_package(source: Path, dst: Path) -> None:
     """A package folder is copied; a tarball is extracted (one top folder stripped)."""
     if source.is_dir():
         copy_tree(source, dst)
         return
+    try:
+        _extract(source, dst)
+    except (tarfile.TarError, EOFError) as exc:  # FilterError (unsafe member) included
+        why = str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__
+        raise PackageMismatch(f"{source.name}: not a usable package tarball ({why})") from None
+
+
+def _extract(source: Path, dst: Path) -> None:
     with tarfile.open(source) as tar:
         members = tar.getmembers()
         tops = {m.name.split("/", 1)[0] for m in members}
