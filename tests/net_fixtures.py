@@ -116,9 +116,10 @@ http {{
 }}
 """
 
-    def start(self) -> Nginx:
+    def start(self, port: int = 0) -> Nginx:
+        """Start on ``port`` (again on the same one after a stop), else a free one."""
         for _attempt in range(5):  # a port found free may be taken before nginx binds it
-            self.port = free_port()
+            self.port = port or free_port()
             conf = self.dir / "nginx.conf"
             conf.write_text(self._conf())
             self.proc = subprocess.Popen([NGINX, "-p", str(self.dir), "-c", str(conf),

@@ -30,6 +30,7 @@ client.  Why it looks the way it does:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import json
@@ -37,6 +38,7 @@ import logging
 import os
 import struct
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -72,6 +74,9 @@ from casstore.sources.layout import (
 from casstore.sources.local import check_format_doc
 
 log = logging.getLogger(__name__)
+# A library logs, the application decides where: the mount daemon logs to its file;
+# the CLI prints one error line and must not also print the failures behind it.
+log.addHandler(logging.NullHandler())
 
 T = TypeVar("T")
 DIRECT = "DIRECT"
@@ -201,6 +206,7 @@ class HTTPSource:
                 self._thread = threading.Thread(target=self._loop.run_forever,
                                                 name="casstore-http", daemon=True)
                 self._thread.start()
+                atexit.register(_close_at_exit, weakref.ref(self))
             return self._loop
 
     def _run(self, coro: Coroutine[Any, Any, T], deadline: float | None = None) -> T:
@@ -523,6 +529,14 @@ def object_bound(head: bytes) -> int:
     if codec == 0:
         return HEADER_SIZE + size
     return HEADER_SIZE + size + (size >> 7) + (1 << 17)
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    """Close a source its user forgot (a CLI error path): no "unclosed session" noise."""
+    src = ref()
+    if src is not None:
+        with contextlib.suppress(Exception):
+            src.close()
 
 
 # -- checks run on each server's answer (a failing one means: try the next server) --

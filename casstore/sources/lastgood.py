@@ -34,7 +34,7 @@ OFFLINE_NOTE = "offline: using the last verified release"
 
 
 @dataclass
-class Selection:
+class Verified:
     """A verified release and where it came from (``offline`` -> the kept copy)."""
 
     release: Release
@@ -72,7 +72,7 @@ class LastVerified:
 
 def load_verified_or_cached(source, name: str, trusted: list[str], seen: SeenRevisions | None,
                             state_dir: Path, revision: int | None = None, *,
-                            now: float | None = None) -> Selection:
+                            now: float | None = None) -> Verified:
     """Verify ``name`` (newest, or ``revision``) from ``source`` and keep its document;
     if the source is unreachable, fall back to the kept document (verified again).
 
@@ -89,7 +89,7 @@ def load_verified_or_cached(source, name: str, trusted: list[str], seen: SeenRev
         seen.check(rel)
         seen.record(rel)
     LastVerified(state_dir).save(rel, doc)
-    return Selection(rel)
+    return Verified(rel)
 
 
 def _checked(rel: Release, name: str, revision: int | None) -> Release:
@@ -101,7 +101,7 @@ def _checked(rel: Release, name: str, revision: int | None) -> Release:
 
 def _offline(source, name: str, trusted: list[str], seen: SeenRevisions | None,
              state_dir: Path, revision: int | None, now: float | None,
-             exc: RemoteError) -> Selection:
+             exc: RemoteError) -> Verified:
     doc = LastVerified(state_dir).load(name)
     if doc is None:
         raise ServersUnreachable(f"{exc}; no verified release of {name!r} is kept for "
@@ -119,4 +119,4 @@ def _offline(source, name: str, trusted: list[str], seen: SeenRevisions | None,
         raise ServersUnreachable(f"{exc}; the kept release {name} revision {rel.revision} is "
                                  "not in the object cache") from None
     note = f"{OFFLINE_NOTE} ({name} revision {rel.revision}); servers unreachable"
-    return Selection(rel, True, note)
+    return Verified(rel, True, note)
