@@ -114,16 +114,7 @@ def encode(kind: ObjType, raw: bytes | memoryview, level: int = 3) -> bytes:
 
 def decode(oid: ObjectId, stored: bytes, expect: ObjType | None = None) -> tuple[ObjType, bytes]:
     """Undo :func:`encode` and verify the hash; raise rather than return wrong bytes."""
-    if len(stored) < HEADER_SIZE:
-        raise ObjectCorrupt(f"object {oid} is truncated ({len(stored)} bytes)")
-    magic, kind, codec, _res, size = HEADER.unpack_from(stored)
-    if magic != MAGIC:
-        raise ObjectCorrupt(f"object {oid} has a bad header")
-    try:
-        kind = ObjType(kind)
-        codec = Codec(codec)
-    except ValueError:
-        raise ObjectCorrupt(f"object {oid} has an unknown type or codec") from None
+    kind, codec, size = _header(oid, stored)
     # A chunk is uninterpreted bytes, so any verified object serves a chunk reference;
     # a tree or blob reference needs that exact type (FORMAT §3.3, "same bytes, two types").
     if expect is not None and expect != ObjType.CHUNK and kind != expect:
@@ -169,12 +160,17 @@ def peek_type(oid: ObjectId, head: bytes) -> ObjType:
     Cheap (no decompression, no hash): for checks such as "is this root a tree"
     before signing.  The claim is only a hint until :func:`decode` verifies it.
     """
-    if len(head) < HEADER_SIZE:
-        raise ObjectCorrupt(f"object {oid} is truncated ({len(head)} bytes)")
-    magic, kind, _codec, _res, _size = HEADER.unpack_from(head)
+    return _header(oid, head)[0]
+
+
+def _header(oid: ObjectId, stored: bytes) -> tuple[ObjType, Codec, int]:
+    """(type, codec, raw size) from a stored object's header, each checked known."""
+    if len(stored) < HEADER_SIZE:
+        raise ObjectCorrupt(f"object {oid} is truncated ({len(stored)} bytes)")
+    magic, kind, codec, _res, size = HEADER.unpack_from(stored)
     if magic != MAGIC:
         raise ObjectCorrupt(f"object {oid} has a bad header")
     try:
-        return ObjType(kind)
+        return ObjType(kind), Codec(codec), size
     except ValueError:
-        raise ObjectCorrupt(f"object {oid} has an unknown type") from None
+        raise ObjectCorrupt(f"object {oid} has an unknown type or codec") from None

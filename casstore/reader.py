@@ -27,7 +27,18 @@ from typing import TypeVar
 from casstore.errors import FormatError, NotFound
 from casstore.objects import ID_BYTES, ObjectId, ObjType
 from casstore.sources.base import ObjectSource, fetch
-from casstore.trees import MODE_MASK, TREE_MAGIC, Entry, Kind, Storage, check_name, decode_blob
+from casstore.trees import (
+    MAX_NAME,
+    MODE_MASK,
+    TREE_MAGIC,
+    Entry,
+    Kind,
+    Storage,
+    check_name,
+    decode_blob,
+    decode_entries,
+    warn_skipped,
+)
 from casstore.trees import _decode_entry as decode_entry_at
 
 _U16 = struct.Struct("<H")
@@ -109,7 +120,8 @@ class Dir:
             return cls._decode_small(raw, pos, count)
         offs = array("I" if end < 1 << 32 else "Q")
         kinds = bytearray()
-        prev = b""
+        skipped: list[bytes] = []
+        prev: bytes | None = None
         unpack_u16, unpack_head, hsize = _U16.unpack_from, _KHEAD.unpack_from, _KHEAD.size
         for _ in range(count):
             if pos + 2 > end:
@@ -121,8 +133,8 @@ class Dir:
             pos += nlen
             if pos + hsize > end:
                 raise FormatError("tree object is truncated")
-            check_name(name)
-            if offs and name <= prev:
+            check_name(name, max_len=0xFFFF)  # too long is skipped below, not corrupt
+            if prev is not None and name <= prev:
                 raise FormatError("tree entries are not in canonical order")
             prev = name
             kind, mode, size, _mtime = unpack_head(raw, pos)
@@ -150,27 +162,22 @@ class Dir:
                 raise FormatError(f"entry {name!r} has unknown kind {kind}")
             if pos > end:
                 raise FormatError("object is truncated")
+            if len(name) > MAX_NAME:
+                skipped.append(bytes(name))
+                continue
             offs.append(start)
             kinds.append(kind)
         if pos != end:
             raise FormatError("trailing bytes after tree entries")
+        warn_skipped(skipped)
         return cls(raw, offs, bytes(kinds))
 
     @classmethod
     def _decode_small(cls, raw: bytes, pos: int, count: int) -> Dir:
         """A small tree: decode every entry once (decode_tree's own rules)."""
-        view = memoryview(raw)
-        offs = array("I" if len(raw) < 1 << 32 else "Q")
-        entries: list[Entry] = []
-        for _ in range(count):
-            e, nxt = decode_entry_at(view, pos)
-            if entries and e.name <= entries[-1].name:
-                raise FormatError("tree entries are not in canonical order")
-            offs.append(pos)
-            entries.append(e)
-            pos = nxt
-        if pos != len(raw):
-            raise FormatError("trailing bytes after tree entries")
+        entries, offsets, skipped = decode_entries(memoryview(raw), pos, count)
+        warn_skipped(skipped)
+        offs = array("I" if len(raw) < 1 << 32 else "Q", offsets)
         return cls(raw, offs, bytes(e.kind for e in entries), entries)
 
     @property

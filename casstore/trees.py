@@ -115,14 +115,20 @@ def decode_tree(raw: bytes) -> list[Entry]:
     hide their siblings.  :func:`decode_tree_checked` also returns them.
     """
     entries, skipped = decode_tree_checked(raw)
-    if skipped:  # rare: import logging only then (it costs every short command)
-        import logging
+    warn_skipped(skipped)
+    return entries
 
-        log = logging.getLogger("casstore.trees")
-    for name in skipped:
+
+def warn_skipped(names: list[bytes]) -> None:
+    """One log line per entry left out for a name over MAX_NAME bytes."""
+    if not names:
+        return
+    import logging  # rare: import logging only then (it costs every short command)
+
+    log = logging.getLogger("casstore.trees")
+    for name in names:
         log.warning("skipping a tree entry whose name is %d bytes (limit %d): %r...",
                     len(name), MAX_NAME, name[:40])
-    return entries
 
 
 def decode_tree_checked(raw: bytes) -> tuple[list[Entry], list[bytes]]:
@@ -132,12 +138,22 @@ def decode_tree_checked(raw: bytes) -> tuple[list[Entry], list[bytes]]:
     view = memoryview(raw)
     pos = len(TREE_MAGIC)
     (count,) = _unpack(_COUNT, view, pos)
-    pos += _COUNT.size
+    entries, _offsets, skipped = decode_entries(view, pos + _COUNT.size, count)
+    return entries, skipped
+
+
+def decode_entries(view: memoryview, pos: int, count: int
+                   ) -> tuple[list[Entry], list[int], list[bytes]]:
+    """``count`` entries from ``pos`` to the end of ``view``: (entries, their start
+    offsets, names skipped as longer than MAX_NAME).  Checks canonical order (skipped
+    names included, so they cannot smuggle entries out of order) and that no bytes
+    follow the last entry."""
     entries: list[Entry] = []
+    offsets: list[int] = []
     skipped: list[bytes] = []
     prev: bytes | None = None
     for _ in range(count):
-        e, pos = _decode_entry(view, pos)
+        e, nxt = _decode_entry(view, pos)
         if prev is not None and e.name <= prev:
             raise FormatError("tree entries are not in canonical order")
         prev = e.name
@@ -145,9 +161,11 @@ def decode_tree_checked(raw: bytes) -> tuple[list[Entry], list[bytes]]:
             skipped.append(e.name)
         else:
             entries.append(e)
-    if pos != len(raw):
+            offsets.append(pos)
+        pos = nxt
+    if pos != len(view):
         raise FormatError("trailing bytes after tree entries")
-    return entries, skipped
+    return entries, offsets, skipped
 
 
 def _decode_entry(view: memoryview, pos: int) -> tuple[Entry, int]:

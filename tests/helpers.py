@@ -82,3 +82,9 @@ def snapshot(root: Path) -> dict[str, tuple]:
         else:
             out[rel] = ("f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, p.read_bytes())
     return out
+
+
+def remove_deep(*paths: Path) -> None:
+    """Remove trees too deep for pytest's own (recursive) temp-folder cleanup: GNU rm
+    walks iteratively, so a 1500-level folder left behind cannot break later runs."""
+    subprocess.run(["rm", "-rf", "--", *map(str, paths)], check=True)

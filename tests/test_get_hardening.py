@@ -31,7 +31,7 @@ from casstore.trees import (
     encode_tree,
 )
 
-from helpers import assert_one_line_error, cas
+from helpers import assert_one_line_error, cas, remove_deep
 
 
 def _raw_tree(entries: list[Entry]) -> bytes:
@@ -67,6 +67,7 @@ def test_get_of_a_1500_level_tree(tmp_path: Path) -> None:
         os.close(leaf)
     finally:
         os.close(fd)
+        remove_deep(tmp_path / "out")
 
 
 def test_symlink_target_with_nul_is_one_line(tmp_path: Path) -> None:

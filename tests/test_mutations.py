@@ -201,6 +201,9 @@ with open(out, "w") as f:
 """
 
 
+FUSE_SEEN = {"refused": 0, "eio": 0, "clean": 0}
+
+
 def check_fuse(c: Case) -> None:
     """Read everything through a real mount: original bytes or an error, never others."""
     w = c.world
@@ -214,6 +217,7 @@ def check_fuse(c: Case) -> None:
     if res.code != 0:  # the release or its root cannot be used: a clean refusal
         assert "Traceback" not in res.err and res.err.startswith("cas: error:"), res
         assert not c.benign, f"case {c.n} ({c.label}): benign change broke the mount: {res}"
+        FUSE_SEEN["refused"] += 1
         return
     seen = json.loads(report.read_text())
     errors = 0
@@ -229,6 +233,7 @@ def check_fuse(c: Case) -> None:
         assert got == want, f"case {c.n} ({c.label}): WRONG BYTES or metadata via FUSE: {rel}"
     if c.benign:
         assert errors == 0 and set(seen) == set(w.expected), (c.n, c.label)
+    FUSE_SEEN["eio" if errors else "clean"] += 1
 
 
 CHECKS: list[Callable[[Case], None]] = [check_restore, check_fsck]
@@ -275,7 +280,9 @@ def test_random_mutations(world: World) -> None:
         finally:
             path.write_bytes(original)
             shutil.rmtree(out)
-    print(f"{CASES} cases, {benign} benign, kinds {kinds}")
+    print(f"{CASES} cases, {benign} benign, kinds {kinds}, FUSE {FUSE_SEEN}")
+    # The FUSE leg really mounted and really met damage (EIO) on some cases.
+    assert sum(FUSE_SEEN.values()) == CASES // FUSE_EVERY and FUSE_SEEN["eio"] > 0, FUSE_SEEN
     assert benign < CASES // 4, benign  # the harness must mostly test real damage
     assert len(kinds) == 6, kinds
     assert {t[0].split()[0] for t in world.targets} == {"object", "release"}

@@ -23,7 +23,7 @@ from casstore.snapshot import Snapshot, _check_entry_name
 from casstore.store import Store, StoreSettings
 from casstore.trees import decode_blob
 
-from helpers import assert_one_line_error, cas
+from helpers import assert_one_line_error, cas, remove_deep
 
 _MUTATOR = r"""
 import os, random, sys
@@ -220,10 +220,13 @@ def test_put_and_get_of_a_600_level_folder(tmp_path: Path) -> None:
     """No RecursionError: the walk is iterative."""
     _deep(tmp_path / "src", 600)
     store = tmp_path / "store"
-    oid = cas(store, "put", str(tmp_path / "src"), check=True).out.strip()
-    cas(store, "get", oid, str(tmp_path / "out"), check=True)
-    assert _read_deep(tmp_path / "out", 600) == b"bottom\n"
-    assert cas(store, "put", str(tmp_path / "out"), check=True).out.strip() != ""
+    try:
+        oid = cas(store, "put", str(tmp_path / "src"), check=True).out.strip()
+        cas(store, "get", oid, str(tmp_path / "out"), check=True)
+        assert _read_deep(tmp_path / "out", 600) == b"bottom\n"
+        assert cas(store, "put", str(tmp_path / "out"), check=True).out.strip() != ""
+    finally:
+        remove_deep(tmp_path / "src", tmp_path / "out")
 
 
 def test_put_refuses_names_over_255_bytes() -> None:
