@@ -115,11 +115,9 @@ def _measure(tmp: Path, base: str, oids, seq) -> dict:
         finally:
             src.close()
     out[f"HTTPSource.fetch, one by one ({len(seq)} objects)"] = timed(one_by_one)
-    n = [0]
-
-    def prefetched() -> None:
-        n[0] += 1
-        src = open_source([base], cache_dir=tmp / f"cache{n[0]}", cache_bytes=1 << 30,
+    def prefetched() -> None:  # a new, empty cache folder each run
+        src = open_source([base], cache_dir=tmp / f"cache-{time.monotonic_ns()}",
+                          cache_bytes=1 << 30,
                           http=HTTPSettings(parallel=PARALLEL))
         try:
             res = prefetch(src, oids)
