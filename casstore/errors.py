@@ -178,6 +178,32 @@ class UnsafeCache(CasError):
     errno = _errno.EACCES
 
 
+class MirrorError(CasError):
+    """``cas mirror`` cannot write its destination (not a folder it may write)."""
+
+    exit_code = 22
+
+
+class MirrorIncomplete(MirrorError):
+    """A mirror run copied what it could, but some objects or release documents failed
+    (corrupt or missing in the source): the releases that need them were not written."""
+
+    exit_code = 23
+
+
+class MirrorBusy(MirrorError):
+    """Another ``cas mirror`` is writing the same destination right now."""
+
+    exit_code = 24
+
+
+class IsAMirror(MirrorError):
+    """A plain mirror folder (no lock, no index) given where a writable store is needed,
+    or a writable store given as a mirror destination."""
+
+    exit_code = 25
+
+
 class RegistryError(CasError):
     """A Julia registry or package source cannot be built or read (bad input)."""
 
@@ -253,6 +279,36 @@ class PackageMismatch(SpecError):
     exit_code = 45
 
 
+class ManifestError(SpecError):
+    """The user's Manifest.toml cannot be used: not Julia 1.5's format (a
+    ``manifest_format = "2.0"`` file from Julia 1.6+), an entry that is neither a
+    stdlib, a registered version nor a path package, or one the spec contradicts."""
+
+    exit_code = 36
+
+
+class PackageUnavailable(SpecError):
+    """A manifest entry's git tree SHA-1 is in none of the places the spec names
+    (the registry release in the store, the Pkg server, the folder of bundles)."""
+
+    exit_code = 37
+    errno = _errno.ENOENT
+
+
+class SourceTreeMismatch(SpecError):
+    """A package source offers the manifest's version under another git tree SHA-1
+    (a re-tagged bundle), or downloaded content does not hash to what was asked."""
+
+    exit_code = 38
+
+
+class PackageFetchError(JuliaError):
+    """A Pkg server could not be read while fetching packages for a build (network,
+    HTTP error other than 404, a broken tarball): temporary, retry later."""
+
+    exit_code = 39
+
+
 class BuildError(JuliaError):
     """A build stage (trace, sysimage, link, precompile, validation) failed."""
 
@@ -303,6 +359,24 @@ class NotACasMount(MountError):
     """``cas umount`` was pointed at something that is not a casstore FUSE mount."""
 
     exit_code = 28
+
+
+class TransferError(CasError):
+    """``cas push``/``cas pull`` failed: the server refused, or answered nonsense."""
+
+    exit_code = 60
+
+
+class TokenError(CasError):
+    """A write token is missing, refused, or the server's token file is damaged."""
+
+    exit_code = 61
+
+
+class PushRefused(TransferError):
+    """The server refused a release (untrusted key, not newer, objects missing)."""
+
+    exit_code = 62
 
 
 def all_error_classes() -> list[type[CasError]]:

@@ -1,5 +1,6 @@
-"""``cas serve``: the aiohttp application (Julia's Pkg protocol; the store layout later)."""
+"""``cas serve``: the aiohttp application (store layout, push, Julia's Pkg protocol).
 
-from server.app import make_app
-
-__all__ = ["make_app"]
+Import :func:`server.app.make_app` from its module: importing this package must stay
+free of side effects, because ``cas serve --workers N`` configures prometheus-client
+(multiprocess mode) before it is first imported.
+"""

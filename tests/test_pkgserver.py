@@ -366,7 +366,8 @@ def test_cas_serve_process_serves_and_stops_on_sigterm(built: dict, tmp_path: Pa
 
 
 def test_cas_serve_needs_a_trusted_key_and_a_valid_listen(built: dict) -> None:
-    res = cas(None, "serve", str(built["store"]), "--listen", "127.0.0.1:0")
+    res = cas(None, "serve", str(built["store"]), "--listen", "127.0.0.1:0",
+              "--registry", "registry-General")  # Pkg needs keys (the store layout does not)
     assert res.code == 53 and "--trusted-key" in res.err
     res = cas(None, "serve", str(built["store"]), "--listen", "nope",
               "--trusted-key", str(built["pub"]))

@@ -74,9 +74,12 @@ def _publish(store, name: str, key: Path, root: str, overlays: dict[str, str], r
               help="Publish a signed release of this name (needs --key).")
 @click.option("--key", type=click.Path(path_type=Path), default=None, help="Secret key file.")
 @click.option("--expires-days", default=90.0, show_default=True, type=float)
+@click.option("--trusted-key", "trusted_keys", multiple=True,
+              help="Public key of a registry release the spec takes packages from "
+                   "([sources] store; --key's own public key is trusted too).")
 @pass_ctx
 def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key: Path | None,
-          expires_days: float) -> None:
+          expires_days: float, trusted_keys: tuple[str, ...]) -> None:
     """Build the depot described by SPEC (TOML), store it, and optionally release it.
 
     \b
@@ -88,13 +91,17 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
     common tree and one overlay per variant and sign a release listing them.
     """
     from casstore.julia.builder import build_depot
+    from casstore.releases import parse_public
 
     if release_name and not key:
         raise UsageError("--release needs --key to sign it")
     out = out or Path("build") / spec.stem
     log = _log(ctx.quiet or ctx.as_json)
-    res = build_depot(spec, out, log)
     store = ctx.open_store(create=True)
+    trusted = [parse_public(k) for k in trusted_keys]
+    if key:
+        trusted.append(load_secret(key).verify_key.encode().hex())
+    res = build_depot(spec, out, log, store, trusted)
     t0 = time.monotonic()
     root = _put(ctx, store, res.root, "root")
     overlays = {lvl: _put(ctx, store, path, lvl) for lvl, path in res.variants.items()}

@@ -22,6 +22,9 @@ def fsck_cmd(ctx: Ctx, rebuild_index: bool) -> None:
     Lists every problem (each missing, corrupt or wrong-typed object, stray or
     garbage file, index drift) and exits 1 once at the end if anything is wrong.
     """
+    from casstore.mirror import refuse_mirror
+
+    refuse_mirror(ctx.store_path, "cas fsck")  # a mirror has no lock or index to check
     store = ctx.open_store()
     with ctx.progress(0, "fsck") as tick:
         rep = fsck(store, tick, rebuild_index)

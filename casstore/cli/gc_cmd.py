@@ -23,7 +23,10 @@ def gc_cmd(ctx: Ctx, grace: str, dry_run: bool, force: bool) -> None:
     Objects younger than --grace survive, so a put that has not been referenced
     yet (or one running right now) loses nothing.
     """
+    from casstore.mirror import refuse_mirror
+
     seconds = _seconds(grace)
+    refuse_mirror(ctx.store_path, "cas gc")  # a mirror is written only by `cas mirror`
     store = ctx.open_store()
     rep = gc(store, seconds, dry_run, force)
     verb = "would delete" if dry_run else "deleted"

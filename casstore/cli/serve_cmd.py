@@ -1,12 +1,11 @@
-"""``cas serve``: serve a store over HTTP (today: Julia's Pkg server protocol)."""
+"""``cas serve``: serve a store over HTTP (the store layout, push, Julia's Pkg protocol),
+and ``cas serve token add|list|revoke`` for the write tokens."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
@@ -33,69 +32,158 @@ def _default_cache() -> Path:
     return Path(base) / "casstore" / "serve"
 
 
-@command(cli, "serve")
+class _ServeGroup(click.Group):
+    """``cas serve STORE ...`` runs the server; ``cas serve token ...`` manages tokens.
+
+    Anything that does not start with a subcommand name goes to the hidden ``run``
+    command, so the server keeps its short command line.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands or args[0] == "run":
+            if not (args and args[0] in ("-h", "--help")):
+                args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group("serve", cls=_ServeGroup)
+def serve() -> None:
+    """Serve a store over HTTP: its layout (for `cas pull` and HTTP mounts), push
+    writes with tokens, and signed Julia registries with Julia's Pkg protocol.
+
+    `cas serve STORE --listen HOST:PORT [options]` runs the server (see
+    `cas serve run --help`); `cas serve token add|list|revoke` manages write tokens.
+    See docs/HTTP.md.
+    """
+
+
+@command(serve, "run", hidden=True)
 @click.argument("store", required=False, type=click.Path(path_type=Path, file_okay=False))
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT.")
 @click.option("--trusted-key", "keys", multiple=True,
-              help="Public key whose registry releases are served (repeatable; required).")
+              help="Public key (repeatable): releases signed by it may be pushed, and its "
+                   "registry releases are served to Julia.  Without one the store is "
+                   "served read-only (objects may still be pushed) and Pkg is off.")
 @click.option("--registry", "registries", multiple=True,
-              help="Serve only this release (e.g. registry-General); default: every "
-                   "registry-* release.")
+              help="Serve only this release to Julia (e.g. registry-General); default: "
+                   "every registry-* release.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
               default=None, help="Tarball cache folder (default: ~/.cache/casstore/serve).")
 @click.option("--cache-size", default="2G", show_default=True, help="Bound of the cache.")
+@click.option("--max-age", default=60, show_default=True, type=click.IntRange(0, 86400),
+              help="Cache-Control max-age (s) of release index files, documents and refs.")
+@click.option("--tokens", "tokens", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="Token file (default: STORE/server/tokens.json).")
 @click.option("--access-log", is_flag=True, help="Log every request on stderr.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes accepting on the same socket (like nginx's worker_processes).")
 @pass_ctx
-def serve(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
-          registries: tuple[str, ...], cache_dir: Path | None, cache_size: str,
-          access_log: bool) -> None:
-    """Serve the store's signed Julia registries with Julia's Pkg server protocol.
+def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
+        registries: tuple[str, ...], cache_dir: Path | None, cache_size: str, max_age: int,
+        tokens: Path | None, access_log: bool, workers: int) -> None:
+    """Serve STORE (see `cas serve --help` and docs/HTTP.md)."""
+    from server import workers as wk
 
-    Point Julia at it with JULIA_PKG_SERVER=http://HOST:PORT.  See docs/HTTP.md.
-    """
+    metrics_dir = wk.prepare_multiprocess(workers)  # before prometheus_client is imported
     from casstore.names import check_ref_name
     from casstore.releases import parse_public
     from server.pkgproto import PkgConfig
+    from server.storeproto import StoreConfig
 
     host, port = parse_listen(listen)
     root = (store or ctx.store_path).resolve()
     if not (root / "objects").is_dir():
         raise StoreError(f"no store at {root}")
-    if not keys:
-        raise ServeError("--trusted-key is needed: only registry releases signed by a "
-                         "trusted key are served")
-    cfg = PkgConfig(root, [parse_public(k) for k in keys], cache_dir or _default_cache(),
-                    parse_size(cache_size),
-                    [check_ref_name(r) for r in registries] or None)
+    if registries and not keys:
+        raise ServeError("--registry needs --trusted-key: only registry releases signed by "
+                         "a trusted key are served")
+    trusted = [parse_public(k) for k in keys]
+    pkg = None
+    if trusted:
+        pkg = PkgConfig(root, trusted, cache_dir or _default_cache(), parse_size(cache_size),
+                        [check_ref_name(r) for r in registries] or None)
+    scfg = StoreConfig(root, trusted, tokens, max_age=max_age)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="cas serve: %(levelname)s %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.INFO if access_log else logging.WARNING)
+    if not trusted:
+        logging.getLogger("cas.serve").info("no --trusted-key: release uploads and the Pkg "
+                                            "protocol are off")
     try:
-        asyncio.run(_run(cfg, host, port, access_log))
+        sock = wk.bind(host, port)
     except OSError as exc:
         raise ServeError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
+    def make_app():
+        from server.app import make_app as make
 
-async def _run(cfg, host: str, port: int, access_log: bool) -> None:
-    from aiohttp import web
+        return make(pkg, scfg)
 
-    from server.app import make_app
-
-    runner = web.AppRunner(make_app(cfg), access_log=logging.getLogger("aiohttp.access")
-                           if access_log else None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        real_host, real_port = sock.getsockname()[:2]
-        shown = f"[{real_host}]" if ":" in real_host else real_host
-        click.echo(f"cas serve: listening on http://{shown}:{real_port}")
+    def ready() -> None:
+        click.echo(f"cas serve: listening on {wk.address(sock)}")
         sys.stdout.flush()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+
+    if not wk.serve(make_app, sock, workers, access_log, _loop_factory(), ready, metrics_dir):
+        raise ServeError("a worker process stopped unexpectedly; the server stopped")
+
+
+def _loop_factory():
+    """uvloop when installed (about twice the requests per CPU second), else asyncio's."""
+    if os.environ.get("CAS_SERVE_LOOP", "") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+# -- tokens ------------------------------------------------------------------------------
+@serve.group("token")
+def token() -> None:
+    """Write tokens of a served store (kept hashed in STORE/server/tokens.json)."""
+
+
+def _token_file(ctx: Ctx, tokens: Path | None):
+    from server.tokens import TokenFile, default_path
+
+    if tokens is None and not (ctx.store_path / "objects").is_dir():
+        raise StoreError(f"no store at {ctx.store_path} (use --store or --tokens)")
+    return TokenFile(tokens or default_path(ctx.store_path))
+
+
+_tokens_opt = click.option("--tokens", "tokens", type=click.Path(path_type=Path, dir_okay=False),
+                           default=None, help="Token file (default: STORE/server/tokens.json).")
+
+
+@command(token, "add")
+@click.argument("name")
+@_tokens_opt
+@pass_ctx
+def token_add(ctx: Ctx, name: str, tokens: Path | None) -> None:
+    """Make a token called NAME and print it (once: only its hash is kept)."""
+    secret = _token_file(ctx, tokens).add(name)
+    ctx.emit({"name": name, "token": secret}, secret)
+
+
+@command(token, "list")
+@_tokens_opt
+@pass_ctx
+def token_list(ctx: Ctx, tokens: Path | None) -> None:
+    """List token names and when they were made (never the tokens)."""
+    import time
+
+    items = sorted(_token_file(ctx, tokens).tokens().values(), key=lambda t: t.name)
+    ctx.emit([{"name": t.name, "created": t.created} for t in items],
+             "\n".join(f"{t.name}\t{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t.created))}"
+                       for t in items) or "(no tokens)")
+
+
+@command(token, "revoke")
+@click.argument("name")
+@_tokens_opt
+@pass_ctx
+def token_revoke(ctx: Ctx, name: str, tokens: Path | None) -> None:
+    """Remove token NAME; a running server refuses it from its next request on."""
+    _token_file(ctx, tokens).revoke(name)
+    ctx.emit({"revoked": name}, f"revoked {name}")
+

@@ -39,6 +39,7 @@ from casstore.julia.filetree import (
 from casstore.julia.limits import JULIA_RUN_TIMEOUT
 from casstore.julia.namespace import DEPOT_MOUNT, namespaces_available, run_bound
 from casstore.julia.spec import DepotSpec, VariantSpec, load_spec
+from casstore.julia.userenv import ImagePlan, stage_user_env
 
 __all__ = ["BuildError", "BuildResult", "build_depot"]
 
@@ -98,14 +99,21 @@ def stage_runtime(spec: DepotSpec, root: Path) -> None:
     os.replace(root / "julia" / lay.sysimage, root / "julia" / lay.stock_sysimage)
 
 
-def stage_sources(spec: DepotSpec, root: Path) -> None:
-    """Packages into dev/<Name>, the environment, and the spec's extra files."""
-    projects = {}
-    for pkg in spec.packages:
-        dst = root / "dev" / pkg.name
-        unpack_package(pkg.source, dst)
-        projects[pkg.name] = check_package(pkg, dst)
-    write_environment(spec, root, projects, spec.julia_prefix / spec.layout.stdlib)
+def stage_sources(spec: DepotSpec, root: Path, work: Path | None = None, store=None,
+                  trusted: list[str] | None = None, log: Log = print) -> ImagePlan:
+    """Packages (into dev/<Name>, or where Pkg puts them for a user's manifest), the
+    environment, and the spec's extra files; returns what goes into the image."""
+    if spec.user_env is not None:
+        plan = stage_user_env(spec, root, work or root.parent / ".work", store,
+                              trusted or [], log)
+    else:
+        projects = {}
+        for pkg in spec.packages:
+            dst = root / "dev" / pkg.name
+            unpack_package(pkg.source, dst)
+            projects[pkg.name] = check_package(pkg, dst)
+        write_environment(spec, root, projects, spec.julia_prefix / spec.layout.stdlib)
+        plan = ImagePlan.from_folders(spec)
     for dst, src in spec.files.items():
         if src.is_dir():
             copy_tree(src, root / dst)
@@ -114,9 +122,10 @@ def stage_sources(spec: DepotSpec, root: Path) -> None:
             shutil.copy2(src, root / dst)
     if not (root / spec.workload).is_file():
         raise BuildError(f"workload {spec.workload} is not in the staged depot")
+    return plan
 
 
-def input_key(spec: DepotSpec, root: Path) -> str:
+def input_key(spec: DepotSpec, root: Path, plan: ImagePlan) -> str:
     """Digest of everything a variant overlay is built from (except the cpu target)."""
     h = hashlib.sha256()
     h.update(f"{FORMAT}\0{spec.julia_version}\0{spec.epoch}\0".encode())
@@ -124,8 +133,13 @@ def input_key(spec: DepotSpec, root: Path) -> str:
     jl = root / "julia"
     for rel in (spec.layout.stock_sysimage, f"{spec.layout.libdir}/libjulia.so.1"):
         h.update(file_digest(jl / rel).encode())
-    h.update(",".join(p.name for p in spec.sysimage_packages()).encode())
-    for sub in ["dev", "environments", *sorted(spec.files)]:
+    h.update(",".join(plan.roots).encode())
+    if spec.user_env is not None:  # folder specs keep the keys their caches have
+        h.update(b"\0" + ",".join(plan.precompile).encode())
+    subs = ["dev", "environments", *sorted(spec.files)]
+    if (root / "packages").is_dir():  # a user's manifest (key unchanged for folder specs)
+        subs.insert(0, "packages")
+    for sub in subs:
         h.update(sub.encode() + b"\0" + tree_digest(root / sub).encode())
     h.update(spec.workload.encode())
     return h.hexdigest()
@@ -145,6 +159,7 @@ class _Builder:
 
     def __init__(self, spec: DepotSpec, out_dir: Path, log: Log):
         self.spec, self.log = spec, log
+        self.plan = ImagePlan.from_folders(spec)
         self.root = out_dir / "root"
         self.work = out_dir / ".work"
         self.env = _julia_env(spec)
@@ -185,10 +200,8 @@ class _Builder:
         """Sysimage for `v`, then precompile caches of the non-image packages."""
         lay = self.spec.layout
         script = self.work / f"sysimage-{v.name}.jl"
-        pkgs = [p.name for p in self.spec.sysimage_packages()]
-        excluded = [p.uuid for p in self.spec.packages if not p.sysimage]
-        script.write_text(si.output_script(lay, pkgs, self.trace(), self.spec.workload,
-                                           excluded))
+        script.write_text(si.output_script(lay, self.plan.roots, self.trace(),
+                                           self.spec.workload, self.plan.excluded_uuids))
         obj = self.work / f"sys-{v.name}.o"
         with _stage(f"sysimage {v.name}", self.timings, self.log):
             si.generate_object(self.root, lay, v.cpu_target, script, obj,
@@ -201,7 +214,7 @@ class _Builder:
 
     def precompile(self, v: VariantSpec, dst: Path) -> None:
         """Create .ji caches against the variant's image; copy them into the overlay."""
-        names = [p.name for p in self.spec.packages if not p.sysimage]
+        names = self.plan.precompile
         if not names:
             return
         tree = self.variant_tree(v, dst)
@@ -254,8 +267,7 @@ class _Builder:
         tree = self.variant_tree(v, overlay)
         scratch = self.scratch(f"val-{v.name}")
         preload = self.work / "preload.jl"  # the non-image packages, from their .ji
-        preload.write_text("".join(f"using {p.name}\n" for p in self.spec.packages
-                                   if not p.sysimage))
+        preload.write_text("".join(f"using {n}\n" for n in self.plan.precompile))
         argv = si.julia_argv(self.spec.layout, "-L", str(preload),
                              str(DEPOT_MOUNT / self.spec.workload))
         env = {**self.env, "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}",
@@ -313,11 +325,13 @@ def _prepare(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def build_depot(spec_path: Path, out_dir: Path, log: Log) -> BuildResult:
+def build_depot(spec_path: Path, out_dir: Path, log: Log, store=None,
+                trusted: list[str] | None = None) -> BuildResult:
     """Build the depot described by `spec_path` into `out_dir` (replacing it).
 
     Expensive overlays (sysimage + caches per cpu target) come from
-    $CAS_BUILD_CACHE when their input key matches.
+    $CAS_BUILD_CACHE when their input key matches.  `store` and `trusted` (public
+    keys) serve a spec whose packages come from a registry release in the store.
     """
     spec = load_spec(spec_path)
     check_runtime(spec)
@@ -326,12 +340,12 @@ def build_depot(spec_path: Path, out_dir: Path, log: Log) -> BuildResult:
     b = _Builder(spec, out_dir, log)
     t0 = time.monotonic()
     with _stage("stage sources", b.timings, log):
-        stage_sources(spec, b.root)
+        b.plan = stage_sources(spec, b.root, b.work, store, trusted, log)
     with _stage("stage runtime", b.timings, log):
         stage_runtime(spec, b.root)
         set_mtimes(b.root, spec.epoch)
     with _stage("input key", b.timings, log):
-        base = input_key(spec, b.root)
+        base = input_key(spec, b.root, b.plan)
     variants, vmeta = {}, {}
     for v in spec.variants:
         key = variant_key(base, v)
@@ -356,8 +370,7 @@ def build_depot(spec_path: Path, out_dir: Path, log: Log) -> BuildResult:
     meta = {
         "format": FORMAT, "julia_version": spec.julia_version, "environment": spec.env_name,
         "baseline": spec.baseline, "variants": vmeta, "input_key": base,
-        "packages": [{"name": p.name, "uuid": p.uuid, "version": p.version,
-                      "sysimage": p.sysimage} for p in spec.packages],
+        "packages": b.plan.packages,
         "variant_paths": sorted(rel_files(variants[spec.baseline])),
         "timings": b.timings, "epoch": spec.epoch,
         "trace_crashed": sorted(k for k, m in vmeta.items() if m["trace"].get("ok") is False),

@@ -30,6 +30,10 @@ def read_project(pkg_dir: Path) -> dict:
 def check_package(pkg: PackageSpec, staged: Path) -> dict:
     """The staged package's Project.toml must agree with the spec."""
     proj = read_project(staged)
+    if "version" not in proj:
+        raise PackageMismatch(f"{pkg.name}: Project.toml has no version; add "
+                              f"version = \"{pkg.version}\" to it (Pkg needs one for a "
+                              "path package)")
     for key, want in (("name", pkg.name), ("uuid", pkg.uuid), ("version", pkg.version)):
         if str(proj.get(key)) != want:
             raise PackageMismatch(f"{pkg.name}: Project.toml {key}={proj.get(key)!r}, "

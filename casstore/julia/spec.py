@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from casstore.errors import SpecError, SpecPathError, UnknownVariant
+from casstore.julia.manifest import UserEnvironment, load_environment
 from casstore.julia.versions import JuliaLayout, check_cpu_target, cpu_target_for, layout_for
 from casstore.variants import all_levels
 
@@ -31,9 +32,11 @@ _ENV_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 # The schema: table -> key -> expected TOML type.  Unknown keys are errors, so a
 # misspelt `sysimge = false` cannot silently bake a package into the image.
 _TOP = {"julia": dict, "environment": dict, "packages": list, "files": dict,
-        "workload": dict, "variants": list, "baseline": str, "build": dict, "job": dict}
+        "workload": dict, "variants": list, "baseline": str, "build": dict, "job": dict,
+        "sources": dict}
 _JULIA = {"version": str, "prefix": str}
-_ENVIRONMENT = {"name": str}
+_ENVIRONMENT = {"name": str, "project": str, "manifest": str, "sysimage": list}
+_SOURCES = {"store": str, "server": str, "bundles": str, "trusted_key": str}
 _PACKAGE = {"name": str, "uuid": str, "version": str, "path": str, "tarball": str,
             "sysimage": bool}
 _WORKLOAD = {"script": str}
@@ -51,6 +54,27 @@ class PackageSpec:
     version: str
     source: Path  # folder or tarball
     sysimage: bool
+
+
+@dataclass(frozen=True)
+class SourcesSpec:
+    """Where registered packages come from: exactly one of the three."""
+
+    store: str | None = None  # a registry-NAME release in the store
+    server: str | None = None  # a Pkg server URL
+    bundles: Path | None = None  # a folder of git bundles
+    trusted_key: str | None = None  # public key (hex) for the store release
+
+
+@dataclass(frozen=True)
+class UserEnvSpec:
+    """A user's environment as input: Project + Manifest, and the image roots."""
+
+    project: Path
+    manifest: Path
+    sources: SourcesSpec
+    sysimage: tuple[str, ...] | None  # None: every direct dependency
+    parsed: UserEnvironment
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,7 @@ class DepotSpec:
     baseline: str
     epoch: int
     job: JobSpec | None = None
+    user_env: UserEnvSpec | None = None
 
     def sysimage_packages(self) -> list[PackageSpec]:
         return [p for p in self.packages if p.sysimage]
@@ -214,6 +239,50 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SpecPathError(f"{path}: cannot read the spec ({exc.strerror})") from None
 
 
+def _sources(raw: dict, base: Path) -> SourcesSpec:
+    t = _table(raw, "sources", _SOURCES)
+    kinds = [k for k in ("store", "server", "bundles") if k in t]
+    if len(kinds) != 1:
+        raise SpecError("sources: needs exactly one of 'store' (a registry-NAME release), "
+                        "'server' (a Pkg server URL) or 'bundles' (a folder)")
+    key = None
+    if "trusted_key" in t:
+        from casstore.releases import parse_public
+
+        text = t["trusted_key"]
+        path = base / text
+        key = parse_public(path.read_text() if path.is_file() else text)
+    if "server" in t and not t["server"].startswith(("http://", "https://")):
+        raise SpecError(f"sources.server {t['server']!r} must be an http(s) URL")
+    return SourcesSpec(
+        store=t.get("store"), server=t.get("server"),
+        bundles=_existing(base, t["bundles"], "sources.bundles", folder=True)
+        if "bundles" in t else None, trusted_key=key)
+
+
+def _user_env(env: dict, raw: dict, base: Path) -> UserEnvSpec | None:
+    """The [environment] project/manifest input, with its [sources]; None if absent."""
+    has = [k for k in ("project", "manifest") if k in env]
+    if not has:
+        if "sysimage" in env or "sources" in raw:
+            raise SpecError("environment.sysimage and [sources] need environment.project "
+                            "and environment.manifest")
+        return None
+    if len(has) != 2:
+        raise SpecError("environment: 'project' and 'manifest' go together")
+    if "sources" not in raw:
+        raise SpecError("environment.manifest needs a [sources] table saying where the "
+                        "registered packages come from")
+    names = env.get("sysimage")
+    if names is not None and not all(isinstance(n, str) and _IDENT.match(n) for n in names):
+        raise SpecError("environment.sysimage must be an array of package names")
+    project = _existing(base, env["project"], "environment.project", folder=False)
+    manifest = _existing(base, env["manifest"], "environment.manifest", folder=False)
+    return UserEnvSpec(project, manifest, _sources(raw["sources"], base),
+                       None if names is None else tuple(names),
+                       load_environment(project, manifest))
+
+
 def _prefix(julia: dict, version: str, base: Path) -> Path:
     """The Julia prefix; one the spec names must exist (a default may be installed later)."""
     if "prefix" in julia:
@@ -248,8 +317,9 @@ def load_spec(path: Path) -> DepotSpec:
     baseline = raw.get("baseline", variants[0].name)
     if baseline not in {v.name for v in variants}:
         raise UnknownVariant(f"baseline {baseline!r} is not one of the variants")
-    env_name = _table(raw.get("environment", {}), "environment", _ENVIRONMENT).get(
-        "name", layout.default_env)
+    env_tbl = _table(raw.get("environment", {}), "environment", _ENVIRONMENT)
+    env_name = env_tbl.get("name", layout.default_env)
+    user_env = _user_env(env_tbl, raw, base)
     if not _ENV_NAME.match(env_name) or env_name in (".", ".."):
         raise SpecError(f"environment.name {env_name!r} must be one folder name")
     epoch = _table(raw.get("build", {}), "build", _BUILD).get("epoch", DEFAULT_EPOCH)
@@ -259,6 +329,6 @@ def load_spec(path: Path) -> DepotSpec:
         path=path, julia_version=version, julia_prefix=_prefix(julia, version, base),
         layout=layout, env_name=env_name, packages=pkgs, files=files, workload=workload,
         variants=variants, baseline=baseline, epoch=epoch,
-        job=_job(raw["job"], files, pkgs) if "job" in raw else None,
+        job=_job(raw["job"], files, pkgs) if "job" in raw else None, user_env=user_env,
     )
 
