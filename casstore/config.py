@@ -8,6 +8,14 @@ Example::
 
     trusted_keys = ["/etc/casstore/release.pub", "3b6a27bc...64 hex..."]
     source = "/cvmfs/sw.example.org/casstore"   # a store directory, may be read-only
+    # or HTTP(S) servers tried in order (fail-over): any static server of a store folder
+    # source = ["http://a.example.org/store", "http://b.example.org/store"]
+    proxy = "http://squid1:3128;http://squid2:3128;DIRECT"  # or a list; default: $http_proxy
+    connect_timeout = 5                         # seconds (HTTP sources)
+    read_timeout = 10                           # seconds of silence while reading
+    request_timeout = 120                       # seconds for one whole request
+    http_parallel = 16                          # requests in flight per source
+    object_cache_size = "20G"                   # cache_dir/objects (default: cache_size)
     cache_dir = "/var/cache/casstore"           # the client's own, writable
     state_dir = "/var/lib/casstore"             # seen revisions, status files, logs
     cache_size = "20G"                          # bound of the file cache
@@ -29,7 +37,10 @@ DEFAULT_PATH = Path("/etc/casstore/client.toml")
 ENV_VAR = "CAS_CONFIG"
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _KNOWN = {"trusted_keys", "source", "cache_dir", "state_dir", "cache_size", "prefetch_min",
-          "arch"}
+          "arch", "proxy", "connect_timeout", "read_timeout", "request_timeout", "http_parallel",
+          "object_cache_size"}
+_TIMEOUTS = ("connect_timeout", "read_timeout", "request_timeout")
+MAX_TIMEOUT = 3600.0
 
 
 def parse_size(value: int | str) -> int:
@@ -51,13 +62,29 @@ class ClientConfig:
     """Settings of one node's client; see the module docstring for the file format."""
 
     trusted_keys: list[str] = field(default_factory=list)
-    source: Path | None = None
+    # A store folder (Path), one URL (str) or several (list: fail-over); see open_source.
+    source: Path | str | list[str] | None = None
     cache_dir: Path = Path("/var/cache/casstore")
     state_dir: Path = Path("/var/lib/casstore")
     cache_size: int = 20 << 30
     prefetch_min: int = 4 << 20
     arch: str | None = None
     path: Path | None = None
+    proxy: list[str] = field(default_factory=list)  # [] = the environment's (http_proxy)
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    request_timeout: float = 120.0
+    http_parallel: int = 16
+    object_cache_size: int | None = None  # None = cache_size
+
+    @property
+    def objects_cache_dir(self) -> Path:
+        """The object cache of HTTP sources, next to the file cache (``files/``)."""
+        return self.cache_dir / "objects"
+
+    @property
+    def object_cache_bytes(self) -> int:
+        return self.cache_size if self.object_cache_size is None else self.object_cache_size
 
     def trusted(self) -> list[str]:
         """The trusted keys as lower-case hex (parsing .pub files named by path)."""
@@ -116,14 +143,11 @@ def from_dict(raw: dict, path: Path | None = None) -> ClientConfig:
         raise KeyFileError("trusted_keys must be a list of hex keys or .pub file paths")
     base = path.resolve().parent if path else Path.cwd()
     cfg = ClientConfig(trusted_keys=keys, path=path)
-    for name in ("source", "cache_dir", "state_dir", "arch"):
+    for name in ("cache_dir", "state_dir", "arch"):
         if name in raw and not isinstance(raw[name], str):
             raise UsageError(f"client config: {name} must be a string, not {raw[name]!r}")
     if raw.get("source"):
-        if "://" in raw["source"]:  # URLs come with the HTTP source (sources.open_source)
-            raise UsageError(f"client config: source {raw['source']!r}: only store folders "
-                             "are supported so far")
-        cfg.source = base / Path(raw["source"]).expanduser()
+        cfg.source = _source(raw["source"], base)
     for name in ("cache_dir", "state_dir"):
         if raw.get(name):
             setattr(cfg, name, base / Path(raw[name]).expanduser())
@@ -131,4 +155,58 @@ def from_dict(raw: dict, path: Path | None = None) -> ClientConfig:
         if name in raw:
             setattr(cfg, name, parse_size(raw[name]))
     cfg.arch = raw.get("arch") or None
+    _http_settings(cfg, raw)
     return cfg
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text
+
+
+def _source(value: object, base: Path) -> Path | str | list[str]:
+    """A store folder (relative to the config file), a URL, or a list of URLs."""
+    if isinstance(value, str):
+        return value if _is_url(value) else base / Path(value).expanduser()
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, str) and v for v in value)):
+        raise UsageError(f"client config: source must be a folder, a URL or a list of URLs, "
+                         f"not {value!r}")
+    if len(value) == 1:
+        return _source(value[0], base)
+    if not all(_is_url(v) for v in value):
+        raise UsageError("client config: a list of sources must all be http(s):// URLs "
+                         "(fail-over between servers)")
+    return list(value)
+
+
+def _http_settings(cfg: ClientConfig, raw: dict) -> None:
+    """``proxy``, the timeouts, ``http_parallel`` and ``object_cache_size``, checked."""
+    if "proxy" in raw:
+        proxy = raw["proxy"]
+        if isinstance(proxy, str):
+            proxy = [proxy]
+        if not isinstance(proxy, list) or not all(isinstance(p, str) for p in proxy):
+            raise UsageError("client config: proxy must be a string or a list of strings "
+                             "(proxy URLs or DIRECT)")
+        from casstore.sources.http import parse_proxies  # checks each URL
+
+        try:
+            cfg.proxy = list(parse_proxies(proxy))
+        except UsageError as exc:
+            raise UsageError(f"client config: {exc}") from None
+    for name in _TIMEOUTS:
+        if name in raw:
+            v = raw[name]
+            if (isinstance(v, bool) or not isinstance(v, (int, float))
+                    or not 0 < v <= MAX_TIMEOUT):
+                raise UsageError(f"client config: {name} must be a number of seconds in "
+                                 f"(0, {MAX_TIMEOUT:.0f}], not {v!r}")
+            setattr(cfg, name, float(v))
+    if "http_parallel" in raw:
+        v = raw["http_parallel"]
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1024:
+            raise UsageError(f"client config: http_parallel must be an integer in 1..1024, "
+                             f"not {v!r}")
+        cfg.http_parallel = v
+    if "object_cache_size" in raw:
+        cfg.object_cache_size = parse_size(raw["object_cache_size"])

@@ -228,6 +228,15 @@ class ServeError(CasError):
     exit_code = 53
 
 
+class ServersUnreachable(RemoteError):
+    """Every server (and proxy) of an HTTP source failed with a temporary error: the
+    node is offline as far as this source goes.  Cached objects still serve; a mount
+    may fall back to the last release document it verified (docs/CLIENT.md)."""
+
+    exit_code = 55
+    errno = _errno.EIO
+
+
 class SpecError(JuliaError):
     """The depot spec TOML is malformed: not TOML, an unknown key, a wrong type, a
     missing key, or values that contradict each other."""

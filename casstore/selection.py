@@ -18,7 +18,8 @@ from casstore.config import ClientConfig
 from casstore.errors import KeyFileError, MountError, UsageError
 from casstore.objects import ObjectId
 from casstore.releases import Release, SeenRevisions, load_verified, parse_spec, unverified
-from casstore.sources import ObjectSource, open_source
+from casstore.sources import ObjectSource, open_client_source
+from casstore.sources.lastgood import load_verified_or_cached
 from casstore.variants import choose
 
 
@@ -30,7 +31,8 @@ class Selection:
     level: str | None
     how: str  # "forced", "config" or "detected"
     source: ObjectSource
-    source_path: Path
+    source_path: Path | str | list[str]  # a folder, or the URL(s) of an HTTP source
+    offline: str = ""  # set when the servers were unreachable: the kept release is used
 
     @property
     def overlay(self) -> ObjectId | None:
@@ -64,14 +66,28 @@ def select(spec: str, cfg: ClientConfig, store: Path | None = None, arch: str | 
     src = store or cfg.source
     if src is None:
         raise MountError("no source store: give --store or set 'source' in the client config")
-    src_path = Path(src).resolve()  # the daemon changes directory to /
-    source = open_source(src_path)
+    src_path = _source_spec(src)
     trusted = cfg.trusted()
     if not trusted:
         raise KeyFileError("no trusted_keys in the client config; refusing to mount anything")
-    rel = load_verified(source, name, trusted, SeenRevisions(cfg.seen_path), revision)
+    # HTTP sources get the config's proxies, timeouts and the object cache.
+    source = open_client_source(cfg, src_path)
+    # If every server is unreachable, the last release verified here is used (verified
+    # again) when its objects are cached: casstore.sources.lastgood.
+    got = load_verified_or_cached(source, name, trusted, SeenRevisions(cfg.seen_path),
+                                  cfg.state_dir, revision)
+    rel = got.release
     level, how = choose_level(rel, arch, cfg.arch)
-    return Selection(rel, level, how, source, src_path)
+    return Selection(rel, level, how, source, src_path, got.note)
+
+
+def _source_spec(src: Path | str | list[str]) -> Path | str | list[str]:
+    """URLs as they are; a folder made absolute (the daemon changes directory to /)."""
+    if isinstance(src, list):
+        return src if len(src) != 1 else _source_spec(src[0])
+    if isinstance(src, str) and "://" in src:
+        return src
+    return Path(src).resolve()
 
 
 def release_for(source: ObjectSource, name: str, revision: int | None,

@@ -81,7 +81,8 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
     prune_stale(cfg)
     base = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "root": p.release.root, "mountpoint": str(mountpoint),
-            "source": str(p.source_path), "started": int(time.time())}
+            "source": str(p.source_path), "started": int(time.time()),
+            "offline": p.offline or None}  # "offline: using the last verified release ..."
     ops = CasOps(built.fs)
     writer = StatusWriter(spath, base, lambda: {
         "cache": built.cache.summary(), "errors": dict(ops.errors),

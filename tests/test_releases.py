@@ -358,7 +358,8 @@ def test_list_shows_every_good_document_and_reports_bad_ones(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("line", ["source = 5", "state_dir = {}", "cache_dir = []",
                                   "arch = 3", "cache_size = true", "cache_size = -1",
-                                  'source = "https://example.org/store"'])
+                                  'source = ["https://example.org/store", "/local"]',
+                                  'proxy = "ftp://proxy:21"', "read_timeout = 0"])
 def test_bad_client_config_values_are_usage_errors(tmp_path: Path, line: str) -> None:
     cfg = tmp_path / "client.toml"
     cfg.write_text(line + "\n")

@@ -35,8 +35,10 @@ def default_store() -> Path:
 class Ctx:
     """What every subcommand needs: where the store is and how to talk."""
 
-    def __init__(self, store: Path | None, as_json: bool, quiet: bool) -> None:
-        self.store_path = store or default_store()
+    def __init__(self, store: str | Path | None, as_json: bool, quiet: bool) -> None:
+        # The source as given (a URL must not pass through Path, which eats "//").
+        self.store_spec = str(store) if store else os.environ.get("CAS_STORE") or None
+        self.store_path = Path(store) if store else default_store()
         self.as_json = as_json
         self.quiet = quiet
 
@@ -50,6 +52,8 @@ class Ctx:
         from the one factory, :func:`casstore.sources.open_source`."""
         from casstore.sources import open_source
 
+        if self.store_spec and "://" in self.store_spec:  # an HTTP remote (read-only)
+            return open_source(self.store_spec)
         if not self.store_path.exists():
             raise StoreError(f"no store at {self.store_path}")
         return open_source(self.store_path)

@@ -28,7 +28,7 @@ def _cas(*args: str) -> list[str]:
 
 def _global_args(ctx: Ctx) -> list[str]:
     given = click.get_current_context().find_root().params.get("store")
-    return ["--store", str(ctx.store_path)] if given or os.environ.get("CAS_STORE") else []
+    return ["--store", str(ctx.store_spec)] if given or os.environ.get("CAS_STORE") else []
 
 
 @command(cli, "exec", context_settings={"ignore_unknown_options": True})

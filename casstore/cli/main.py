@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 import click
 
@@ -33,13 +32,14 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--store", type=click.Path(path_type=Path), default=None,
-              help="Store directory (default: $CAS_STORE, else ~/.local/share/casstore/store).")
+@click.option("--store", type=click.Path(), default=None,  # a str: URLs must stay intact
+              help="Store directory or http(s):// URL for reading (default: $CAS_STORE, else "
+                   "~/.local/share/casstore/store).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or chatter.")
 @click.version_option(package_name="casstore")
 @click.pass_context
-def cli(ctx: click.Context, store: Path | None, as_json: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, store: str | None, as_json: bool, quiet: bool) -> None:
     """casstore: a content-addressed artifact store for read-only Julia depots.
 
     Put files in (`cas put`), sign a release of a tree (`cas release create`), and

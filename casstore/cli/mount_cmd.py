@@ -18,10 +18,11 @@ def _config(path: Path | None) -> ClientConfig:
     return load(path)
 
 
-def _explicit_store(ctx: Ctx) -> Path | None:
-    """--store or $CAS_STORE wins over the config's 'source'; the XDG default does not."""
+def _explicit_store(ctx: Ctx) -> str | None:
+    """--store or $CAS_STORE wins over the config's 'source'; the XDG default does not.
+    Kept as given (a string), so an http(s) URL reaches open_source intact."""
     given = click.get_current_context().find_root().params.get("store")
-    return ctx.store_path if given or os.environ.get("CAS_STORE") else None
+    return ctx.store_spec if given or os.environ.get("CAS_STORE") else None
 
 
 @command(cli, "mount")
@@ -63,9 +64,11 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     store = _explicit_store(ctx)
     p = select(release, cfg, store, arch, revision)
     info = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
-            "variant_choice": p.how, "mountpoint": str(canon(mountpoint))}
+            "variant_choice": p.how, "mountpoint": str(canon(mountpoint)),
+            "offline": p.offline or None}
     ctx.emit(info, f"mounting {p.release.name} revision {p.release.revision} at "
-                   f"{mountpoint} (variant: {p.level or 'none'}, {p.how})")
+                   f"{mountpoint} (variant: {p.level or 'none'}, {p.how})"
+                   + (f"\n{p.offline}" if p.offline else ""))
     record = record_access.resolve() if record_access else None  # the daemon cds to /
     serve(p, cfg, mountpoint, foreground, record_to=record, prefetch=not no_prefetch)
 
@@ -103,7 +106,8 @@ def status(ctx: Ctx, mountpoint: Path, config_path: Path | None) -> None:
         f"daemon pid {st.get('pid')} {'alive' if st['alive'] else 'gone'})",
         f"release:    {st.get('release')} revision {st.get('revision')}",
         f"variant:    {st.get('variant') or 'none'} ({st.get('variant_choice')})",
-        f"source:     {st.get('source')}",
+        f"source:     {st.get('source')}"
+        + (f"\noffline:    {st['offline']}" if st.get("offline") else ""),
         f"cache:      {cache.get('bytes', 0)} of {cache.get('max_bytes', 0)} bytes in "
         f"{cache.get('files', 0)} files at {cache.get('dir')}",
         f"prefetch:   {pf.get('state', 'off')}: {pf.get('done', 0)}/{pf.get('total', 0)} "

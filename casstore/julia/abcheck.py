@@ -73,7 +73,9 @@ let out = get(ENV, "CAS_ABCHECK_OUT", "")
         end
         sigs = sort!(unique!([string(mi.specTypes) for mi in mis]))
         dump = get(ENV, "CAS_ABCHECK_SIGS", "")
-        isempty(dump) || open(f -> foreach(s -> println(f, s), sigs), dump, "w")
+        # One file per process (DUMP.<pid>): an A/B check runs two jobs.
+        isempty(dump) || open(f -> foreach(s -> println(f, s), sigs),
+                              dump * "." * string(getpid()), "w")
         h = 0xcbf29ce484222325
         for s in sigs; h = fnv(h, s); h = fnv(h, "\n"); end
         println(io, "mi_count\t", length(sigs))

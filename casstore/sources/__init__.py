@@ -2,6 +2,8 @@
 
 * :mod:`~casstore.sources.base` - the :class:`ObjectSource` interface and its errors;
 * :mod:`~casstore.sources.local` - a store folder as plain files (disk, NFS, CVMFS);
+* :mod:`~casstore.sources.http` - a store served over HTTP(S), with fail-over and proxies;
+* :mod:`~casstore.sources.lastgood` - the last verified release per name (offline mounts);
 * :mod:`~casstore.sources.knownbad` - remembers failed objects (wrapper);
 * :mod:`~casstore.sources.objcache` - an on-disk, verified, LRU object cache (wrapper);
 * :mod:`~casstore.sources.layout`, :mod:`~casstore.sources.release_index`,
@@ -13,41 +15,75 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from casstore.errors import UsageError
 from casstore.sources.base import ObjectSource, fetch, stored_type, verified
 from casstore.sources.local import LocalSource
 from casstore.sources.objcache import ObjectCache
 
-__all__ = ["LocalSource", "ObjectCache", "ObjectSource", "fetch", "open_source",
-           "stored_type", "verified"]
+if TYPE_CHECKING:
+    from casstore.config import ClientConfig
+    from casstore.sources.http import HTTPSettings
+
+__all__ = ["LocalSource", "ObjectCache", "ObjectSource", "fetch", "open_client_source",
+           "open_source", "prefetch", "stored_type", "verified"]
 
 SCHEMES = ("http://", "https://")
 
 
 def open_source(spec: str | Path | list[str | Path], *, cache_dir: Path | None = None,
-                cache_bytes: int = 0) -> ObjectSource:
+                cache_bytes: int = 0, http: HTTPSettings | None = None) -> ObjectSource:
     """The source a config value names.
 
-    Today ``spec`` is a store folder (a path, or a one-element list holding one)
-    and the result is a :class:`LocalSource`: its files are already on a local or
-    network filesystem with its own cache, so ``cache_dir`` is not used for it.
-    The HTTP issue adds ``http(s)://`` URLs, and lists of them for fail-over; those
-    are wrapped as ``ObjectCache(source, cache_dir, cache_bytes)`` when a cache
-    folder is given (see :func:`with_cache`).
+    * a store folder (a path, or a one-element list holding one): a
+      :class:`LocalSource`; its files are already on a local or network filesystem
+      with its own cache, so ``cache_dir`` is not used for it;
+    * an ``http(s)://`` URL, or a list of them (fail-over, tried in order): an
+      :class:`~casstore.sources.http.HTTPSource` with ``http`` settings (timeouts,
+      proxies), wrapped as ``ObjectCache(source, cache_dir, cache_bytes)`` when a
+      cache folder and a quota are given (see :func:`with_cache`).  ``cache_dir`` is
+      the object cache folder itself (a client uses ``cfg.cache_dir / "objects"``:
+      see :func:`open_client_source`).
     """
-    if isinstance(spec, (list, tuple)):
-        if len(spec) != 1:
-            raise UsageError("several sources (fail-over) are not supported yet; "
-                             "give one store folder")
-        spec = spec[0]
-    if not isinstance(spec, (str, Path)) or not str(spec):
-        raise UsageError(f"a source must be a store folder path, not {spec!r}")
-    text = str(spec)
-    if text.startswith(SCHEMES) or "://" in text:
-        raise UsageError(f"source {text!r}: only local store folders are supported so far "
-                         "(HTTP sources come with the HTTP remote)")
-    return LocalSource(Path(text).expanduser().resolve())
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not items or not all(isinstance(x, (str, Path)) and str(x) for x in items):
+        raise UsageError(f"a source must be a store folder or http(s) URLs, not {spec!r}")
+    texts = [x if isinstance(x, str) else str(x) for x in items]
+    urls = [t for t in texts if "://" in t]
+    if urls:
+        if len(urls) != len(texts):
+            raise UsageError("a list of sources must all be http(s):// URLs (fail-over)")
+        for u in urls:
+            if not u.startswith(SCHEMES):
+                raise UsageError(f"source {u!r}: only http:// and https:// URLs are supported")
+        from casstore.sources.http import HTTPSource
+
+        return with_cache(HTTPSource(urls, http), cache_dir, cache_bytes)
+    if len(texts) != 1:
+        raise UsageError("several store folders are not supported; fail-over is between "
+                         "http(s) URLs")
+    return LocalSource(Path(texts[0]).expanduser().resolve())
+
+
+def http_settings(cfg: ClientConfig) -> HTTPSettings:
+    """The HTTP settings a client config asks for (proxy list, timeouts, parallelism)."""
+    from casstore.sources.http import HTTPSettings, parse_proxies
+
+    return HTTPSettings(connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
+                        request_timeout=cfg.request_timeout, parallel=cfg.http_parallel,
+                        proxies=parse_proxies(cfg.proxy))
+
+
+def open_client_source(cfg: ClientConfig, spec: str | Path | list | None = None) -> ObjectSource:
+    """A node's source: ``spec`` (``--store``) or the config's ``source``; HTTP sources
+    get the config's proxies and timeouts and the object cache in
+    ``cache_dir/objects`` (quota ``object_cache_size``, default ``cache_size``)."""
+    spec = spec if spec is not None else cfg.source
+    if spec is None:
+        raise UsageError("no source: give --store or set 'source' in the client config")
+    return open_source(spec, cache_dir=cfg.objects_cache_dir, cache_bytes=cfg.object_cache_bytes,
+                       http=http_settings(cfg))
 
 
 def with_cache(source: ObjectSource, cache_dir: Path | None, cache_bytes: int) -> ObjectSource:
@@ -55,3 +91,12 @@ def with_cache(source: ObjectSource, cache_dir: Path | None, cache_bytes: int) -
     if cache_dir is None or cache_bytes <= 0:
         return source
     return ObjectCache(source, cache_dir, cache_bytes)
+
+
+def prefetch(source: ObjectSource, oids: list) -> object | None:
+    """Bring ``oids`` into the source's object cache, concurrently where the source
+    allows (an HTTP source behind an :class:`ObjectCache`); a no-op for a source
+    without a cache (a local folder is its own cache).  Returns the cache's
+    :class:`~casstore.sources.objcache.PrefetchResult`, or None."""
+    fn = getattr(source, "prefetch", None)
+    return fn(list(oids)) if fn is not None else None

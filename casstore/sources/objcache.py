@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casstore.errors import FormatError, ObjectCorrupt, UnsafeCache, UsageError
+from casstore.errors import CasError, FormatError, ObjectCorrupt, UnsafeCache, UsageError
 from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode
 from casstore.sources.base import ObjectSource
 from casstore.sources.layout import MAX_STORED_SIZE
@@ -98,6 +98,15 @@ class _Flight:
 
 
 @dataclass
+class PrefetchResult:
+    """What :meth:`ObjectCache.prefetch` did."""
+
+    fetched: int = 0
+    cached: int = 0
+    failed: dict[ObjectId, BaseException] = field(default_factory=dict)
+
+
+@dataclass
 class CacheStats:
     hits: int = 0
     misses: int = 0
@@ -142,7 +151,8 @@ class ObjectCache:
     # -- the ObjectSource interface ------------------------------------------------
     def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
         kind, raw, _stored = self._get(oid, expect)
-        if expect is not None and kind != expect:
+        # as objects.decode: any verified object serves a chunk reference (FORMAT §3.3)
+        if expect is not None and expect != ObjType.CHUNK and kind != expect:
             raise FormatError(f"object {oid} is a {kind.name.lower()}, "
                               f"expected a {expect.name.lower()}")
         return raw
@@ -268,10 +278,55 @@ class ObjectCache:
     def _from_inner(self, oid: ObjectId) -> tuple[ObjType, bytes, bytes]:
         with self._lock:
             self.stats.inner_fetches += 1
-        stored = self.inner.read_stored(oid)
-        kind, raw = decode(oid, stored)  # never cache (or return) bytes that fail
+        decoded = getattr(self.inner, "read_decoded", None)
+        if decoded is not None:  # the HTTP source verifies (to fail over): no second pass
+            kind, raw, stored = decoded(oid)
+        else:
+            stored = self.inner.read_stored(oid)
+            kind, raw = decode(oid, stored)  # never cache (or return) bytes that fail
         self._store(oid.hex, stored)
         return kind, raw, stored
+
+    # -- prefetch ------------------------------------------------------------------
+    def prefetch(self, oids: list[ObjectId], *, batch: int = 32) -> PrefetchResult:
+        """Bring ``oids`` into the cache, many at a time when the inner source can
+        (``read_decoded_many``, the HTTP source), else one by one.  Objects already
+        cached are only checked for presence; failures are counted, not raised (the
+        read that needs the object will meet the error itself)."""
+        out = PrefetchResult()
+        todo = []
+        for oid in dict.fromkeys(oids):
+            if self._present(oid.hex):
+                out.cached += 1
+            else:
+                todo.append(oid)
+        many = getattr(self.inner, "read_decoded_many", None)
+        for i in range(0, len(todo), batch):
+            part = todo[i:i + batch]
+            if many is not None:
+                got = many(part)
+            else:
+                got = {}
+                for oid in part:
+                    try:
+                        got[oid] = self._get(oid, None)
+                    except CasError as exc:
+                        got[oid] = exc
+            for oid, res in got.items():
+                if isinstance(res, BaseException):
+                    out.failed[oid] = res
+                    continue
+                if many is not None:
+                    self._store(oid.hex, res[2])
+                out.fetched += 1
+        return out
+
+    def _present(self, name: str) -> bool:
+        try:
+            st = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_uid == self.uid
 
     # -- writing and eviction ------------------------------------------------------
     def _store(self, name: str, stored: bytes) -> None:

@@ -1,0 +1,379 @@
+"""Network test harness (tests and bench only, not product): real servers on loopback.
+
+* :class:`Nginx` - Debian's nginx serving a store folder as static files under a
+  URL prefix, on a free port, with an access log to count requests;
+* :class:`Hostile` - an aiohttp server that answers each object path wrongly on
+  purpose (wrong bytes, a truncated body, a body that never ends, 500, 404) or
+  correctly from a store folder, and counts requests;
+* :class:`Silent` - accepts TCP connections and never says a word;
+* :class:`ForwardProxy` - a tiny HTTP forward proxy (absolute-form requests) that
+  counts what goes through it;
+* :class:`LatencyProxy` - a TCP proxy that delays every chunk by ``delay`` seconds
+  each way (this kernel has no netem; used by the WAN benchmark too).
+
+Every server binds port 0 (or a port just found free), runs until ``stop()``, and
+ends only what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from aiohttp import web
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > end:
+                raise TimeoutError(f"nothing listens on port {port}") from None
+            time.sleep(0.05)
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, for servers the tests start and stop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 30.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+# -- nginx ---------------------------------------------------------------------------
+class Nginx:
+    """``nginx -g 'daemon off;'`` serving ``store`` at ``http://127.0.0.1:PORT/PREFIX/``."""
+
+    def __init__(self, store: Path, workdir: Path, prefix: str = "store") -> None:
+        self.store = Path(store)
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{self.prefix}"
+
+    def _conf(self) -> str:
+        user = "user root;" if os.geteuid() == 0 else ""
+        d = self.dir
+        return f"""
+{user}
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 512; }}
+http {{
+  access_log {d}/access.log;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  default_type application/octet-stream;
+  sendfile on;
+  server {{
+    listen 127.0.0.1:{self.port};
+    location /{self.prefix}/objects/ {{
+      alias {self.store}/objects/;
+      add_header Cache-Control "public, max-age=31536000, immutable";
+    }}
+    location /{self.prefix}/ {{
+      alias {self.store}/;
+      add_header Cache-Control "max-age=60";
+      location ~ ^/{self.prefix}/(index|tmp|lock) {{ return 404; }}
+    }}
+  }}
+}}
+"""
+
+    def start(self, port: int = 0) -> Nginx:
+        """Start on ``port`` (again on the same one after a stop), else a free one."""
+        for _attempt in range(5):  # a port found free may be taken before nginx binds it
+            self.port = port or free_port()
+            conf = self.dir / "nginx.conf"
+            conf.write_text(self._conf())
+            self.proc = subprocess.Popen([NGINX, "-p", str(self.dir), "-c", str(conf),
+                                          "-g", "daemon off;"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                wait_port(self.port, 10)
+                return self
+            except TimeoutError:
+                self.stop()
+        raise RuntimeError(f"nginx did not start: {(self.dir / 'error.log').read_text()}")
+
+    def requests(self) -> list[str]:
+        """Request lines from the access log (``GET /store/objects/.. HTTP/1.1``)."""
+        try:
+            lines = (self.dir / "access.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [ln.split('"')[1] for ln in lines if ln.count('"') >= 2]
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(15)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+
+# -- a hostile (or good) aiohttp server ----------------------------------------------
+class Hostile:
+    """Serves ``store`` at ``/store/``; ``mode`` decides how objects are answered:
+    good, wrong (right size, wrong bytes), truncate, endless, 500, 404, slow (good
+    bytes after ``slow_s``).  ``modes_by_hex`` overrides per object."""
+
+    def __init__(self, store: Path, mode: str = "good") -> None:
+        self.store = Path(store)
+        self.mode = mode
+        self.modes_by_hex: dict[str, str] = {}
+        self.slow_s = 5.0
+        self.hits: Counter[str] = Counter()
+        self.lt: LoopThread | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/store"
+
+    def object_hits(self) -> int:
+        return sum(n for p, n in self.hits.items() if " objects/" in p)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        rel = request.match_info["rel"]
+        self.hits[f"{request.method} {rel}"] += 1
+        path = self.store / rel
+        if ".." in rel.split("/") or not path.is_file():
+            raise web.HTTPNotFound()
+        data = path.read_bytes()
+        mode = self.mode
+        if rel.startswith("objects/"):
+            mode = self.modes_by_hex.get(rel.replace("objects/", "").replace("/", ""), mode)
+        else:
+            mode = "good" if mode in ("wrong", "truncate", "endless") else mode
+        if mode == "500":
+            raise web.HTTPInternalServerError()
+        if mode == "404":
+            raise web.HTTPNotFound()
+        if mode == "slow":
+            await asyncio.sleep(self.slow_s)
+        if mode == "wrong":
+            data = bytes(b ^ 0x5A for b in data)
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": str(len(data))})
+        if mode == "truncate":
+            resp = web.StreamResponse()
+            resp.content_length = len(data)
+            await resp.prepare(request)
+            await resp.write(data[: len(data) // 2])
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        if mode == "endless":
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            chunk = data[:65536] or b"x" * 65536
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                while True:
+                    await resp.write(chunk)
+            return resp
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/store/{rel:.*}", self._handle)
+        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def start(self, port: int = 0) -> Hostile:
+        self.lt = LoopThread()
+        self.port = port
+        self.lt.run(self._start())
+        return self
+
+    def stop(self) -> None:
+        if self.lt is None:
+            return
+        with contextlib.suppress(Exception):
+            self.lt.run(self.runner.cleanup(), 15)
+        self.lt.stop()
+        self.lt = None
+
+
+# -- raw TCP servers -------------------------------------------------------------------
+class _TCP:
+    def __init__(self) -> None:
+        self.lt: LoopThread | None = None
+        self.port = 0
+        self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def _serve(self, reader, writer) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def _wrapped(self, reader, writer) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._wrapped, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def start(self):
+        self.lt = LoopThread()
+        self.lt.run(self._start())
+        return self
+
+    async def _stop(self) -> None:
+        self.server.close()
+        for w in list(self._writers):
+            w.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        if self.lt is None:
+            return
+        with contextlib.suppress(Exception):
+            self.lt.run(self._stop(), 15)
+        self.lt.stop()
+        self.lt = None
+
+
+class Silent(_TCP):
+    """Accepts connections and stays silent until stopped."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/store"
+
+    async def _serve(self, reader, writer) -> None:
+        await asyncio.Event().wait()
+
+
+class ForwardProxy(_TCP):
+    """An HTTP forward proxy for ``http://`` URLs: one request per connection, counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self, reader, writer) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, version = lines[0].split(" ")
+        self.requests.append(f"{method} {target}")
+        assert target.startswith("http://"), target
+        hostport, _, path = target[len("http://"):].partition("/")
+        host, _, port = hostport.partition(":")
+        up_r, up_w = await asyncio.open_connection(host, int(port or 80))
+        keep = [ln for ln in lines[1:] if ln and not ln.lower().startswith(
+            ("connection:", "proxy-connection:", "keep-alive:"))]
+        up_w.write((f"{method} /{path} {version}\r\n" + "\r\n".join(keep)
+                    + "\r\nConnection: close\r\n\r\n").encode("latin-1"))
+        await up_w.drain()
+        try:
+            while data := await up_r.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            up_w.close()
+
+
+class LatencyProxy(_TCP):
+    """Forwards TCP to ``target_port``, delaying each chunk ``delay`` s each way."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        super().__init__()
+        self.target_port = target_port
+        self.delay = delay
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _pipe(self, src, dst) -> None:
+        q: asyncio.Queue = asyncio.Queue()
+
+        async def later() -> None:
+            while True:
+                due, data = await q.get()
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if not data:
+                    dst.close()
+                    return
+                dst.write(data)
+                await dst.drain()
+
+        sender = asyncio.ensure_future(later())
+        try:
+            while True:
+                data = await src.read(65536)
+                q.put_nowait((time.monotonic() + self.delay, data))
+                if not data:
+                    break
+            await sender
+        finally:
+            sender.cancel()
+
+    async def _serve(self, reader, writer) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        try:
+            await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
+        finally:
+            up_w.close()

@@ -1,0 +1,104 @@
+"""Real mounts from an HTTP source (Debian's nginx on loopback): `cas mount` with a
+URL as the config's source, a server killed under a mount, and booting offline."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+from net_fixtures import NGINX, Nginx
+
+from fuse_fixtures import Kit, Mounter, run_cas
+
+pytestmark = pytest.mark.skipif(not os.path.exists(NGINX) or not os.path.exists("/dev/fuse"),
+                                reason="needs nginx and /dev/fuse")
+
+
+@pytest.fixture
+def served(kit: Kit, request):
+    """Release 'app' in the kit's store, nginx serving it, the client config on the URL."""
+    src = kit.base / "src"
+    (src / "lib").mkdir(parents=True)
+    rnd = random.Random(3)
+    files = {"lib/a.jl": rnd.randbytes(300_000), "b.bin": rnd.randbytes(600_000),
+             "big.bin": rnd.randbytes(1_500_000), "small.txt": b"hello\n"}
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+    kit.publish("app", 1, kit.put(src))
+    nginx = Nginx(kit.store.root, kit.base / "nginx").start()
+    request.addfinalizer(nginx.stop)
+    kit.config.write_text(
+        'trusted_keys = ["release.key.pub"]\n'
+        f'source = ["{nginx.url}"]\n'
+        'cache_dir = "cache"\nstate_dir = "state"\nprefetch_min = "1M"\n'
+        "connect_timeout = 2\nread_timeout = 2\nrequest_timeout = 5\n")
+    return nginx, files
+
+
+def _status(kit: Kit, mp: Path) -> dict:
+    res = run_cas("--json", "status", "--config", str(kit.config), str(mp))
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def _unmount(kit: Kit, mp: Path) -> None:
+    res = run_cas("umount", "--config", str(kit.config), str(mp))
+    assert res.returncode == 0, res.stderr
+
+
+def test_mount_from_nginx(kit: Kit, mounter: Mounter, served) -> None:
+    nginx, files = served
+    mp = mounter.mount("app")
+    for rel, data in files.items():
+        assert (mp / rel).read_bytes() == data
+    st = _status(kit, mp)
+    assert nginx.url in st["source"] and not st.get("offline")
+    assert any("/objects/" in r for r in nginx.requests())
+    assert len(list((kit.base / "cache" / "objects").iterdir())) >= 4  # the object cache
+
+
+def test_server_killed_under_a_mount_then_back(kit: Kit, mounter: Mounter, served) -> None:
+    nginx, files = served
+    mp = mounter.mount("app", name="first")
+    for rel in ("lib/a.jl", "big.bin", "small.txt"):  # b.bin is never read here
+        assert (mp / rel).read_bytes() == files[rel]
+    _unmount(kit, mp)
+    mp = mounter.mount("app", name="second")  # fresh inodes: no kernel page cache
+    port = nginx.port
+    nginx.stop()
+    for rel in ("lib/a.jl", "big.bin", "small.txt"):  # from the object cache
+        assert (mp / rel).read_bytes() == files[rel]
+    with pytest.raises(OSError) as info:
+        (mp / "b.bin").read_bytes()
+    assert info.value.errno == errno.EIO
+    assert "failed on every server" in (kit.base / "second.out").read_text()  # logged
+    assert _status(kit, mp)["errors"]["eio"] >= 1
+    nginx.start(port)  # the server comes back: the mount recovers
+    assert (mp / "b.bin").read_bytes() == files["b.bin"]
+
+
+def test_boot_offline_mounts_the_last_verified_release(kit: Kit, mounter: Mounter,
+                                                       served) -> None:
+    nginx, files = served
+    mp = mounter.mount("app", name="online")
+    for rel, data in files.items():
+        assert (mp / rel).read_bytes() == data
+    _unmount(kit, mp)
+    nginx.stop()  # the node reboots with no server reachable
+    mp = mounter.mount("app", name="offline")
+    for rel, data in files.items():
+        assert (mp / rel).read_bytes() == data
+    st = _status(kit, mp)
+    assert "offline: using the last verified release" in st["offline"]
+    text = run_cas("status", "--config", str(kit.config), str(mp)).stdout
+    assert "offline:" in text
+    # without the kept document, an offline node mounts nothing
+    _unmount(kit, mp)
+    (kit.base / "state" / "verified" / "app.release").unlink()
+    res = run_cas("mount", "--config", str(kit.config), "app", str(kit.base / "offline"))
+    assert res.returncode == 55, res.stderr
+    assert res.stderr.startswith("cas: error:") and "Traceback" not in res.stderr
