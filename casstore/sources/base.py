@@ -97,3 +97,41 @@ def stored_type(source: ObjectSource, oid: ObjectId) -> ObjType:
     """The type an object's header claims, from its first 16 bytes: a cheap hint (no
     decompression, no hash) for checks such as "is this root a tree" before signing."""
     return peek_type(oid, source.read_head(oid)[:HEADER_SIZE])
+
+
+class SourceWrapper:
+    """Base of sources that wrap another (known-bad memory, the on-disk cache): every
+    method passes through to ``inner``; a wrapper overrides only what it changes."""
+
+    def __init__(self, inner: ObjectSource) -> None:
+        self.inner = inner
+
+    def read_stored(self, oid: ObjectId) -> bytes:
+        return self.inner.read_stored(oid)
+
+    def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
+        return self.inner.fetch(oid, expect)
+
+    def read_head(self, oid: ObjectId) -> bytes:
+        return self.inner.read_head(oid)
+
+    def stored_size(self, oid: ObjectId) -> int | None:
+        return self.inner.stored_size(oid)
+
+    def read_ref(self, name: str) -> ObjectId:
+        return self.inner.read_ref(name)
+
+    def read_format(self) -> bytes | None:
+        return self.inner.read_format()
+
+    def release_names(self) -> list[str]:
+        return self.inner.release_names()
+
+    def release_revisions(self, name: str) -> list[int]:
+        return self.inner.release_revisions(name)
+
+    def read_release(self, name: str, revision: int) -> bytes:
+        return self.inner.read_release(name, revision)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -16,7 +16,7 @@ import time
 
 from casstore.errors import ObjectCorrupt, ObjectMissing
 from casstore.objects import ObjectId, ObjType
-from casstore.sources.base import ObjectSource
+from casstore.sources.base import ObjectSource, SourceWrapper
 
 MISSING_RETRY_S = 10.0
 
@@ -29,7 +29,7 @@ class KnownBadMissing(ObjectMissing):
     """A read touched an object found missing less than the back-off ago."""
 
 
-class KnownBad:
+class KnownBad(SourceWrapper):
     """An :class:`ObjectSource` around ``inner`` that remembers failed objects."""
 
     def __init__(self, inner: ObjectSource, missing_retry_s: float = MISSING_RETRY_S,
@@ -84,24 +84,6 @@ class KnownBad:
 
     def stored_size(self, oid: ObjectId) -> int | None:
         return self.inner.stored_size(oid)  # presence only: a corrupt object is present
-
-    def read_ref(self, name: str) -> ObjectId:
-        return self.inner.read_ref(name)
-
-    def read_format(self) -> bytes | None:
-        return self.inner.read_format()
-
-    def release_names(self) -> list[str]:
-        return self.inner.release_names()
-
-    def release_revisions(self, name: str) -> list[int]:
-        return self.inner.release_revisions(name)
-
-    def read_release(self, name: str, revision: int) -> bytes:
-        return self.inner.read_release(name, revision)
-
-    def close(self) -> None:
-        self.inner.close()
 
     def summary(self, limit: int = 20) -> dict:
         with self._lock:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from casstore.errors import CasError, FormatError, ObjectCorrupt, UnsafeCache, UsageError
 from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode
-from casstore.sources.base import ObjectSource
+from casstore.sources.base import ObjectSource, SourceWrapper
 from casstore.sources.layout import MAX_STORED_SIZE
 from casstore.sources.safeio import OPEN_FLAGS, read_fd
 
@@ -116,7 +116,7 @@ class CacheStats:
     stored: int = 0
 
 
-class ObjectCache:
+class ObjectCache(SourceWrapper):
     """An :class:`ObjectSource` that caches ``inner``'s objects on disk, verified."""
 
     def __init__(self, inner: ObjectSource, folder: Path, max_bytes: int, *,
@@ -172,21 +172,6 @@ class ObjectCache:
         except OSError:
             pass
         return self.inner.stored_size(oid)
-
-    def read_ref(self, name: str) -> ObjectId:
-        return self.inner.read_ref(name)
-
-    def read_format(self) -> bytes | None:
-        return self.inner.read_format()
-
-    def release_names(self) -> list[str]:
-        return self.inner.release_names()
-
-    def release_revisions(self, name: str) -> list[int]:
-        return self.inner.release_revisions(name)
-
-    def read_release(self, name: str, revision: int) -> bytes:
-        return self.inner.read_release(name, revision)
 
     def close(self) -> None:
         with self._lock:
