@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import select
 import shutil
-import signal
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -45,6 +42,7 @@ from casstore.trees import Kind, encode_tree
 from server.app import make_app
 from server.pkgproto import PKG, PkgConfig
 
+import serve_helpers
 from helpers import cas
 
 pytestmark = pytest.mark.skipif(not PACKAGES_TOML.exists(), reason="shared bundles missing")
@@ -91,41 +89,11 @@ class ThreadServer:
         return f"http://127.0.0.1:{self.port}"
 
 
-class ProcessServer:
-    """The real ``cas serve`` command on port 0; stopped with SIGTERM by its PID."""
+class ProcessServer(serve_helpers.ProcessServer):
+    """The real ``cas serve`` with the Pkg protocol (a trusted key and a tarball cache)."""
 
     def __init__(self, store: Path, pub: Path, cache: Path, log: Path) -> None:
-        self.args = [sys.executable, "-m", "casstore", "serve", str(store), "--listen",
-                     "127.0.0.1:0", "--trusted-key", str(pub), "--cache", str(cache)]
-        self.log = log
-
-    def __enter__(self) -> ProcessServer:
-        self.err = open(self.log, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.err)
-        deadline = time.monotonic() + 60
-        line = b""
-        while time.monotonic() < deadline and b"listening on" not in line:
-            r, _, _ = select.select([self.proc.stdout], [], [], 1.0)
-            if r:
-                line = self.proc.stdout.readline()  # type: ignore[union-attr]
-            if self.proc.poll() is not None:
-                break
-        if b"listening on" not in line:
-            self.__exit__()
-            raise AssertionError(f"cas serve did not start: {self.log.read_text()}")
-        self.url = line.decode().split("listening on ")[1].strip()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        self.proc.stdout.close()  # type: ignore[union-attr]
-        self.err.close()
+        super().__init__(store, log, "--trusted-key", str(pub), "--cache", str(cache))
 
 
 def http(url: str, method: str = "GET") -> tuple[int, dict, bytes]:
