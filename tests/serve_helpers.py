@@ -53,10 +53,14 @@ class ThreadServer:
         self.loop.run_until_complete(self.runner.cleanup())
         self.loop.close()
 
+    def _build(self) -> tuple[web.Application, web.AppRunner]:
+        """The app and its runner (a subclass serves another protocol)."""
+        app = make_app(None, self.cfg)
+        app.middlewares[:0] = self.middlewares
+        return app, make_runner(app)
+
     async def _start(self) -> None:
-        self.app = make_app(None, self.cfg)
-        self.app.middlewares[:0] = self.middlewares
-        self.runner = make_runner(self.app)
+        self.app, self.runner = self._build()
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

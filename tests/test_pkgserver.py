@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import shutil
 import subprocess
 import tarfile
-import threading
 import time
 import tomllib
 import urllib.error
@@ -50,43 +48,12 @@ HELD_BACK = "LorentzVectors"  # registered only in the second revision
 
 
 # -- servers ---------------------------------------------------------------------------
-class ThreadServer:
-    """The app on 127.0.0.1, port 0, in a thread of the test process; always stopped."""
+class ThreadServer(serve_helpers.ThreadServer):
+    """The Pkg-protocol app on 127.0.0.1, port 0, in a thread of the test process."""
 
-    def __init__(self, cfg: PkgConfig) -> None:
-        self.cfg = cfg
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        assert self.ready.wait(60), "server did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(60)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._start())
-        self.ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(self.runner.cleanup())
-        self.loop.close()
-
-    async def _start(self) -> None:
-        self.app = make_app(self.cfg)
-        self.runner = web.AppRunner(self.app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def _build(self) -> tuple[web.Application, web.AppRunner]:
+        app = make_app(self.cfg)
+        return app, web.AppRunner(app)
 
 
 class ProcessServer(serve_helpers.ProcessServer):
