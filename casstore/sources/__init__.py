@@ -20,16 +20,26 @@ from typing import TYPE_CHECKING
 from casstore.errors import UsageError
 from casstore.sources.base import ObjectSource, fetch, stored_type, verified
 from casstore.sources.local import LocalSource
-from casstore.sources.objcache import ObjectCache
 
 if TYPE_CHECKING:
     from casstore.config import ClientConfig
     from casstore.sources.http import HTTPSettings
+    from casstore.sources.objcache import ObjectCache
 
 __all__ = ["LocalSource", "ObjectCache", "ObjectSource", "fetch", "open_client_source",
            "open_source", "prefetch", "stored_type", "verified"]
 
 SCHEMES = ("http://", "https://")
+
+
+def __getattr__(name: str) -> object:
+    """``ObjectCache`` is imported on first use: ``cas put``/``get`` never need it, and
+    every short command pays for each import at start-up (bench/bench_store.py)."""
+    if name == "ObjectCache":
+        from casstore.sources.objcache import ObjectCache
+
+        return ObjectCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_source(spec: str | Path | list[str | Path], *, cache_dir: Path | None = None,
@@ -90,6 +100,8 @@ def with_cache(source: ObjectSource, cache_dir: Path | None, cache_bytes: int) -
     """``source`` behind an on-disk object cache when a folder and a size are given."""
     if cache_dir is None or cache_bytes <= 0:
         return source
+    from casstore.sources.objcache import ObjectCache
+
     return ObjectCache(source, cache_dir, cache_bytes)
 
 
