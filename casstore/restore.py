@@ -15,7 +15,6 @@ free inodes is :class:`NoSpace`.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -175,7 +174,7 @@ class Restorer:
 
         The bytes are ``pieces`` in order, or with ``blob`` a blob's chunks written
         in parallel at their offsets."""
-        tmp = b"." + name[:40] + b"." + secrets.token_hex(6).encode() + b".cas-tmp"
+        tmp = b"." + name[:40] + b"." + os.urandom(6).hex().encode() + b".cas-tmp"
         with _os_errors(label):
             fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=dir_fd)
         try:
