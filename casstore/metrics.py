@@ -449,6 +449,7 @@ class TextfileExporter:
 
     def start(self) -> None:
         with contextlib.suppress(OSError):
+            self.folder.mkdir(parents=True, exist_ok=True)
             prune_textfiles(self.folder)
         self.write()
         self.thread = threading.Thread(target=self._run, daemon=True, name="metrics-file")
