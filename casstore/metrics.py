@@ -436,12 +436,17 @@ class TextfileExporter:
         self._failed = False
 
     def write(self) -> bool:
-        body = f"# casstore client pid {os.getpid()}\n{self.metrics.render()}"
         try:
+            body = f"# casstore client pid {os.getpid()}\n{self.metrics.render()}"
             atomic_write(self.path, body.encode(), self.folder, durable=False)
         except (OSError, CasError) as exc:
             if not self._failed:  # one warning, not one every few seconds
                 log.warning("cannot write metrics file %s: %s", self.path, exc)
+            self._failed = True
+            return False
+        except Exception:  # noqa: BLE001 - a metrics bug must not stop the thread
+            if not self._failed:
+                log.exception("cannot render the metrics")
             self._failed = True
             return False
         self._failed = False
@@ -605,10 +610,14 @@ class Exporters:
         return out
 
     def start(self) -> None:
-        if self.textfile is not None:
-            self.textfile.start()
-        if self.socket is not None:
-            self.socket.start()
+        """Start what is configured; a failure is logged, never fatal to the mount."""
+        for exporter in (self.textfile, self.socket):
+            if exporter is None:
+                continue
+            try:
+                exporter.start()
+            except Exception:  # noqa: BLE001 - metrics are advisory
+                log.exception("cannot start the metrics %s", type(exporter).__name__)
 
     def stop(self) -> None:
         """The final textfile (``mounted`` 0) is written after the socket closes."""
