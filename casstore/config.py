@@ -21,6 +21,11 @@ Example::
     cache_size = "20G"                          # bound of the file cache
     prefetch_min = "4M"                         # files this big are fetched whole
     arch = ""                                   # force a CPU level, e.g. "x86-64-v2"
+    metrics_textfile_dir = "/var/lib/prometheus/node-exporter"  # default: no metrics file
+    metrics_socket = "/run/casstore/metrics-{id}.sock"  # HTTP GET /metrics; default: off
+    metrics_interval = 5                        # seconds between metrics file writes
+    log = "syslog"                              # "syslog" (default), "file" or a log file path
+    syslog_address = "/dev/log"                 # the syslog/journald socket
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ ENV_VAR = "CAS_CONFIG"
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _KNOWN = {"trusted_keys", "source", "cache_dir", "state_dir", "cache_size", "prefetch_min",
           "arch", "proxy", "connect_timeout", "read_timeout", "request_timeout", "http_parallel",
-          "object_cache_size"}
+          "object_cache_size", "metrics_textfile_dir", "metrics_socket", "metrics_interval",
+          "log", "syslog_address"}
 _TIMEOUTS = ("connect_timeout", "read_timeout", "request_timeout")
 MAX_TIMEOUT = 3600.0
 
@@ -76,6 +82,12 @@ class ClientConfig:
     request_timeout: float = 120.0
     http_parallel: int = 16
     object_cache_size: int | None = None  # None = cache_size
+    # Metrics and logs (docs/CLIENT.md, "Metrics and logs").
+    metrics_textfile_dir: Path | None = None  # None: no textfile
+    metrics_socket: Path | None = None  # may hold "{id}", the mount id; None: off
+    metrics_interval: float = 5.0
+    log: str | Path = "syslog"  # "syslog" (file if no syslog socket), "file" or a path
+    syslog_address: Path = Path("/dev/log")
 
     @property
     def objects_cache_dir(self) -> Path:
@@ -156,7 +168,34 @@ def from_dict(raw: dict, path: Path | None = None) -> ClientConfig:
             setattr(cfg, name, parse_size(raw[name]))
     cfg.arch = raw.get("arch") or None
     _http_settings(cfg, raw)
+    _observability(cfg, raw, base)
     return cfg
+
+
+LOG_CHOICES = ("syslog", "file")
+MAX_METRICS_INTERVAL = 300.0  # files older than PRUNE_AGE_S are taken as a dead daemon's
+
+
+def _observability(cfg: ClientConfig, raw: dict, base: Path) -> None:
+    """``metrics_textfile_dir``, ``metrics_socket``, ``metrics_interval``, ``log`` and
+    ``syslog_address``, checked (paths relative to the config file)."""
+    for name in ("metrics_textfile_dir", "metrics_socket", "syslog_address", "log"):
+        if name in raw and (not isinstance(raw[name], str) or not raw[name]):
+            raise UsageError(f"client config: {name} must be a non-empty string, "
+                             f"not {raw[name]!r}")
+    for name in ("metrics_textfile_dir", "metrics_socket", "syslog_address"):
+        if name in raw:
+            setattr(cfg, name, base / Path(raw[name]).expanduser())
+    if "log" in raw:
+        v = raw["log"]
+        cfg.log = v if v in LOG_CHOICES else base / Path(v).expanduser()
+    if "metrics_interval" in raw:
+        v = raw["metrics_interval"]
+        if (isinstance(v, bool) or not isinstance(v, (int, float))
+                or not 0 < v <= MAX_METRICS_INTERVAL):
+            raise UsageError(f"client config: metrics_interval must be a number of seconds "
+                             f"in (0, {MAX_METRICS_INTERVAL:.0f}], not {v!r}")
+        cfg.metrics_interval = float(v)
 
 
 def _is_url(text: str) -> bool:

@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from casstore.config import ClientConfig
 from casstore.errors import MountError, NotACasMount
+from casstore.metrics import Exporters, mount_id
 from casstore.releases import DAY
 from casstore.selection import Selection, select
+from fuseclient.daemonlog import setup_logging
 from fuseclient.fastpath import fast_getattr_ok, fuse_class
 from fuseclient.mounttable import CAS_FSTYPE, canon, fstype, is_mounted, mount_ns
 from fuseclient.status import (
@@ -39,7 +40,7 @@ from fuseclient.status import (
     status_pid,
 )
 from fuseclient.watchdog import OWNER_ENV, OwnerWatchdog, alive, owner_from_env
-from fuseclient.wiring import build_fs
+from fuseclient.wiring import attach_metrics, build_fs
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 log = logging.getLogger("casstore.mount")
@@ -51,15 +52,6 @@ prepare = select
 __all__ = ["OWNER_ENV", "Prepared", "alive", "canon", "fast_getattr_ok", "fuse_class",
            "is_mounted", "mount_ns", "prepare", "prune_stale", "read_status", "serve",
            "status_path", "unmount"]
-
-
-def setup_logging(log_file: Path, foreground: bool) -> None:
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    handlers: list[logging.Handler] = [logging.FileHandler(log_file)]
-    if foreground:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
 
 
 def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
@@ -77,13 +69,17 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
     # refuses an unsafe cache folder before anything is mounted
     built = build_fs(p, cfg, record=record_to is not None,
                      prefetch=prefetch and record_to is None)
-    setup_logging(log_path(cfg, mountpoint), foreground)
+    logs_to = setup_logging(cfg, mountpoint, log_path(cfg, mountpoint), foreground)
     prune_stale(cfg)
     base = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "root": p.release.root, "mountpoint": str(mountpoint),
             "source": str(p.source_path), "started": int(time.time()),
             "offline": p.offline or None}  # "offline: using the last verified release ..."
     ops = CasOps(built.fs)
+    # Metrics (built.metrics: set_revision / check_succeeded) and where they go.
+    metrics = attach_metrics(built, p, str(mountpoint), lambda: ops.errors)
+    export = Exporters.from_config(metrics, cfg, mount_id(str(mountpoint), mount_ns()))
+    base.update(log=logs_to, metrics=export.describe() or None)
     writer = StatusWriter(spath, base, lambda: {
         "cache": built.cache.summary(), "errors": dict(ops.errors),
         "bad_objects": built.bad.summary(),
@@ -92,6 +88,7 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
 
     def on_init() -> None:
         writer.start()
+        export.start()
         watchdog.start()
         if built.replay is not None:  # threads only now: the daemon has forked
             built.replay.start()
@@ -120,6 +117,7 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
             built.replay.stop.set()
         if built.recorder is not None and record_to is not None:
             _save_record(built.recorder, record_to)
+        export.stop()  # the final metrics, before unmount() sees the status file go
         spath.unlink(missing_ok=True)  # after the record: unmount() waits for this
         built.cache.close()
     log.info("unmounted %s", mountpoint)

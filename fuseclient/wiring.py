@@ -14,10 +14,12 @@ mount exists) and the access recorder (``--record-access``, for ``cas depot buil
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from casstore.cache import FileCache
 from casstore.config import ClientConfig
+from casstore.metrics import ClientMetrics
 from casstore.objects import ObjectId
 from casstore.prefetch import AccessRecorder, Replay, load_list
 from casstore.reader import TreeReader
@@ -39,6 +41,7 @@ class Built:
     cache: FileCache
     replay: Replay | None = None
     recorder: AccessRecorder | None = None
+    metrics: ClientMetrics | None = None  # set by attach_metrics (the mount daemon)
 
 
 def compose_source(inner: ObjectSource) -> KnownBad:
@@ -90,3 +93,16 @@ def build_fs(sel: Selection, cfg: ClientConfig, record: bool = False,
         fs = RecordingFS(fs, recorder)
     replay = make_replay(sel, source, vfs) if prefetch else None
     return Built(fs, source, cache, replay, recorder)
+
+
+def attach_metrics(built: Built, sel: Selection, mountpoint: str,
+                   fuse_errors: Callable[[], Mapping[str, int]]) -> ClientMetrics:
+    """The mount's :class:`ClientMetrics` over the built pieces (kept as
+    ``built.metrics``): source counters and object cache through the composed
+    source, the file cache, the FUSE error counts and the prefetch progress.
+    The last successful check is the verification that selected the release."""
+    m = ClientMetrics(mountpoint, sel.release.name, sel.release.revision, source=built.bad)
+    m.attach(file_cache=built.cache.summary, fuse_errors=fuse_errors,
+             prefetch=built.replay.summary if built.replay is not None else None)
+    built.metrics = m
+    return m

@@ -56,6 +56,7 @@ from casstore.errors import (
     ServersUnreachable,
     UsageError,
 )
+from casstore.metrics import SourceCounters
 from casstore.objects import HEADER, HEADER_SIZE, MAGIC, MAX_RAW_SIZE, ObjectId, ObjType, decode
 from casstore.sources import release_index
 from casstore.sources.layout import (
@@ -180,6 +181,8 @@ class HTTPSource:
         self.proxies: tuple[str | None, ...] = tuple(
             None if p == DIRECT else p for p in self.settings.proxies) or ("env",)  # type: ignore
         self.stats = HTTPStats()
+        # client metrics, one per server: bytes and objects fetched, errors, fail-overs
+        self.source_counters = [SourceCounters(u.rstrip("/")) for u in self.urls]
         self._lock = threading.Lock()
         self._pid = -1
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -342,14 +345,18 @@ class HTTPSource:
         with the overall conclusion."""
         seen: dict[str, str] = {}
         skip_server = -1
-        for si, pi in self._order():
+        order = self._order()
+        for n, (si, pi) in enumerate(order):
             if si == skip_server:
                 continue
             fail = await self._try_pair(si, pi, rel, limit, check, method, first)
             if not isinstance(fail, _Fail):
                 self._start = (si, pi)
+                if method == "GET" and first is None and rel.startswith("objects/"):
+                    self.source_counters[si].fetched(len(fail[2]))  # (type, raw, stored)
                 return fail
             self.stats.failures[fail.kind] += 1
+            self._count_failure(si, rel, fail.kind, n + 1 < len(order))
             seen.setdefault(fail.kind, fail.msg)
             if fail.kind == MISSING:
                 skip_server = si  # the server said so: other proxies will not differ
@@ -359,6 +366,15 @@ class HTTPSource:
         if kind != MISSING:
             log.warning("%s failed on every server: %s", rel, "; ".join(seen.values()))
         raise _Fail(kind, "; ".join(seen.values()))
+
+    def _count_failure(self, si: int, rel: str, kind: str, more: bool) -> None:
+        """Client metrics: a 404 for a release, ref or index file is an answer, not an
+        error; a server that failed temporarily or sent bad bytes, with another server
+        or proxy still to try, is a fail-over."""
+        if kind != MISSING or rel.startswith("objects/"):
+            self.source_counters[si].error(kind)
+        if kind != MISSING and more:
+            self.source_counters[si].failover()
 
     async def _try_pair(self, si: int, pi: int, rel: str, limit: int,
                         check: Callable[[Any], Any] | None, method: str,

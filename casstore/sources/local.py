@@ -13,7 +13,15 @@ import json
 import os
 from pathlib import Path
 
-from casstore.errors import FormatError, NotFound, ObjectCorrupt, ObjectMissing, StoreError
+from casstore.errors import (
+    CasError,
+    FormatError,
+    NotFound,
+    ObjectCorrupt,
+    ObjectMissing,
+    StoreError,
+)
+from casstore.metrics import CORRUPT, MISSING, SourceCounters
 from casstore.names import check_ref_name
 from casstore.objects import HEADER_SIZE, ObjectId, ObjType
 from casstore.sources import release_index
@@ -64,6 +72,7 @@ class LocalSource:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.source_counters = [SourceCounters(str(self.root))]  # client metrics
         if not (self.root / "objects").is_dir():
             raise StoreError(f"{self.root} is not a casstore store (no objects/ folder)")
         check_format_doc(self.read_format(), str(self.root))
@@ -73,10 +82,17 @@ class LocalSource:
 
     # -- objects -----------------------------------------------------------------
     def read_stored(self, oid: ObjectId) -> bytes:
-        data = _read(self.root / object_relpath(oid), MAX_STORED_SIZE, f"object {oid}",
-                     ObjectCorrupt)
+        counters = self.source_counters[0]
+        try:
+            data = _read(self.root / object_relpath(oid), MAX_STORED_SIZE, f"object {oid}",
+                         ObjectCorrupt)
+        except CasError as exc:
+            counters.failed(exc)
+            raise
         if data is None:
+            counters.error(MISSING)
             raise ObjectMissing(f"object {oid} is missing from {self.root}")
+        counters.fetched(len(data))
         return data
 
     def read_head(self, oid: ObjectId) -> bytes:
@@ -87,7 +103,12 @@ class LocalSource:
         return data
 
     def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
-        return verified(oid, self.read_stored(oid), expect)
+        stored = self.read_stored(oid)
+        try:
+            return verified(oid, stored, expect)
+        except ObjectCorrupt:
+            self.source_counters[0].error(CORRUPT)
+            raise
 
     def stored_size(self, oid: ObjectId) -> int | None:
         return stat_regular(self.root / object_relpath(oid), MAX_STORED_SIZE, f"object {oid}",

@@ -359,6 +359,11 @@ class ObjectCache(SourceWrapper):
             self._last_ns = max(time.time_ns(), self._last_ns + 1)
             return self._last_ns
 
+    def used_bytes_estimate(self) -> int:
+        """This process's running estimate of the folder's bytes (no scan: cheap
+        enough for the metrics every few seconds; :meth:`usage` counts)."""
+        return self._total
+
     def usage(self) -> int:
         """Bytes of cached objects in the folder right now (a scan)."""
         with self._evict_lock:
