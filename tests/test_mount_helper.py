@@ -183,3 +183,72 @@ def test_helper_argv_model() -> None:
                 ["rel", "/d", "-o", "arch="], ["rel", "/d", "-x"]):
         with pytest.raises(UsageError):
             parse_argv(bad)
+
+
+def _status_all(kit: Kit) -> tuple[list[dict], str]:
+    from fuse_fixtures import run_cas
+
+    js = run_cas("--json", "status", "--all", "--config", str(kit.config))
+    txt = run_cas("status", "--all", "--config", str(kit.config))
+    assert js.returncode == 0 and txt.returncode == 0, js.stderr + txt.stderr
+    assert "Traceback" not in js.stderr + txt.stderr
+    return json.loads(js.stdout), txt.stdout
+
+
+@needs_ns
+def test_status_all_shows_cas_exec_mount_with_namespace_and_owner(rel: Kit) -> None:
+    """A running ``cas exec`` job's private mount is listed on the host with its
+    namespace id, daemon PID and owner PID; a stale file of a dead daemon is listed
+    as dead (not used, no traceback), a damaged one as damaged."""
+    from fuse_fixtures import CAS
+
+    go, inside = rel.base / "go", rel.base / "inside"
+    script = (f'readlink /proc/self/ns/mnt > "{inside}"; '
+              f'for i in $(seq 600); do [ -e "{go}" ] && exit 0; sleep 0.1; done; exit 9')
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("CAS_DEBUG", None)
+    job = subprocess.Popen([*CAS, "exec", "--config", str(rel.config), "--mountpoint",
+                            str(rel.base / "mnt"), "rel", "--", "sh", "-c", script],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not inside.exists() or not inside.read_text().strip():
+            assert job.poll() is None, job.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ns = inside.read_text().strip().partition("[")[2].rstrip("]")
+        runs = rel.base / "state" / "mounts"
+        # A stale file (daemon long gone) and a damaged one beside the live one.
+        (runs / "%2Fgone@4026530000.json").write_text(json.dumps(
+            {"pid": 2**22 + 12345, "mountpoint": "/gone", "release": "old", "revision": 1}))
+        (runs / "%2Fbroken@1.json").write_text("{not json")
+        rows, text = _status_all(rel)
+        live = [r for r in rows if r.get("mountpoint") == str(rel.base / "mnt")]
+        assert len(live) == 1, rows
+        row = live[0]
+        owner = row["owner"]
+        assert row["state"] == "mounted" and row["mount_ns"] == ns and row["release"] == "rel"
+        assert Path(f"/proc/{row['pid']}/ns/mnt").exists()
+        assert os.readlink(f"/proc/{row['pid']}/ns/mnt") == f"mnt:[{ns}]"  # daemon in the job's ns
+        assert os.readlink(f"/proc/{owner}/ns/mnt") == f"mnt:[{ns}]"  # the inner cas exec
+        assert "exec" in Path(f"/proc/{owner}/cmdline").read_bytes().decode(errors="replace")
+        assert os.readlink("/proc/self/ns/mnt") != f"mnt:[{ns}]"  # listed from the host
+        assert not mounted(rel.base / "mnt")
+        stale = [r for r in rows if r.get("mountpoint") == "/gone"]
+        assert [r["state"] for r in stale] == ["dead"]
+        assert [r["state"] for r in rows if (r.get("status_file") or "").endswith("broken@1.json")
+                ] == ["damaged"]
+        line = next(ln for ln in text.splitlines() if ln.startswith(str(rel.base / "mnt")))
+        assert line.split()[4:8] == [ns, str(row["pid"]), str(owner), "mounted"], line
+        assert any(ln.startswith("/gone") and ln.rstrip().endswith("dead")
+                   for ln in text.splitlines()), text
+    finally:
+        go.touch()
+        try:
+            job.wait(60)
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+                job.wait(10)
+    assert job.returncode == 0, job.stderr.read()
