@@ -30,7 +30,8 @@ def doctor(ctx: Ctx, target: str | None, config_path: Path | None, arch: str | N
     a release that verifies with the trusted keys and is not expired), cache (owner,
     mode, free space >= --min-free), cpu (levels, the variant chosen), julia
     (`julia -e 1` through MOUNTPOINT, else from a private mount of RELEASE; needs root).
-    Without a target every release of each source is verified and Julia is skipped.
+    A target with a '/' is a MOUNTPOINT (release names hold none).  Without a
+    target every release of each source is verified and Julia is skipped.
     Exit status 0 if nothing failed, else 58.  Like `cvmfs_config probe`.
     """
     from casstore.config import parse_size

@@ -52,13 +52,14 @@ def _release_vars(config_path: Path | None, mountpoint: Path) -> dict[str, str]:
     """What is mounted there, from its status file (nothing if it is not a cas mount)."""
     from casstore.config import load
     from casstore.errors import CasError
-    from fuseclient.mounttable import fstype
+    from fuseclient.mounttable import CAS_FSTYPE, fstype
     from fuseclient.status import read_status
 
-    if fstype(mountpoint) != "fuse.cas":
+    if fstype(mountpoint) != CAS_FSTYPE:
         return {}
+    cfg = load(config_path)  # a bad --config is an error, not silently ignored
     try:
-        st = read_status(load(config_path), mountpoint)
+        st = read_status(cfg, mountpoint)
     except (CasError, OSError, ValueError):
         return {}
     out = {"CAS_DEPOT_RELEASE": f"{st.get('release')}@{st.get('revision')}"}
