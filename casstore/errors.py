@@ -379,6 +379,19 @@ class PushRefused(TransferError):
     exit_code = 62
 
 
+class DoctorFailed(CasError):
+    """``cas doctor`` found at least one check that fails (each is named on stdout)."""
+
+    exit_code = 58
+
+
+class ScratchUnsafe(CasError):
+    """``cas env``: the scratch depot folder cannot be created, or others could write or
+    own it (a job's precompile caches would then be theirs to plant)."""
+
+    exit_code = 59
+
+
 def all_error_classes() -> list[type[CasError]]:
     """Every CasError subclass, for the uniqueness check in the tests."""
     seen: list[type[CasError]] = []

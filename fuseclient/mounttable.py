@@ -68,3 +68,44 @@ def set_read_ahead(mountpoint: Path, kb: int) -> bool:
                 except OSError:
                     return False
     return False
+
+
+def ns_of(pid: int) -> str | None:
+    """Process ``pid``'s mount namespace id, or None if it is gone or not ours to see."""
+    try:
+        link = os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+    return link.partition("[")[2].rstrip("]") or None
+
+
+def mounts_of(pid: int | str) -> list[tuple[str, str, str]] | None:
+    """(source, mount point, fstype) of every mount in ``pid``'s mount namespace, or
+    None if the process is gone (or its table is not readable by us)."""
+    try:
+        with open(f"/proc/{pid}/mounts") as f:
+            rows = [p for p in (line.split() for line in f) if len(p) >= 3]
+    except OSError:
+        return None
+    return [(unescape(p[0]), unescape(p[1]), p[2]) for p in rows]
+
+
+def cas_mounts_everywhere() -> dict[str, tuple[int, list[tuple[str, str]]]]:
+    """Every casstore mount on the host, per mount namespace: ``{ns: (a pid in it,
+    [(mount point, source), ...])}``.
+
+    Private namespaces (``cas exec``) have no path of their own, so one process
+    per namespace is found by scanning ``/proc``; its mount table is read once.
+    Needs root to see the namespaces of other users' processes."""
+    found: dict[str, tuple[int, list[tuple[str, str]]]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        ns = ns_of(int(name))
+        if ns is None or ns in found:
+            continue
+        table = mounts_of(name)
+        if table is None:
+            continue
+        found[ns] = (int(name), [(mp, src) for src, mp, kind in table if kind == CAS_FSTYPE])
+    return {ns: v for ns, v in found.items() if v[1]}

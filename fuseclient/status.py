@@ -22,8 +22,17 @@ from urllib.parse import quote
 from casstore.config import ClientConfig
 from casstore.errors import MountError
 from casstore.fsutil import atomic_write
-from fuseclient.mounttable import canon, is_mounted, mount_ns, set_read_ahead
-from fuseclient.watchdog import WORKER_SIGNALS, alive
+from fuseclient.mounttable import (
+    CAS_FSTYPE,
+    canon,
+    cas_mounts_everywhere,
+    is_mounted,
+    mount_ns,
+    mounts_of,
+    ns_of,
+    set_read_ahead,
+)
+from fuseclient.watchdog import WORKER_SIGNALS, alive, owner_from_env
 
 log = logging.getLogger("casstore.mount")
 READ_AHEAD_KB = 1024
@@ -90,10 +99,13 @@ class StatusWriter:
         self.mountpoint = mountpoint
         self.stop = threading.Event()
         self.wake = threading.Event()
+        # For `cas status --all` on the host: which namespace, and which `cas exec`
+        # (if any) owns this mount.
+        self.where = {"mount_ns": mount_ns(), "owner": owner_from_env() or None}
 
     def snapshot(self) -> dict:
         return {**self.base, "pid": os.getpid(), "updated": int(time.time()),
-                **self._snapshot()}
+                **self.where, **self._snapshot()}
 
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,3 +132,53 @@ class StatusWriter:
     def poke(self) -> None:
         """Rewrite the status soon (called on errors, so `cas status` is current)."""
         self.wake.set()
+
+
+def all_mounts(cfg: ClientConfig) -> list[dict]:
+    """Every casstore mount on the host (``cas status --all``), one dict each.
+
+    Rows come from the status files in ``run_dir`` (any namespace, ``cas exec``
+    included), each with ``state``: ``mounted`` (daemon alive in its namespace and
+    the mount in that namespace's table), ``not mounted`` (daemon alive, mount not
+    (yet or any more) in its table), ``dead`` (a stale file: its daemon is gone),
+    or ``damaged`` (the file does not parse).  Then every ``fuse.cas`` mount found
+    in any namespace that has no status file here (another config's, or a daemon
+    that lost its file) is added with ``state: mounted`` and ``status_file: None``.
+    """
+    rows, known = [], set()
+    folder = cfg.run_dir
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        row = _status_row(path)
+        known.add((row.get("mount_ns"), row.get("mountpoint")))
+        rows.append(row)
+    for ns, (pid, found) in sorted(cas_mounts_everywhere().items()):
+        for mp, src in found:
+            if (ns, mp) not in known:
+                rows.append({"mountpoint": mp, "mount_ns": ns, "release": src.partition(":")[2],
+                             "state": "mounted", "status_file": None, "seen_via_pid": pid})
+    return rows
+
+
+def _status_row(path: Path) -> dict:
+    """One status file, judged: is its daemon alive, in its namespace, still mounted?"""
+    ns_in_name = path.stem.rpartition("@")[2]
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        pid = int(data.get("pid") or 0)
+    except (OSError, ValueError, TypeError) as exc:
+        return {"status_file": str(path), "mount_ns": ns_in_name, "state": "damaged",
+                "why": str(exc)[:200]}
+    ns = str(data.get("mount_ns") or ns_in_name)
+    row = {**data, "status_file": str(path), "mount_ns": ns}
+    daemon_ns = ns_of(pid) if pid > 0 else None
+    # A reused pid in another namespace is not our daemon.
+    live = alive(pid) and (daemon_ns is None or daemon_ns == ns)
+    table = mounts_of(pid) if live else None
+    mounted = table is not None and any(
+        mp == data.get("mountpoint") and kind == CAS_FSTYPE for _src, mp, kind in table)
+    row["alive"] = live
+    row["mounted"] = mounted
+    row["state"] = "mounted" if mounted else "not mounted" if live else "dead"
+    return row

@@ -10,7 +10,8 @@ from casstore.cli.common import Ctx
 
 SUBCOMMANDS = ["init_cmd", "put_cmd", "get_cmd", "browse_cmd", "release_cmd", "keygen_cmd",
                "fsck_cmd", "gc_cmd", "stat_cmd", "mount_cmd", "exec_cmd", "depot_cmd",
-               "registry_cmd", "serve_cmd", "mirror_cmd", "push_cmd"]
+               "registry_cmd", "serve_cmd", "mirror_cmd", "push_cmd", "doctor_cmd",
+               "env_cmd"]
 
 
 class _LazyGroup(click.Group):

@@ -90,13 +90,29 @@ def umount(ctx: Ctx, mountpoint: Path, config_path: Path | None, lazy: bool) -> 
 
 
 @command(cli, "status")
-@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.argument("mountpoint", type=click.Path(path_type=Path), required=False)
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
+@click.option("--all", "all_", is_flag=True,
+              help="List every casstore mount on the host, cas exec mounts in private "
+                   "namespaces included (needs root to see other namespaces).")
 @pass_ctx
-def status(ctx: Ctx, mountpoint: Path, config_path: Path | None) -> None:
-    """Show what is mounted at MOUNTPOINT: release, revision, variant, cache, errors."""
+def status(ctx: Ctx, mountpoint: Path | None, config_path: Path | None, all_: bool) -> None:
+    """Show what is mounted at MOUNTPOINT: release, revision, variant, cache, errors.
+
+    \b
+    With --all (and no MOUNTPOINT): one line per mount, with its mount namespace,
+    daemon PID, owner PID (the `cas exec` that owns it, else -) and state:
+    mounted, not mounted (daemon alive, mount gone), dead (a stale status file
+    left by a killed daemon: shown, never used) or damaged (an unreadable file).
+    """
+    from casstore.errors import UsageError
     from fuseclient.mount import read_status
 
+    if all_ == (mountpoint is not None):
+        raise UsageError("give either MOUNTPOINT or --all")
+    if all_:
+        _status_all(ctx, _config(config_path))
+        return
     st = read_status(_config(config_path), mountpoint)
     cache = st.get("cache", {})
     errors = st.get("errors", {})
@@ -117,3 +133,23 @@ def status(ctx: Ctx, mountpoint: Path, config_path: Path | None) -> None:
         f"{errors.get('missing', 0)} missing, {errors.get('internal', 0)} internal)",
     ])
     ctx.emit(st, text)
+
+
+def _status_all(ctx: Ctx, cfg: ClientConfig) -> None:
+    from fuseclient.mounttable import mount_ns
+    from fuseclient.status import all_mounts
+
+    rows = all_mounts(cfg)
+    here = mount_ns()
+    head = ("MOUNTPOINT", "RELEASE", "REV", "VARIANT", "NAMESPACE", "PID", "OWNER", "STATE")
+    table = [head] + [(
+        str(r.get("mountpoint") or r.get("status_file")), str(r.get("release") or "-"),
+        str(r.get("revision") or "-"), str(r.get("variant") or "-"),
+        f"{r.get('mount_ns')}{' (this)' if r.get('mount_ns') == here else ''}",
+        str(r.get("pid") or "-"), str(r.get("owner") or "-"),
+        r["state"] + ("" if r.get("status_file", "") is not None else " (no status file)"),
+    ) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in table)
+    ctx.emit(rows, text if rows else "no casstore mounts")
