@@ -110,6 +110,10 @@ http {{
       alias {self.store}/objects/;
       add_header Cache-Control "public, max-age=31536000, immutable";
     }}
+    location ~ ^/{self.prefix}/(releases/([^/]+/)?_index[.]json)$ {{
+      alias {self.store}/$1;
+      add_header Cache-Control "public, no-cache";
+    }}
     location /{self.prefix}/ {{
       alias {self.store}/;
       add_header Cache-Control "max-age=60";
