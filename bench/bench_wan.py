@@ -244,27 +244,33 @@ def table(res: dict) -> list[str]:
     walls, counts = res["walls"], res["counts"]
     med = {s: statistics.median(v) for s, v in walls.items()}
     lines = [f"## {res['depot']}: release `{res['release']}`, {res['rounds']} rounds", "",
-             "| scenario | median s | min s | max s | vs WAN warm | requests | object GETs "
-             "| MB from origin | TCP connections |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| scenario | median s | min s | max s | vs WAN warm | same round vs WAN warm "
+             "| requests | object GETs | MB from origin | TCP connections |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in SCENARIOS:
         v = walls[s]
+        paired = statistics.median(x / w for x, w in zip(v, walls["WAN warm"], strict=True))
         c = {k: statistics.median(x[k] for x in counts[s]) for k in counts[s][0]}
         wire = (f"{c['requests']:.0f} | {c['object_gets']:.0f} | {c['bytes'] / 1e6:.1f} | "
                 f"{c['connections']:.0f}") if s.startswith("WAN") else "- | - | - | -"
         lines.append(f"| {s} | {med[s]:.2f} | {min(v):.2f} | {max(v):.2f} | "
-                     f"{med[s] / med['WAN warm']:.2f}x | {wire} |")
+                     f"{med[s] / med['WAN warm']:.2f}x | {paired:.2f}x | {wire} |")
     loads = "; ".join(" ".join(f"{x:.1f}" for x in la) for la in res["load"])
-    lines += ["", f"Load average at the start of each round: {loads}.", ""]
+    lines += ["", f"Load average at the start of each round: {loads}.  \"Same round\": the "
+              "median over rounds of this run's time over the WAN warm run of its round "
+              "(steadier than a ratio of medians when other jobs load the machine).", ""]
     return lines
 
 
-def report(results: list[dict]) -> tuple[dict, str]:
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    out = {"when": stamp, "host": platform.node(), "cpu": cpu_model(), "cpus": os.cpu_count(),
-           "commit": git_commit(), "delay_each_way_s": DELAY,
-           "depots": [{**r, "median_s": {s: round(statistics.median(v), 3)
-                                         for s, v in r["walls"].items()}} for r in results]}
+def report(results: list[dict], old: dict | None = None) -> tuple[dict, str]:
+    """The JSON document and the Markdown; ``old``: re-render a saved run as it was."""
+    out = old or {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
+        "cpu": cpu_model(), "cpus": os.cpu_count(), "commit": git_commit(),
+        "delay_each_way_s": DELAY,
+        "depots": [{**r, "median_s": {s: round(statistics.median(v), 3)
+                                      for s, v in r["walls"].items()}} for r in results]}
+    stamp = out["when"]
     lines = ["# A node over an emulated WAN: mount + real Julia start (`cas exec`, x86-64)",
              "",
              f"{stamp}, commit {out['commit']}, {out['cpus']} vCPUs ({out['cpu']}) shared with "
@@ -289,7 +295,13 @@ def main() -> None:
     ap.add_argument("--real-rounds", type=int, default=3,
                     help="rounds for the analysis depot, if its build is cached (0: skip)")
     ap.add_argument("--out", default=str(HERE / "results" / "wan"))
+    ap.add_argument("--render", action="store_true",
+                    help="only write <out>.md again from <out>.json (no measuring)")
     a = ap.parse_args()
+    if a.render:
+        old = json.loads(Path(a.out + ".json").read_text())
+        Path(a.out + ".md").write_text(report(old["depots"], old)[1])
+        return
     results = [measure(a.work / "small", small_depot(a.work / "small"), a.rounds)]
     real = real_depot() if a.real_rounds else None
     if real is not None:
