@@ -84,7 +84,7 @@ class StoreConfig:
     store: Path
     trusted_keys: list[str]  # release uploads need them; none: release PUT gives 403
     tokens: Path | None = None  # default: <store>/server/tokens.json
-    max_age: int = 60  # release index files, documents and refs
+    max_age: int = 60  # release documents and refs (index files: no-cache)
     format_max_age: int = 3600  # casstore.json
     max_object: int = MAX_STORED_SIZE
     upload_workers: int = 4
@@ -360,8 +360,18 @@ def _object_response(request: web.Request, oid: ObjectId, fd: int,
     return web.Response(body=body, status=status, headers=headers)
 
 
+REVALIDATE = -1  # a max_age meaning "public, no-cache": store, but ask before each use
+
+
+def _cache_control(max_age: int) -> str:
+    return "public, no-cache" if max_age == REVALIDATE else f"public, max-age={max_age}"
+
+
 def _small_file(request: web.Request, relpath: str, limit: int, max_age: int,
                 content_type: str) -> web.Response:
+    """A small layout file with an ETag; ``max_age`` :data:`REVALIDATE` for the release
+    index files, which decide what a mount picks and so must never be served stale by
+    a proxy (FORMAT §10.2)."""
     svc: StoreService = request.app[STORE]
     try:
         data = read_regular(svc.root / relpath, limit, relpath, corrupt=ObjectCorrupt)
@@ -369,17 +379,17 @@ def _small_file(request: web.Request, relpath: str, limit: int, max_age: int,
         log.error("not serving %s: %s", relpath, exc)
         return _text(500, "file damaged on the server")
     if data is None:
-        return _text(404, "not found", **{"Cache-Control": f"public, max-age={min(max_age, 10)}"})
+        return _text(404, "not found", **{"Cache-Control": _cache_control(min(max_age, 10))})
     etag = f'"{blake3.blake3(data).hexdigest()[:32]}"'
-    headers = {"Cache-Control": f"public, max-age={max_age}", "ETag": etag}
+    headers = {"Cache-Control": _cache_control(max_age), "ETag": etag}
     if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=data, content_type=content_type, headers=headers)
 
 
 async def get_names_index(request: web.Request) -> web.StreamResponse:
-    return _small_file(request, names_index_relpath(), MAX_RELEASE_INDEX,
-                       request.app[STORE].cfg.max_age, "application/json")
+    return _small_file(request, names_index_relpath(), MAX_RELEASE_INDEX, REVALIDATE,
+                       "application/json")
 
 
 async def get_release_file(request: web.Request) -> web.StreamResponse:
@@ -388,7 +398,7 @@ async def get_release_file(request: web.Request) -> web.StreamResponse:
         file = request.match_info["file"]
         if file == "_index.json":
             return _small_file(request, revisions_index_relpath(name), MAX_RELEASE_INDEX,
-                               request.app[STORE].cfg.max_age, "application/json")
+                               REVALIDATE, "application/json")
         rev = parse_revision_file(file)
     except BadRequest as exc:
         return _text(400, str(exc))

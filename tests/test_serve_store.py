@@ -83,7 +83,8 @@ def test_layout_reads_headers_and_head(pub: dict, tmp_path: Path) -> None:
                     release_relpath("app", 1)):
             s, h, body = raw(srv.url, "GET", "/" + rel)
             assert (s, body) == (200, (store / rel).read_bytes())
-            assert h["cache-control"] == "public, max-age=42"
+            index = rel.endswith("_index.json")  # revalidated, never a TTL (FORMAT §10.2)
+            assert h["cache-control"] == ("public, no-cache" if index else "public, max-age=42")
         s, h, body = raw(srv.url, "GET", "/casstore.json")
         assert (s, body) == (200, (store / "casstore.json").read_bytes())
         assert raw(srv.url, "GET", "/releases/app/000000000002.release")[0] == 404
