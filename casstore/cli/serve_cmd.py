@@ -71,7 +71,8 @@ def serve() -> None:
               default=None, help="Tarball cache folder (default: ~/.cache/casstore/serve).")
 @click.option("--cache-size", default="2G", show_default=True, help="Bound of the cache.")
 @click.option("--max-age", default=60, show_default=True, type=click.IntRange(0, 86400),
-              help="Cache-Control max-age (s) of release index files, documents and refs.")
+              help="Cache-Control max-age (s) of release documents and refs (release "
+                   "index files are always no-cache, so proxies revalidate them).")
 @click.option("--tokens", "tokens", type=click.Path(path_type=Path, dir_okay=False),
               default=None, help="Token file (default: STORE/server/tokens.json).")
 @click.option("--access-log", is_flag=True, help="Log every request on stderr.")
