@@ -21,6 +21,8 @@ Example::
     cache_size = "20G"                          # bound of the file cache
     prefetch_min = "4M"                         # files this big are fetched whole
     arch = ""                                   # force a CPU level, e.g. "x86-64-v2"
+    follow = false                              # cas mount follows new revisions
+    ttl = "4m"                                  # how often a following mount checks
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ from casstore.errors import KeyFileError, UsageError
 DEFAULT_PATH = Path("/etc/casstore/client.toml")
 ENV_VAR = "CAS_CONFIG"
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MIN_TTL, MAX_TTL = 0.1, 7 * 86400.0
 _KNOWN = {"trusted_keys", "source", "cache_dir", "state_dir", "cache_size", "prefetch_min",
           "arch", "proxy", "connect_timeout", "read_timeout", "request_timeout", "http_parallel",
-          "object_cache_size"}
+          "object_cache_size", "follow", "ttl"}
 _TIMEOUTS = ("connect_timeout", "read_timeout", "request_timeout")
 MAX_TIMEOUT = 3600.0
 
@@ -55,6 +60,18 @@ def parse_size(value: int | str) -> int:
     if not m:
         raise UsageError(f"not a size: {value!r} (use e.g. 512M or 20G)")
     return int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
+
+
+def parse_duration(value: int | float | str) -> float:
+    """``30``, ``"30s"``, ``"4m"``, ``"1h"``, ``"500ms"``, ``"1d"`` -> seconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UsageError(f"not a duration: {value!r} (use e.g. 30s, 4m or 1h)")
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise UsageError(f"not a duration: {value!r} (use e.g. 30s, 4m or 1h)")
+        return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    return float(value)
 
 
 @dataclass
@@ -76,6 +93,10 @@ class ClientConfig:
     request_timeout: float = 120.0
     http_parallel: int = 16
     object_cache_size: int | None = None  # None = cache_size
+    # Revision following (casstore.follow): off by default, because a following mount
+    # gives up "no_open" and day-long kernel timeouts (docs/CLIENT.md, "Following").
+    follow: bool = False
+    ttl: float = 240.0  # seconds between checks of the release index
 
     @property
     def objects_cache_dir(self) -> Path:
@@ -156,6 +177,7 @@ def from_dict(raw: dict, path: Path | None = None) -> ClientConfig:
             setattr(cfg, name, parse_size(raw[name]))
     cfg.arch = raw.get("arch") or None
     _http_settings(cfg, raw)
+    _follow_settings(cfg, raw)
     return cfg
 
 
@@ -210,3 +232,20 @@ def _http_settings(cfg: ClientConfig, raw: dict) -> None:
         cfg.http_parallel = v
     if "object_cache_size" in raw:
         cfg.object_cache_size = parse_size(raw["object_cache_size"])
+
+
+def _follow_settings(cfg: ClientConfig, raw: dict) -> None:
+    """``follow`` (a boolean) and ``ttl`` (a duration within [0.1 s, 7 d]), checked."""
+    if "follow" in raw:
+        if not isinstance(raw["follow"], bool):
+            raise UsageError(f"client config: follow must be true or false, not {raw['follow']!r}")
+        cfg.follow = raw["follow"]
+    if "ttl" in raw:
+        try:
+            ttl = parse_duration(raw["ttl"])
+        except UsageError as exc:
+            raise UsageError(f"client config: ttl: {exc}") from None
+        if not MIN_TTL <= ttl <= MAX_TTL:
+            raise UsageError(f"client config: ttl must be between 100ms and 7d, "
+                             f"not {raw['ttl']!r}")
+        cfg.ttl = ttl

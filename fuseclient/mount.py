@@ -13,19 +13,31 @@ entry/attr/negative timeouts (content is immutable), mounted ``ro`` and
 exit of ``cas mount`` means the mount is there.  SIGTERM/SIGINT/SIGHUP end the
 loop through libfuse's own handlers and unmount cleanly; worker threads block
 those signals so they always reach the loop's thread.
+
+A following mount (``follow``, :mod:`casstore.follow`) differs in three ways:
+SIGHUP asks for a check instead of unmounting (every thread blocks it, the
+follow thread waits for it with ``sigtimedwait``); opens are real (each handle
+keeps its revision; no "no_open", no blanket ``kernel_cache``: the page cache is
+kept or dropped per open by :meth:`fuseclient.fs.ReleaseFS.open`); and the
+kernel's entry/attr/negative timeouts are FOLLOW_TIMEOUT_S, while paths whose
+node changed are invalidated in the kernel at each switch.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from casstore.config import ClientConfig
 from casstore.errors import MountError, NotACasMount
+from casstore.follow import Follower
 from casstore.releases import DAY
 from casstore.selection import Selection, select
 from fuseclient.fastpath import fast_getattr_ok, fuse_class
@@ -39,11 +51,15 @@ from fuseclient.status import (
     status_pid,
 )
 from fuseclient.watchdog import OWNER_ENV, OwnerWatchdog, alive, owner_from_env
-from fuseclient.wiring import build_fs
+from fuseclient.wiring import Built, build_fs, switch_fs
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 log = logging.getLogger("casstore.mount")
 TIMEOUT_S = float(DAY)  # entry/attr/negative timeouts: content never changes
+# ... unless the mount follows new revisions: then a path added by a new revision
+# may stay hidden behind a negative entry (or a path not in the daemon's path
+# cache show old attributes) for at most this long after a switch.
+FOLLOW_TIMEOUT_S = 10.0
 
 # Kept for callers that still use the old names (casstore.julia, depot_cmd).
 Prepared = Selection
@@ -62,18 +78,83 @@ def setup_logging(log_file: Path, foreground: bool) -> None:
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
 
 
+class KernelCache:
+    """Tells the kernel to forget what it cached for paths (libfuse's
+    ``fuse_invalidate_path``: attributes and page cache of the path's inode).
+
+    The ``struct fuse`` pointer is taken in ``init`` (the loop's thread); calls
+    come from the follow thread, never from a FUSE callback (that would deadlock).
+    """
+
+    def __init__(self) -> None:
+        self._fuse: int | None = None
+        self._fn = None
+
+    def capture(self) -> None:
+        import mfusepy
+
+        lib = mfusepy._libfuse
+        fn = getattr(lib, "fuse_invalidate_path", None)
+        if fn is None:  # libfuse older than 3.1: the short timeouts still bound staleness
+            log.warning("libfuse has no fuse_invalidate_path; relying on kernel timeouts")
+            return
+        fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
+        self._fn, self._fuse = fn, lib.fuse_get_context().contents.fuse
+
+    def invalidate(self, paths: list[str]) -> int:
+        """Invalidate each path the kernel knows; returns how many it knew."""
+        if self._fn is None or not self._fuse:
+            return 0
+        known = 0
+        for path in paths:
+            known += self._fn(self._fuse, os.fsencode(path)) == 0
+        return known
+
+
+def _fuse_options(follow: bool) -> dict:
+    timeout = FOLLOW_TIMEOUT_S if follow else TIMEOUT_S
+    return {"kernel_cache": not follow, "use_ino": True, "entry_timeout": timeout,
+            "attr_timeout": timeout, "negative_timeout": timeout}
+
+
+def _start_follower(follower: Follower, stop: threading.Event) -> None:
+    """The follow thread: a check every ttl, or at once on SIGHUP (blocked in every
+    thread since before the fork, so only this thread's sigtimedwait takes it)."""
+
+    def wait(seconds: float) -> None:
+        signal.sigtimedwait({signal.SIGHUP}, seconds)
+
+    threading.Thread(target=follower.run, args=(wait, stop), daemon=True,
+                     name="follow").start()
+
+
+def _make_follower(p: Selection, cfg: ClientConfig, built: Built, arch: str | None,
+                   kernel: KernelCache, on_change) -> Follower:
+    def apply(new: Selection) -> None:
+        changed = switch_fs(built, new)
+        known = kernel.invalidate(changed)
+        log.info("revision %d: %d changed paths known to the daemon, %d invalidated in "
+                 "the kernel", new.release.revision, len(changed), known)
+
+    return Follower(p, cfg, apply, arch, on_change)
+
+
 def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
-          record_to: Path | None = None, prefetch: bool = True) -> None:
+          record_to: Path | None = None, prefetch: bool = True, follow: bool = False,
+          arch: str | None = None) -> None:
     """Mount and run the FUSE loop until unmounted or signalled.
 
     ``prefetch``: replay the release's prefetch list for the chosen level once the
     mount exists (concurrently with the first reads).  ``record_to``: note every
-    path served and write the record there at unmount (``cas depot build``)."""
+    path served and write the record there at unmount (``cas depot build``).
+    ``follow``: check for new revisions every ``cfg.ttl`` and on SIGHUP, and switch
+    to them (:mod:`casstore.follow`); ``arch`` is the forced level to keep."""
     from fuseclient.ops import CasOps
 
     mountpoint = canon(mountpoint)
     check_mountpoint(mountpoint)
     spath = status_path(cfg, mountpoint)
+    follow = follow and record_to is None
     # refuses an unsafe cache folder before anything is mounted
     built = build_fs(p, cfg, record=record_to is not None,
                      prefetch=prefetch and record_to is None)
@@ -82,37 +163,57 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
     base = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "root": p.release.root, "mountpoint": str(mountpoint),
             "source": str(p.source_path), "started": int(time.time()),
-            "offline": p.offline or None}  # "offline: using the last verified release ..."
-    ops = CasOps(built.fs)
-    writer = StatusWriter(spath, base, lambda: {
-        "cache": built.cache.summary(), "errors": dict(ops.errors),
-        "bad_objects": built.bad.summary(),
-        "prefetch": built.replay.summary() if built.replay else {"state": "off"}}, mountpoint)
+            "offline": p.offline or None,  # "offline: using the last verified release ..."
+            "following": follow}
+    ops = CasOps(built.fs, follow=follow)
+    kernel = KernelCache()
+    holder: list[Follower] = []
+
+    def live() -> dict:
+        out = {"cache": built.cache.summary(), "errors": dict(ops.errors),
+               "bad_objects": built.bad.summary(),
+               "prefetch": built.replay.summary() if built.replay else {"state": "off"}}
+        if holder:  # the revision now served, and the follow checks (casstore.follow)
+            f = holder[0]
+            out.update(revision=f.revision, variant=f.sel.level, root=f.sel.release.root,
+                       follow=f.state.summary(), open_files=built.fs.open_handles())
+        return out
+
+    writer = StatusWriter(spath, base, live, mountpoint)
+    if follow:
+        holder.append(_make_follower(p, cfg, built, arch, kernel, writer.poke))
     watchdog = OwnerWatchdog(owner_from_env(), mountpoint)
+    stop_follow = threading.Event()
 
     def on_init() -> None:
         writer.start()
         watchdog.start()
         if built.replay is not None:  # threads only now: the daemon has forked
             built.replay.start()
+        if holder:
+            kernel.capture()
+            _start_follower(holder[0], stop_follow)
 
     ops._on_init = on_init
     ops.on_error = writer.poke
     writer.write()
-    log.info("mounting %s revision %d (variant %s) at %s", p.release.name,
-             p.release.revision, p.level, mountpoint)
+    log.info("mounting %s revision %d (variant %s) at %s%s", p.release.name,
+             p.release.revision, p.level, mountpoint,
+             f", following every {cfg.ttl:g} s" if follow else "")
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}) if follow else None
     try:
         fuse_class()(ops, str(mountpoint), foreground=foreground, nothreads=True, ro=True,
-                     allow_other=True, default_permissions=True, kernel_cache=True,
-                     entry_timeout=TIMEOUT_S, attr_timeout=TIMEOUT_S,
-                     negative_timeout=TIMEOUT_S, fsname=f"cas:{p.release.name}",
-                     subtype="cas")
+                     allow_other=True, default_permissions=True, **_fuse_options(follow),
+                     fsname=f"cas:{p.release.name}", subtype="cas")
     except RuntimeError as exc:
         # libfuse also reports a loop ended by SIGTERM/SIGINT as an error: that is a
         # clean stop once the kernel had initialised the mount.
         if not ops.initialised:
             raise MountError(f"mounting {mountpoint} failed (libfuse error {exc})") from None
     finally:
+        if old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        stop_follow.set()
         writer.stop.set()
         writer.wake.set()
         watchdog.stop.set()
