@@ -66,7 +66,7 @@ class ReleaseFS:
         # may hold, and the keys of open handles.  See :meth:`open`.
         self._cached: dict[str, bytes] = {}
         self._cached_complete = True  # False once _cached was cleared (bounded)
-        self._open_keys: dict[str, dict[bytes, int]] = {}
+        self._open_keys: dict[str, dict[bytes, list[int]]] = {}  # key -> [count, size]
         self._lock = threading.Lock()
 
     def switch(self, vfs: VFS) -> list[str]:
@@ -105,7 +105,7 @@ class ReleaseFS:
                 if len(self._cached) >= MAX_CACHED_KEYS:
                     self._cached, self._cached_complete = {}, False
                 self._cached[path] = key
-            keys[key] = keys.get(key, 0) + 1
+            keys.setdefault(key, [0, node.entry.size])[0] += 1
             fh = next(self._next_fh)
             self._handles[fh] = Handle(vfs, node, path, key)
         return Opened(fh, keep, direct)
@@ -116,9 +116,11 @@ class ReleaseFS:
             if h is None:
                 return
             keys = self._open_keys.get(h.path, {})
-            keys[h.key] = keys.get(h.key, 1) - 1
-            if keys[h.key] <= 0:
-                del keys[h.key]
+            slot = keys.get(h.key)
+            if slot is not None:
+                slot[0] -= 1
+                if slot[0] <= 0:
+                    del keys[h.key]
             if not keys:
                 self._open_keys.pop(h.path, None)
 
@@ -147,20 +149,35 @@ class ReleaseFS:
         vfs = self.vfs
         return vfs, vfs.lookup(path)
 
+    def _size(self, path: str, fh: int | None, size: int) -> int:
+        """The size to report for ``path``: its own, except while handles of other
+        content are open at the path (a switch changed it): then the largest.
+
+        The kernel keeps one inode, so one i_size, per path; an old handle reading
+        through the page cache would see EOF at a shorter new size.  New opens
+        bypass the page cache in that state (:meth:`open`), so they still read
+        exactly the new bytes; only ``st_size`` is larger until the old handles
+        close (docs/CLIENT.md, "Following")."""
+        keys = self._open_keys.get(path) if fh is None else None
+        if not keys:
+            return size
+        return max(size, *(slot[1] for slot in keys.values()))
+
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         vfs, node = self._view(path, fh)
         s = vfs.stat(node)
-        return {"st_mode": s.mode, "st_nlink": s.nlink, "st_size": s.size,
+        size = self._size(path, fh, s.size)
+        return {"st_mode": s.mode, "st_nlink": s.nlink, "st_size": size,
                 "st_ino": vfs.inode(path, node),
-                "st_uid": self.uid, "st_gid": self.gid, "st_blocks": (s.size + 511) // 512,
+                "st_uid": self.uid, "st_gid": self.gid, "st_blocks": (size + 511) // 512,
                 "st_mtime": s.mtime_ns, "st_atime": s.mtime_ns, "st_ctime": s.mtime_ns}
 
     def stat_bytes(self, path: str, fh: int | None = None) -> bytes:
         """:meth:`getattr` packed as a Linux x86-64 ``struct stat`` (see fastpath)."""
         vfs, node = self._view(path, fh)
         s = vfs.stat(node)
-        return pack_stat(s.mode, s.nlink, s.size, s.mtime_ns, self.uid, self.gid,
-                         vfs.inode(path, node))
+        return pack_stat(s.mode, s.nlink, self._size(path, fh, s.size), s.mtime_ns, self.uid,
+                         self.gid, vfs.inode(path, node))
 
     def readdir(self, path: str) -> list[str]:
         return [os.fsdecode(n) for n in self.readdir_raw(path)]

@@ -1,0 +1,229 @@
+"""Revision following and stable inodes on real FUSE mounts, with revisions
+published by real ``cas release create`` / ``cas release rollback`` processes.
+
+Every mount is a ``cas mount --foreground`` child of the test (fuse_fixtures.Mounter,
+which always unmounts); waits are for conditions with generous deadlines.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.fuse_fixtures import Mounter, mounted
+from tests.helpers import cas
+
+pytestmark = pytest.mark.fuse
+
+MTIME = 1_700_000_000
+BIG1 = bytes(range(256)) * 8192  # 2 MiB: larger than prefetch_min and than BIG2
+BIG2 = b"revision two! " * 100_000  # 1.4 MiB
+DEADLINE = 60.0
+
+
+def _write_tree(d: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        p = d / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        os.utime(p, (MTIME, MTIME))
+    for sub in sorted((x for x in d.rglob("*") if x.is_dir()), reverse=True):
+        os.utime(sub, (MTIME, MTIME))
+    return d
+
+
+class Repo:
+    """A store, a key and a client config; publishes trees as new revisions via the CLI."""
+
+    def __init__(self, base: Path, ttl: str) -> None:
+        self.base, self.store, self.key = base, base / "store", base / "release.key"
+        cas(None, "keygen", str(self.key), check=True)
+        self.config = base / "client.toml"
+        self.config.write_text(
+            f'trusted_keys = ["{self.key}.pub"]\nsource = "{self.store}"\n'
+            f'cache_dir = "{base}/cache"\nstate_dir = "{base}/state"\nprefetch_min = "1M"\n'
+            f'follow = true\nttl = "{ttl}"\n')
+        self.n = 0
+
+    def publish(self, files: dict[str, bytes], *extra: str) -> str:
+        self.n += 1
+        tree = _write_tree(self.base / f"tree{self.n}", files)
+        root = cas(self.store, "put", str(tree), check=True).out.strip()
+        cas(self.store, "release", "create", "rel", root, "--key", str(self.key), *extra,
+            check=True)
+        return root
+
+    def revision_doc(self, revision: int) -> Path:
+        return self.store / "releases" / "rel" / f"{revision:012d}.release"
+
+    def body(self, revision: int) -> dict:
+        return json.loads(base64.b64decode(json.loads(self.revision_doc(revision).read_bytes())
+                                           ["body"]))
+
+
+V1 = {"big.bin": BIG1, "same.txt": b"never changes\n" * 40, "lib/keep.jl": b"x = 1\n",
+      "small.txt": b"one\n"}
+V2 = {"big.bin": BIG2, "same.txt": b"never changes\n" * 40, "lib/keep.jl": b"x = 1\n",
+      "small.txt": b"two\n", "added.txt": b"new in 2\n"}
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Callable[..., tuple[Repo, Mounter]]]:
+    made: list[Mounter] = []
+
+    def make(ttl: str = "1h") -> tuple[Repo, Mounter]:
+        repo = Repo(tmp_path, ttl)
+        m = Mounter(SimpleNamespace(base=tmp_path, config=repo.config))
+        made.append(m)
+        return repo, m
+
+    yield make
+    for m in made:
+        m.cleanup()
+    assert not any(mounted(p) for m in made for _, p in m.procs)
+
+
+def revision(mp: Path) -> int:
+    return int(os.getxattr(mp, "user.cas.revision"))
+
+
+def wait_for(cond: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def status(repo: Repo, mp: Path) -> dict:
+    return json.loads(cas(None, "--json", "status", str(mp), "--config", str(repo.config),
+                          check=True).out)
+
+
+def reload(repo: Repo, mp: Path) -> str:
+    return cas(None, "reload", str(mp), "--config", str(repo.config), check=True).out
+
+
+def _publish_during_reads(repo: Repo, mp: Path, trigger: Callable[[], None]) -> None:
+    assert revision(mp) == 1
+    with open(mp / "big.bin", "rb") as old:
+        head = old.read(100_000)
+        repo.publish(V2)
+        trigger()
+        wait_for(lambda: revision(mp) == 2, "revision 2 on the root")
+        # a new open sees revision 2 at once, while the old handle is still open
+        assert (mp / "big.bin").read_bytes() == BIG2
+        assert (mp / "added.txt").read_bytes() == V2["added.txt"]
+        assert (mp / "small.txt").read_bytes() == b"two\n"
+        parts = [head]
+        while chunk := old.read(65_536):  # slowly, interleaved with new opens
+            parts.append(chunk)
+            if len(parts) % 8 == 0:
+                assert (mp / "big.bin").read_bytes()[:64] == BIG2[:64]
+        assert b"".join(parts) == BIG1
+        assert os.fstat(old.fileno()).st_size == len(BIG1)
+    assert (mp / "big.bin").read_bytes() == BIG2
+    assert (mp / "big.bin").stat().st_size == len(BIG2)
+    assert os.getxattr(mp, "user.cas.revision") == b"2"
+
+
+def test_publish_during_reads_switch_by_cas_reload(mounts) -> None:
+    repo, m = mounts("1h")  # the timer never fires during the test
+    repo.publish(V1)
+    mp = m.mount("rel")
+    out = {}
+    _publish_during_reads(repo, mp, lambda: out.update(text=reload(repo, mp)))
+    assert "revision 2" in out["text"]
+    st = status(repo, mp)
+    assert st["following"] and st["revision"] == 2 and st["follow"]["switches"] == 1
+    assert st["follow"]["last_ok"] >= st["follow"]["last_switch"] > 0
+
+
+def test_publish_during_reads_switch_by_ttl_expiry(mounts) -> None:
+    repo, m = mounts("1s")
+    repo.publish(V1)
+    mp = m.mount("rel")
+    _publish_during_reads(repo, mp, lambda: None)
+    first = status(repo, mp)["follow"]["checks"]
+    wait_for(lambda: status(repo, mp)["follow"]["checks"] > first, "the timer to check again")
+
+
+def test_bad_revisions_are_not_applied_and_status_says_why(mounts) -> None:
+    repo, m = mounts("1h")
+    repo.publish(V1)
+    mp = m.mount("rel")
+    repo.publish(V2)
+    reload(repo, mp)
+    assert revision(mp) == 2
+    # revision 3: revision 2's document with its body changed (signature kept)
+    outer = json.loads(repo.revision_doc(2).read_bytes())
+    body = json.loads(base64.b64decode(outer["body"]))
+    body.update(revision=3, root=body["root"])
+    outer["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    repo.publish(V1)  # a real revision 3 (the index lists it), then tampered with
+    repo.revision_doc(3).write_bytes(json.dumps(outer).encode())
+    out = reload(repo, mp)
+    assert "rejected revision 3" in out
+    assert revision(mp) == 2 and (mp / "small.txt").read_bytes() == b"two\n"
+    text = cas(None, "status", str(mp), "--config", str(repo.config), check=True).out
+    assert "rejected:   revision 3 (BadSignature)" in text, text
+    # an expired revision 4 is refused too (signed to expire 3 s after its creation)
+    repo.publish({**V1, "small.txt": b"four\n"}, "--expires-days", "0.00003")
+    expires = repo.body(4)["expires"]
+    wait_for(lambda: time.time() > expires + 1, "revision 4 to expire")
+    reload(repo, mp)
+    rej = status(repo, mp)["follow"]["rejected"]
+    assert rej["revision"] == 4 and "expire" in rej["reason"].lower(), rej
+    assert revision(mp) == 2
+    # a good revision 5 is applied, and the rejection is cleared
+    repo.publish({**V1, "small.txt": b"five\n"})
+    reload(repo, mp)
+    assert revision(mp) == 5 and (mp / "small.txt").read_bytes() == b"five\n"
+    assert status(repo, mp)["follow"]["rejected"] is None
+    log = (repo.base / "mnt.out").read_text()
+    assert "rejected rel revision 3" in log and "rejected rel revision 4" in log
+
+
+def test_pinned_mount_does_not_move_and_a_rollback_is_followed(mounts) -> None:
+    repo, m = mounts("1s")
+    repo.publish(V1)
+    pinned = m.mount("rel@1", name="pinned")
+    follower = m.mount("rel", name="follower")
+    repo.publish(V2)
+    wait_for(lambda: revision(follower) == 2, "the follower on revision 2")
+    assert (follower / "small.txt").read_bytes() == b"two\n"
+    res = cas(None, "reload", str(pinned), "--config", str(repo.config))
+    assert res.code == 56 and "pinned" in res.err, res.err
+    cas(repo.store, "release", "rollback", "rel", "--to", "1", "--key", str(repo.key),
+        check=True)
+    wait_for(lambda: revision(follower) == 3, "the rollback (revision 3)")
+    assert (follower / "small.txt").read_bytes() == b"one\n"
+    assert not (follower / "added.txt").exists()
+    assert revision(pinned) == 1 and (pinned / "small.txt").read_bytes() == b"one\n"
+    assert not status(repo, pinned)["following"]
+
+
+def test_unchanged_paths_keep_their_inode_across_a_switch_and_a_remount(mounts) -> None:
+    repo, m = mounts("1h")
+    repo.publish(V1)
+    mp = m.mount("rel")
+    keep = ["same.txt", "lib", "lib/keep.jl"]
+    before = {p: (mp / p).stat().st_ino for p in [*keep, "big.bin", "small.txt"]}
+    assert len(set(before.values())) == len(before)
+    assert mp.stat().st_ino == 1
+    repo.publish(V2)
+    reload(repo, mp)
+    after = {p: (mp / p).stat().st_ino for p in before}
+    assert {p: after[p] for p in keep} == {p: before[p] for p in keep}
+    assert after["big.bin"] != before["big.bin"] and after["small.txt"] != before["small.txt"]
+    m.cleanup()
+    m.procs.clear()
+    mp = m.mount("rel")  # a remount, now on revision 2
+    assert {p: (mp / p).stat().st_ino for p in before} == after
