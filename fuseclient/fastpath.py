@@ -70,8 +70,8 @@ def fuse_class():
 
         def open(self, path, fip):
             """Sets keep_cache/direct_io per open (revision following; fs.ReleaseFS.open)."""
-            got = self.operations.open_file(path.decode(self.encoding, self.errors))
             fi = fip.contents
+            got = self.operations.open_file(path.decode(self.encoding, self.errors), fi.flags)
             fi.fh, fi.keep_cache, fi.direct_io = got.fh, got.keep_cache, got.direct_io
             return 0
 

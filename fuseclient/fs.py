@@ -13,11 +13,11 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from casstore.cache import FileCache
-from casstore.errors import NotFound
+from casstore.errors import CasError, NotFound
 from casstore.trees import Kind
 from casstore.vfs import VFS, XATTR_PREFIX, Node, ViewInfo
 from fuseclient.fastpath import STAT, pack_stat
@@ -67,15 +67,51 @@ class ReleaseFS:
         self._cached: dict[str, bytes] = {}
         self._cached_complete = True  # False once _cached was cleared (bounded)
         self._open_keys: dict[str, dict[bytes, list[int]]] = {}  # key -> [count, size]
+        self._moved: dict[str, Handle] = {}  # a detached path -> one of its handles
         self._lock = threading.Lock()
 
-    def switch(self, vfs: VFS) -> list[str]:
+    def switch(self, vfs: VFS, detach: Callable[[list[str]], None] | None = None) -> list[str]:
         """Serve ``vfs`` from now on; the paths whose node changed (for the kernel to
-        forget) are returned.  Handles already open keep their own view."""
+        forget) are returned.  Handles already open keep their own view.
+
+        ``detach`` (the FUSE adapter's) is called first, while the old view is still
+        served, with the open paths whose content changes: it moves their kernel
+        inodes out of the way, so the new content gets a fresh inode and page cache.
+        """
         old = self.vfs
         changed = old.changed_paths(vfs)
+        if detach is not None:
+            stale = self.stale_open_paths(vfs)
+            if stale:
+                detach(stale)
         self.vfs = vfs  # one assignment: atomic for every reader
         return [p for p in changed if isinstance(p, str)]
+
+    def stale_open_paths(self, vfs: VFS) -> list[str]:
+        """Open paths with a handle whose content differs from (or is gone in) ``vfs``."""
+        out = []
+        with self._lock:
+            opened = {p: set(keys) for p, keys in self._open_keys.items()}
+        for path, keys in opened.items():
+            try:
+                key = vfs.node_key(vfs.lookup(path))
+            except CasError:
+                key = None
+            if any(k != key for k in keys):
+                out.append(path)
+        return out
+
+    def moved(self, old: str, new: str) -> None:
+        """The kernel moved ``old``'s inode (and its open handles) to name ``new``
+        (a detach): its handles now count there, and ``old`` starts afresh."""
+        with self._lock:
+            keys = self._open_keys.pop(old, None)
+            if keys is not None:
+                self._open_keys[new] = keys
+            for fh, h in list(self._handles.items()):
+                if h.path == old:
+                    self._handles[fh] = self._moved[new] = Handle(h.vfs, h.node, new, h.key)
+            self._cached.pop(old, None)
 
     # -- open files --------------------------------------------------------------
     def open(self, path: str) -> Opened:
@@ -123,6 +159,7 @@ class ReleaseFS:
                     del keys[h.key]
             if not keys:
                 self._open_keys.pop(h.path, None)
+                self._moved.pop(h.path, None)
 
     def handle(self, fh: int | None) -> Handle | None:
         return self._handles.get(fh) if fh else None
@@ -143,8 +180,8 @@ class ReleaseFS:
 
     def _view(self, path: str, fh: int | None) -> tuple[VFS, Node]:
         """The view and node of an open handle, else of the path in the current view."""
-        h = self._handles.get(fh) if fh else None
-        if h is not None:
+        h = self._handles.get(fh) if fh else self._moved.get(path)
+        if h is not None:  # (a detached path has only its handles' view)
             return h.vfs, h.node
         vfs = self.vfs
         return vfs, vfs.lookup(path)

@@ -111,10 +111,42 @@ class KernelCache:
         return known
 
 
+class Detacher:
+    """Moves the kernel inodes of open files whose content a switch replaces out of
+    the way, by renaming them (on the mount, from the follow thread) to
+    ``/.cas-detached-<revision>-<n>``; ``CasOps.rename`` accepts exactly these
+    renames from exactly this thread.  libfuse's high-level API names inodes by
+    path, so the next lookup of the path then makes a fresh inode, with its own
+    page cache and size: old handles and mappings keep the old inode, new opens
+    never share pages with them.  Failing that, ReleaseFS.open's page-cache policy
+    still keeps their bytes apart (docs/CLIENT.md, "Kernel caches")."""
+
+    def __init__(self, ops, mountpoint: Path) -> None:
+        self.ops, self.mountpoint = ops, mountpoint
+        self.n = 0
+
+    def __call__(self, paths: list[str], revision: int = 0) -> None:
+        from fuseclient.ops import DETACHED_PREFIX
+
+        self.ops.detach_tid = threading.get_native_id()
+        try:
+            for path in paths:
+                self.n += 1
+                target = f"{DETACHED_PREFIX}{revision}-{self.n}"
+                try:
+                    os.rename(f"{self.mountpoint}{path}", f"{self.mountpoint}{target}")
+                except OSError as exc:
+                    log.warning("cannot detach open file %s: %s", path, exc)
+        finally:
+            self.ops.detach_tid = 0
+
+
 def _fuse_options(follow: bool) -> dict:
+    """A following mount is not ``ro`` at the kernel (Detacher renames; every other
+    change is refused by CasOps) and keeps no blanket kernel_cache (per open)."""
     timeout = FOLLOW_TIMEOUT_S if follow else TIMEOUT_S
-    return {"kernel_cache": not follow, "use_ino": True, "entry_timeout": timeout,
-            "attr_timeout": timeout, "negative_timeout": timeout}
+    return {"ro": not follow, "kernel_cache": not follow, "use_ino": True,
+            "entry_timeout": timeout, "attr_timeout": timeout, "negative_timeout": timeout}
 
 
 def _start_follower(follower: Follower, stop: threading.Event) -> None:
@@ -129,9 +161,10 @@ def _start_follower(follower: Follower, stop: threading.Event) -> None:
 
 
 def _make_follower(p: Selection, cfg: ClientConfig, built: Built, arch: str | None,
-                   kernel: KernelCache, on_change) -> Follower:
+                   kernel: KernelCache, detacher: Detacher, on_change) -> Follower:
     def apply(new: Selection) -> None:
-        changed = switch_fs(built, new)
+        changed = switch_fs(built, new,
+                            lambda paths: detacher(paths, new.release.revision))
         known = kernel.invalidate(changed)
         log.info("revision %d: %d changed paths known to the daemon, %d invalidated in "
                  "the kernel", new.release.revision, len(changed), known)
@@ -181,7 +214,8 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
 
     writer = StatusWriter(spath, base, live, mountpoint)
     if follow:
-        holder.append(_make_follower(p, cfg, built, arch, kernel, writer.poke))
+        holder.append(_make_follower(p, cfg, built, arch, kernel, Detacher(ops, mountpoint),
+                                     writer.poke))
     watchdog = OwnerWatchdog(owner_from_env(), mountpoint)
     stop_follow = threading.Event()
 
@@ -202,7 +236,7 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
              f", following every {cfg.ttl:g} s" if follow else "")
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}) if follow else None
     try:
-        fuse_class()(ops, str(mountpoint), foreground=foreground, nothreads=True, ro=True,
+        fuse_class()(ops, str(mountpoint), foreground=foreground, nothreads=True,
                      allow_other=True, default_permissions=True, **_fuse_options(follow),
                      fsname=f"cas:{p.release.name}", subtype="cas")
     except RuntimeError as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from fuseclient.fs import XATTR_PREFIX, Opened, ReleaseFS
 log = logging.getLogger("casstore.fuse")
 F = TypeVar("F", bound=Callable[..., Any])
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
+DETACHED_PREFIX = "/.cas-detached-"  # where a following mount moves replaced open files
 
 
 def boundary(fn: F) -> F:
@@ -80,6 +82,7 @@ class CasOps(mfusepy.Operations):
                  follow: bool = False) -> None:
         self.fs = fs
         self.follow = follow
+        self.detach_tid = 0  # the daemon thread allowed to rename (fuseclient.mount.Detacher)
         self.errors: Counter[str] = Counter()
         self._on_init = on_init
         self.initialised = False
@@ -114,14 +117,27 @@ class CasOps(mfusepy.Operations):
 
     def open(self, path: str, flags: int) -> int:
         """mfusepy's own open (used when the fast path is off): the handle only."""
-        return self.open_file(path).fh
+        return self.open_file(path, flags).fh
 
     @boundary
-    def open_file(self, path: str) -> Opened:
-        """ENOSYS ("no_open") unless following; then a handle keeping its revision."""
+    def open_file(self, path: str, flags: int = os.O_RDONLY) -> Opened:
+        """ENOSYS ("no_open") unless following; then a handle keeping its revision.
+        (A following mount is not mounted ``ro``, so writes are refused here.)"""
         if not self.follow:
             raise mfusepy.FuseOSError(errno.ENOSYS)
+        if flags & (os.O_ACCMODE | os.O_TRUNC) != os.O_RDONLY:
+            raise mfusepy.FuseOSError(errno.EROFS)
         return self.fs.open(path)
+
+    @boundary
+    def rename(self, old: str, new: str) -> int:
+        """EROFS, except the daemon's own detach of a changed open file (following):
+        libfuse then gives ``old`` a fresh inode at its next lookup."""
+        if (not self.follow or not self.detach_tid or not new.startswith(DETACHED_PREFIX)
+                or mfusepy.fuse_get_context()[2] != self.detach_tid):
+            raise mfusepy.FuseOSError(errno.EROFS)
+        self.fs.moved(old, new)
+        return 0
 
     def release(self, path: str, fh: int) -> int:
         self.fs.release(fh)
@@ -152,5 +168,5 @@ class CasOps(mfusepy.Operations):
         return [*names, XATTR_PREFIX + "nioerr"] if path == "/" else names
 
     # Everything that would change the tree: EROFS.
-    write = create = mkdir = mknod = unlink = rmdir = symlink = rename = link = _erofs
+    write = create = mkdir = mknod = unlink = rmdir = symlink = link = _erofs
     chmod = chown = truncate = utimens = setxattr = removexattr = fallocate = _erofs

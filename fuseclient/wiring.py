@@ -14,6 +14,7 @@ mount exists) and the access recorder (``--record-access``, for ``cas depot buil
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from casstore.cache import FileCache
@@ -54,14 +55,15 @@ def build_vfs(sel: Selection, source: ObjectSource | TreeReader,
                mtime_ns=sel.mtime_ns, cache=cache)
 
 
-def switch_fs(built: Built, sel: Selection) -> list[str]:
+def switch_fs(built: Built, sel: Selection,
+              detach: Callable[[list[str]], None] | None = None) -> list[str]:
     """Serve verified selection ``sel`` from now on (revision following).
 
     The new view shares the old one's TreeReader and FileCache (unchanged
     subtrees stay decoded and cached); open handles keep the old view.  Returns
     the paths whose node changed, for the kernel to forget."""
     old = built.fs.vfs
-    return built.fs.switch(build_vfs(sel, old.reader, old.cache))
+    return built.fs.switch(build_vfs(sel, old.reader, old.cache), detach)
 
 
 def warmer(vfs: VFS):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import mmap
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -113,13 +114,22 @@ def reload(repo: Repo, mp: Path) -> str:
 
 def _publish_during_reads(repo: Repo, mp: Path, trigger: Callable[[], None]) -> None:
     assert revision(mp) == 1
-    with open(mp / "big.bin", "rb") as old:
+    with open(mp / "big.bin", "rb") as old, open(mp / "small.txt", "rb") as mapped:
         head = old.read(100_000)
+        old_map = mmap.mmap(mapped.fileno(), 0, access=mmap.ACCESS_READ)  # like dlopen
+        assert old_map[:] == b"one\n"
         repo.publish(V2)
         trigger()
         wait_for(lambda: revision(mp) == 2, "revision 2 on the root")
         # a new open sees revision 2 at once, while the old handle is still open
         assert (mp / "big.bin").read_bytes() == BIG2
+        # ... through its own kernel inode: its own size, its own page cache
+        assert (mp / "big.bin").stat().st_size == len(BIG2)
+        with open(mp / "small.txt", "rb") as f, \
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as new_map:
+            assert new_map[:] == b"two\n"
+        assert old_map[:] == b"one\n"
+        old_map.close()
         assert (mp / "added.txt").read_bytes() == V2["added.txt"]
         assert (mp / "small.txt").read_bytes() == b"two\n"
         parts = [head]
