@@ -135,6 +135,7 @@ class Detacher:
                 target = f"{DETACHED_PREFIX}{revision}-{self.n}"
                 try:
                     os.rename(f"{self.mountpoint}{path}", f"{self.mountpoint}{target}")
+                    log.info("detached %s (open; revision %d replaces it)", path, revision)
                 except OSError as exc:
                     log.warning("cannot detach open file %s: %s", path, exc)
         finally:

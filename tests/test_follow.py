@@ -11,12 +11,14 @@ import base64
 import json
 import mmap
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_julia_mount import EXPECTED_CHECKSUM, published  # noqa: F401 - the fixture
 
 from tests.fuse_fixtures import Mounter, mounted
 from tests.helpers import cas
@@ -237,3 +239,81 @@ def test_unchanged_paths_keep_their_inode_across_a_switch_and_a_remount(mounts) 
     m.procs.clear()
     mp = m.mount("rel")  # a remount, now on revision 2
     assert {p: (mp / p).stat().st_ino for p in before} == after
+
+
+# -- real Julia across a switch ------------------------------------------------------
+WRAPPER = """
+write(ARGS[1], "ready")   # started from revision N: julia, libjulia, sysimage mapped
+while !isfile(ARGS[2]); sleep(0.05); end   # the test switches the mount meanwhile
+empty!(ARGS); push!(ARGS, ENV["CAS_TEST_EVENTS"], "--report")
+include(joinpath(ENV["CAS_TEST_DEPOT"], "jobs", "jetjob.jl"))
+"""
+
+
+@pytest.mark.julia
+def test_julia_running_from_the_mount_across_a_switch(published: dict,  # noqa: F811
+                                                       tmp_path: Path) -> None:
+    """Julia starts on revision 2 of the example depot; revision 3 (libjulia changed,
+    a file added) is applied while it runs; it finishes with the right checksum,
+    and a Julia started afterwards sees revision 3."""
+    base, store = published["base"], published["store"]
+    cfg = tmp_path / "client.toml"
+    cfg.write_text(f'trusted_keys = ["{base}/release.key.pub"]\nsource = "{store}"\n'
+                   f'cache_dir = "{tmp_path}/cache"\nstate_dir = "{tmp_path}/state"\n'
+                   'follow = true\nttl = "1h"\n')
+    repo = SimpleNamespace(config=cfg)
+    m = Mounter(SimpleNamespace(base=tmp_path, config=cfg))
+    try:
+        mp = m.mount("demo")
+        start = revision(mp)
+        julia = str(mp / "julia" / "bin" / "julia")
+        (tmp_path / "scratch").mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JULIA_")}
+        env.update(JULIA_DEPOT_PATH=f"{tmp_path}/scratch:{mp}", CAS_TEST_DEPOT=str(mp),
+                   CAS_TEST_EVENTS=str(tmp_path / "events.txt"))
+        gen = subprocess.run([julia, "--startup-file=no", str(mp / "jobs/gen_events.jl"),
+                              str(tmp_path / "events.txt"), "300"], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert gen.returncode == 0, gen.stderr
+        (tmp_path / "wrapper.jl").write_text(WRAPPER)
+        ready, go = tmp_path / "ready", tmp_path / "go"
+        job = subprocess.Popen([julia, "--startup-file=no", str(tmp_path / "wrapper.jl"),
+                                str(ready), str(go)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(ready.exists, "the Julia job to start", 600)
+            # revision start+1: the same trees with libjulia changed and a file added
+            staged = base / "build" / "root"
+            lib = staged / "julia" / "lib" / "x86_64-linux-gnu" / "libjulia.so.1.5"
+            with open(lib, "ab") as f:
+                f.write(b"\0" * 4096)  # trailing bytes: still a loadable library
+            (staged / "jobs" / "follow-extra.txt").write_text("revision three\n")
+            body = json.loads(base64.b64decode(json.loads(
+                (store / "releases" / "demo" / f"{start:012d}.release").read_bytes())["body"]))
+            root = cas(store, "put", str(staged), check=True).out.strip()
+            variants = [a for lv, t in body["variants"].items() for a in ("--variant",
+                                                                           f"{lv}={t}")]
+            cas(store, "release", "create", "demo", root, "--key", str(base / "release.key"),
+                *variants, "--baseline", body["baseline"], check=True)
+            reload(repo, mp)
+            assert revision(mp) == start + 1
+            assert (mp / "jobs" / "follow-extra.txt").read_text() == "revision three\n"
+            go.write_text("go")
+            out, err = job.communicate(timeout=600)
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+        assert job.returncode == 0, err[-3000:]
+        assert f"CHECKSUM {EXPECTED_CHECKSUM}" in out, out
+        after = subprocess.run([julia, "--startup-file=no", "-e", 'using CasEvents; print('
+                                'read(joinpath(ENV["CAS_TEST_DEPOT"], "jobs", '
+                                '"follow-extra.txt"), String))'], env=env,
+                               capture_output=True, text=True, timeout=600)
+        assert after.returncode == 0 and after.stdout == "revision three\n", after.stderr
+        assert status(repo, mp)["follow"]["switches"] == 1
+        # the running Julia had libjulia mapped: it was detached, not overwritten
+        assert "detached /julia/lib/x86_64-linux-gnu/libjulia.so.1.5" in m.output()
+    finally:
+        m.cleanup()
+    assert not mounted(tmp_path / "mnt")
