@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from casstore.config import ClientConfig
-from casstore.errors import CasError, RemoteError
+from casstore.errors import CasError, NotFound, RemoteError
 from casstore.selection import Selection, reselect
 
 log = logging.getLogger("casstore.follow")
@@ -92,7 +92,8 @@ class Follower:
             return "current"
         try:
             new = reselect(self.sel, self.cfg, self.arch, newest)
-        except RemoteError as exc:  # unreachable: not the revision's fault
+        except (RemoteError, NotFound) as exc:  # unreachable, or listed before written:
+            # not the revision's fault; the next check tries again
             return self._error(f"cannot fetch {name} revision {newest}: {exc}")
         except CasError as exc:
             self._reject(newest, exc)

@@ -91,7 +91,8 @@ class ReleaseFS:
         """Open paths with a handle whose content differs from (or is gone in) ``vfs``."""
         out = []
         with self._lock:
-            opened = {p: set(keys) for p, keys in self._open_keys.items()}
+            opened = {p: set(keys) for p, keys in self._open_keys.items()
+                      if p not in self._moved}  # (already detached)
         for path, keys in opened.items():
             try:
                 key = vfs.node_key(vfs.lookup(path))

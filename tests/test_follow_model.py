@@ -166,6 +166,45 @@ def test_open_policy_never_lets_two_revisions_share_the_page_cache(setup) -> Non
     assert fs.open_handles() == 0
 
 
+def test_detach_moves_old_handles_off_the_path(setup) -> None:
+    kit, cfg = setup
+    sel = select("rel", cfg)
+    built = build_fs(sel, cfg, prefetch=False)
+    fs = built.fs
+    old = fs.open("/data.bin")
+    keep = fs.open("/same.txt")
+    seen: list[list[str]] = []
+
+    def detach(paths: list[str]) -> None:  # what fuseclient.mount.Detacher makes the kernel do
+        seen.append(paths)
+        for i, p in enumerate(paths):
+            fs.moved(p, f"/.cas-detached-2-{i}")
+
+    kit.publish("rel", 2, kit.trees["v2"])
+    Follower(sel, cfg, lambda new: switch_fs(built, new, detach)).check()
+    assert seen == [["/data.bin"]]  # same.txt is unchanged: it stays
+    assert fs.getattr("/.cas-detached-2-0")["st_size"] == len(V1["data.bin"])
+    assert fs.read("/.cas-detached-2-0", 1 << 20, 0, old.fh) == V1["data.bin"]
+    new = fs.open("/data.bin")  # a fresh kernel inode: nothing to bypass or drop
+    assert (new.keep_cache, new.direct_io) == (True, False)
+    assert fs.getattr("/data.bin")["st_size"] == len(V2["data.bin"])
+    for h in (old, keep, new):
+        fs.release(h.fh)
+    with pytest.raises(Exception, match="cas-detached"):
+        fs.getattr("/.cas-detached-2-0")
+
+
+def test_a_listed_revision_not_yet_written_is_a_failed_check_not_a_rejection(setup) -> None:
+    kit, cfg = setup
+    follower, _ = _follower(kit, cfg)
+    kit.publish("rel", 2, kit.trees["v2"])
+    doc = next(kit.base.rglob("000000000002.release"))
+    doc.unlink()  # the index lists 2, its document is not there (yet)
+    assert follower.check() == "error"
+    assert follower.state.rejected is None and "revision 2" in follower.state.error
+    assert follower.revision == 1
+
+
 # -- inode numbers -------------------------------------------------------------------
 def _inos(fs, paths) -> dict[str, int]:
     return {p: fs.getattr(p)["st_ino"] for p in paths}
