@@ -27,7 +27,7 @@ NAME_MAX = 255
 __all__ = ["STAT", "XATTR_PREFIX", "MountInfo", "ReleaseFS"]
 
 
-MAX_CACHED_KEYS = 1_000_000
+MAX_CACHED_KEYS = 500_000  # paths whose page-cache content is remembered (~60 MB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ class ReleaseFS:
         self._next_fh = itertools.count(1)
         # Page-cache model: per path, the node key whose bytes the kernel's page cache
         # may hold, and the keys of open handles.  See :meth:`open`.
-        self._cached: dict[str, bytes] = {}
+        self._cached: dict[str, int] = {}  # path -> hash of the node key
         self._cached_complete = True  # False once _cached was cleared (bounded)
         self._open_keys: dict[str, dict[bytes, list[int]]] = {}  # key -> [count, size]
         self._moved: dict[str, Handle] = {}  # a detached path -> one of its handles
@@ -138,10 +138,10 @@ class ReleaseFS:
             keep = True
             if not direct:
                 cached = self._cached.get(path)
-                keep = cached == key or (cached is None and self._cached_complete)
+                keep = cached == hash(key) or (cached is None and self._cached_complete)
                 if len(self._cached) >= MAX_CACHED_KEYS:
                     self._cached, self._cached_complete = {}, False
-                self._cached[path] = key
+                self._cached[path] = hash(key)
             keys.setdefault(key, [0, node.entry.size])[0] += 1
             fh = next(self._next_fh)
             self._handles[fh] = Handle(vfs, node, path, key)

@@ -19,8 +19,8 @@ SIGHUP asks for a check instead of unmounting (every thread blocks it, the
 follow thread waits for it with ``sigtimedwait``); opens are real (each handle
 keeps its revision; no "no_open", no blanket ``kernel_cache``: the page cache is
 kept or dropped per open by :meth:`fuseclient.fs.ReleaseFS.open`); and the
-kernel's entry/attr/negative timeouts are FOLLOW_TIMEOUT_S, while paths whose
-node changed are invalidated in the kernel at each switch.
+kernel's entry/attr timeouts are FOLLOW_TIMEOUT_S (negative: FOLLOW_NEGATIVE_S),
+while paths whose node changed are invalidated in the kernel at each switch.
 """
 
 from __future__ import annotations
@@ -56,10 +56,13 @@ from fuseclient.wiring import Built, build_fs, switch_fs
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 log = logging.getLogger("casstore.mount")
 TIMEOUT_S = float(DAY)  # entry/attr/negative timeouts: content never changes
-# ... unless the mount follows new revisions: then a path added by a new revision
-# may stay hidden behind a negative entry (or a path not in the daemon's path
-# cache show old attributes) for at most this long after a switch.
-FOLLOW_TIMEOUT_S = 10.0
+# ... unless the mount follows new revisions (CVMFS_KCACHE_TIMEOUT's model): then a
+# changed path the daemon no longer remembers may show old attributes for at most
+# FOLLOW_TIMEOUT_S after a switch (paths it remembers are invalidated at once), and
+# a path added by the new revision may stay hidden behind a negative entry cached
+# before the switch for at most FOLLOW_NEGATIVE_S.
+FOLLOW_TIMEOUT_S = 60.0
+FOLLOW_NEGATIVE_S = 10.0
 
 # Kept for callers that still use the old names (casstore.julia, depot_cmd).
 Prepared = Selection
@@ -147,7 +150,8 @@ def _fuse_options(follow: bool) -> dict:
     change is refused by CasOps) and keeps no blanket kernel_cache (per open)."""
     timeout = FOLLOW_TIMEOUT_S if follow else TIMEOUT_S
     return {"ro": not follow, "kernel_cache": not follow, "use_ino": True,
-            "entry_timeout": timeout, "attr_timeout": timeout, "negative_timeout": timeout}
+            "entry_timeout": timeout, "attr_timeout": timeout,
+            "negative_timeout": FOLLOW_NEGATIVE_S if follow else TIMEOUT_S}
 
 
 def _start_follower(follower: Follower, stop: threading.Event) -> None:
