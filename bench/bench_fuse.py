@@ -8,6 +8,11 @@ casstore file cache) fresh; "warm" = best of three passes right after.
 
 Run as root (drop_caches, mounting):  python bench/bench_fuse.py
 Writes bench/results/fuse.json and bench/results/fuse.md.
+
+``--follow``: the casstore mount pinned (baseline) against the same release mounted
+with ``follow = true`` (real opens, 60 s kernel timeouts), warm, plus each workload
+again once the kernel timeouts have lapsed (no page cache drop, so other jobs on
+the machine are not disturbed).  Writes bench/results/fuse-follow.{json,md}.
 """
 
 from __future__ import annotations
@@ -174,7 +179,7 @@ class Squash:
 class Cas:
     name = "casstore"
 
-    def __init__(self, data: Path, work: Path) -> None:
+    def __init__(self, data: Path, work: Path, follow: bool = False) -> None:
         from casstore.releases import Release, keygen, load_secret, sign
         from casstore.snapshot import put_paths
         from casstore.store import Store
@@ -194,7 +199,10 @@ class Cas:
             store.write_release("bench", 1, sign(rel, load_secret(work / "release.key")))
             store.close()
         self.config.write_text('trusted_keys = ["release.key.pub"]\nsource = "store"\n'
-                               'cache_dir = "cache"\nstate_dir = "state"\n')
+                               'cache_dir = "cache"\nstate_dir = "state"\n'
+                               + ('follow = true\nttl = "1h"\n' if follow else ''))
+        if follow:
+            self.name = "casstore-follow"
 
     def _cas(self, *args: str) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -259,15 +267,66 @@ def to_markdown(results: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure_follow(data: Path, work: Path) -> None:
+    """Pinned vs following casstore mount, side by side (see the module docstring)."""
+    from fuseclient.mount import FOLLOW_TIMEOUT_S
+
+    results: dict[str, dict] = {}
+    for follow in (False, True):
+        t = Cas(data, work, follow)
+        # separate mount points: the follow mount must not reuse the pinned one's cache
+        root = t.fresh()
+        try:
+            for label, fn in WORKLOADS.items():
+                fn(root)
+                warm = max(fn(root)[0] for _ in range(WARM_RUNS))
+                time.sleep(FOLLOW_TIMEOUT_S + 1)  # the following mount's timeouts lapse
+                lapsed, unit = fn(root)
+                r = results.setdefault(t.name, {}).setdefault(label, {"unit": unit})
+                r["warm"] = max(r.get("warm", 0.0), warm)
+                r["lapsed"] = max(r.get("lapsed", 0.0), lapsed)
+                print(f"  {t.name:16s} {label:26s} warm={warm:,.0f} after {FOLLOW_TIMEOUT_S:g} s"
+                      f"={lapsed:,.0f} {unit}", flush=True)
+        finally:
+            t.close()
+    meta = {"date": time.strftime("%Y-%m-%d"), "host": f"{platform.node()} "
+            f"{os.cpu_count()} CPUs, kernel {platform.release()}", "files": N_FILES,
+            "big_mib": BIG_MIB, "warm_runs": WARM_RUNS, "follow_timeout_s": FOLLOW_TIMEOUT_S}
+    out = HERE / "results"
+    (out / "fuse-follow.json").write_text(json.dumps({"meta": meta, "results": results},
+                                                     indent=1))
+    pin, fol = results["casstore"], results["casstore-follow"]
+    lines = [f"# Following vs pinned casstore mount ({meta['date']}, {meta['host']})", "",
+             "Same release, same run, one mount each.  warm = best of 3 "
+             f"passes; lapsed = one pass {FOLLOW_TIMEOUT_S:g}+1 s later (the following mount's "
+             "entry/attr timeouts have expired; the pinned mount's last a day).", "",
+             "| workload | pinned warm | follow warm | ratio | pinned lapsed | follow lapsed "
+             "| ratio |", "|---|---|---|---|---|---|---|"]
+    for label in WORKLOADS:
+        p, f = pin[label], fol[label]
+        lines.append(f"| {label} | {p['warm']:,.0f} | {f['warm']:,.0f} | "
+                     f"{f['warm'] / p['warm']:.2f}x | {p['lapsed']:,.0f} | {f['lapsed']:,.0f} | "
+                     f"{f['lapsed'] / p['lapsed']:.2f}x |")
+    units = ", ".join(f"{k}: {v['unit']}" for k, v in pin.items())
+    lines.append(f"\nUnits: {units}.")
+    (out / "fuse-follow.md").write_text("\n".join(lines) + "\n")
+    print((out / "fuse-follow.md").read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--no-cold", action="store_true", help="Warm figures only.")
+    ap.add_argument("--follow", action="store_true",
+                    help="Pinned vs following casstore mount (fuse-follow.md).")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.work / "data"
     print("preparing data ...", flush=True)
     make_data(data)
+    if args.follow:
+        measure_follow(data, args.work)
+        return
     targets = [Direct(data), Squash(data, args.work), Cas(data, args.work)]
     results = {}
     try:

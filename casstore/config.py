@@ -26,6 +26,8 @@ Example::
     metrics_interval = 5                        # seconds between metrics file writes
     log = "syslog"                              # "syslog" (default), "file" or a log file path
     syslog_address = "/dev/log"                 # the syslog/journald socket
+    follow = false                              # cas mount follows new revisions
+    ttl = "4m"                                  # how often a following mount checks
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ from casstore.errors import KeyFileError, UsageError
 DEFAULT_PATH = Path("/etc/casstore/client.toml")
 ENV_VAR = "CAS_CONFIG"
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MIN_TTL, MAX_TTL = 0.1, 7 * 86400.0
 _KNOWN = {"trusted_keys", "source", "cache_dir", "state_dir", "cache_size", "prefetch_min",
           "arch", "proxy", "connect_timeout", "read_timeout", "request_timeout", "http_parallel",
           "object_cache_size", "metrics_textfile_dir", "metrics_socket", "metrics_interval",
-          "log", "syslog_address"}
+          "log", "syslog_address", "follow", "ttl"}
 _TIMEOUTS = ("connect_timeout", "read_timeout", "request_timeout")
 MAX_TIMEOUT = 3600.0
 
@@ -61,6 +66,18 @@ def parse_size(value: int | str) -> int:
     if not m:
         raise UsageError(f"not a size: {value!r} (use e.g. 512M or 20G)")
     return int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
+
+
+def parse_duration(value: int | float | str) -> float:
+    """``30``, ``"30s"``, ``"4m"``, ``"1h"``, ``"500ms"``, ``"1d"`` -> seconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UsageError(f"not a duration: {value!r} (use e.g. 30s, 4m or 1h)")
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise UsageError(f"not a duration: {value!r} (use e.g. 30s, 4m or 1h)")
+        return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    return float(value)
 
 
 @dataclass
@@ -88,6 +105,10 @@ class ClientConfig:
     metrics_interval: float = 5.0
     log: str | Path = "syslog"  # "syslog" (file if no syslog socket), "file" or a path
     syslog_address: Path = Path("/dev/log")
+    # Revision following (casstore.follow): off by default, because a following mount
+    # gives up "no_open" and day-long kernel timeouts (docs/CLIENT.md, "Following").
+    follow: bool = False
+    ttl: float = 240.0  # seconds between checks of the release index
 
     @property
     def objects_cache_dir(self) -> Path:
@@ -169,6 +190,7 @@ def from_dict(raw: dict, path: Path | None = None) -> ClientConfig:
     cfg.arch = raw.get("arch") or None
     _http_settings(cfg, raw)
     _observability(cfg, raw, base)
+    _follow_settings(cfg, raw)
     return cfg
 
 
@@ -249,3 +271,20 @@ def _http_settings(cfg: ClientConfig, raw: dict) -> None:
         cfg.http_parallel = v
     if "object_cache_size" in raw:
         cfg.object_cache_size = parse_size(raw["object_cache_size"])
+
+
+def _follow_settings(cfg: ClientConfig, raw: dict) -> None:
+    """``follow`` (a boolean) and ``ttl`` (a duration within [0.1 s, 7 d]), checked."""
+    if "follow" in raw:
+        if not isinstance(raw["follow"], bool):
+            raise UsageError(f"client config: follow must be true or false, not {raw['follow']!r}")
+        cfg.follow = raw["follow"]
+    if "ttl" in raw:
+        try:
+            ttl = parse_duration(raw["ttl"])
+        except UsageError as exc:
+            raise UsageError(f"client config: ttl: {exc}") from None
+        if not MIN_TTL <= ttl <= MAX_TTL:
+            raise UsageError(f"client config: ttl must be between 100ms and 7d, "
+                             f"not {raw['ttl']!r}")
+        cfg.ttl = ttl

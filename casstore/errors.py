@@ -121,6 +121,18 @@ class MountError(CasError):
     exit_code = 17
 
 
+class NotFollowing(MountError):
+    """``cas reload`` on a mount that does not follow new revisions (pinned)."""
+
+    exit_code = 56
+
+
+class ReloadTimeout(MountError):
+    """``cas reload``: the daemon did not report a finished check in time."""
+
+    exit_code = 57
+
+
 class RemoteError(CasError):
     """Temporary: a source could not be read right now (timeout, EIO or ESTALE on NFS,
     a lost connection, later a 5xx).  Retry later or fail over to another source;

@@ -72,6 +72,13 @@ def select(spec: str, cfg: ClientConfig, store: Path | None = None, arch: str | 
         raise KeyFileError("no trusted_keys in the client config; refusing to mount anything")
     # HTTP sources get the config's proxies, timeouts and the object cache.
     source = open_client_source(cfg, src_path)
+    return _verify_and_choose(source, src_path, name, revision, cfg, trusted, arch)
+
+
+def _verify_and_choose(source: ObjectSource, src_path: Path | str | list[str], name: str,
+                       revision: int | None, cfg: ClientConfig, trusted: list[str],
+                       arch: str | None) -> Selection:
+    """The one verification path of a node: mount and every follow check come here."""
     # If every server is unreachable, the last release verified here is used (verified
     # again) when its objects are cached: casstore.sources.lastgood.
     got = load_verified_or_cached(source, name, trusted, SeenRevisions(cfg.seen_path),
@@ -79,6 +86,19 @@ def select(spec: str, cfg: ClientConfig, store: Path | None = None, arch: str | 
     rel = got.release
     level, how = choose_level(rel, arch, cfg.arch)
     return Selection(rel, level, how, source, src_path, got.note)
+
+
+def reselect(sel: Selection, cfg: ClientConfig, arch: str | None = None,
+             revision: int | None = None) -> Selection:
+    """Verify the newest (or ``revision``) of ``sel``'s release from the same source,
+    exactly as :func:`select` does at mount: signature with the trusted keys, expiry,
+    not older than the highest seen revision (which it then records), variant chosen
+    again.  Used by :mod:`casstore.follow`; raises what ``select`` raises."""
+    trusted = cfg.trusted()
+    if not trusted:
+        raise KeyFileError("no trusted_keys in the client config; refusing to switch")
+    return _verify_and_choose(sel.source, sel.source_path, sel.release.name, revision, cfg,
+                              trusted, arch)
 
 
 def _source_spec(src: Path | str | list[str]) -> Path | str | list[str]:

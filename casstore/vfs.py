@@ -18,13 +18,15 @@ the GIL and which is replaced wholesale (never mutated while iterated) when full
 
 from __future__ import annotations
 
+import hashlib
 import stat as st
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from casstore.cache import FileCache
-from casstore.errors import FormatError, NotFound
+from casstore.errors import CasError, FormatError, NotFound
 from casstore.objects import ObjectId
 from casstore.reader import TreeReader, root_entry, walk_path
 from casstore.sources.base import ObjectSource
@@ -33,6 +35,9 @@ from casstore.trees import Entry, Kind, Storage
 XATTR_PREFIX = "user.cas."
 MAX_NODES = 100_000  # path cache entries (a few hundred bytes each)
 MAX_NLINK = 100_000
+ROOT_INO = 1  # the root's inode number, the same in every revision
+INO_MASK = (1 << 63) - 1
+MAX_INO_OWNERS = 1_000_000  # inode numbers remembered for collision detection
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,34 @@ class Node:
     @property
     def kind(self) -> Kind:
         return self.entry.kind
+
+
+def node_key(node: Node, content: bytes | None = None) -> bytes:
+    """What identifies a node's content and metadata: changes iff stat or bytes may.
+
+    The entry's kind, size, mode, mtime and content (its object id, or inline
+    bytes; for a packed file ``content``, the id of its own bytes, since its pack
+    changes whenever a sibling does), plus the overlay directory merged into it
+    and whether it came from a variant.  The name is not part of it (the path is
+    added by :meth:`VFS.inode`).  Use :meth:`VFS.node_key`, which supplies
+    ``content`` for packed files."""
+    e, o = node.entry, node.overlay
+    head = struct.pack("<BQIq?", int(e.kind), e.size, e.mode, e.mtime_ns, node.variant)
+    if content is None:
+        content = e.oid.digest if e.oid is not None else e.data
+    over = o.oid.digest if o is not None and o.oid is not None else b""
+    return b"".join((head, struct.pack("<I", len(over)), over, content))
+
+
+def stable_inode(path: bytes, key: bytes, attempt: int = 0) -> int:
+    """A 63-bit inode number from (path, node key): the same in every revision and
+    every mount while neither changes.  0 and 1 are never returned (1 is the root)."""
+    h = hashlib.blake2b(digest_size=8, person=b"cas-ino")
+    h.update(struct.pack("<IH", len(path), attempt))
+    h.update(path)
+    h.update(key)
+    ino = int.from_bytes(h.digest(), "little") & INO_MASK
+    return ino if ino > ROOT_INO else ino + 2
 
 
 class Stat(NamedTuple):
@@ -85,6 +118,10 @@ class VFS:
         self._nodes: dict[str | bytes, Node] = self._seed()
         self._children: dict[tuple, Node] = {}
         self._nlink: dict[tuple, int] = {}
+        self._inos: dict[str | bytes, int] = {}  # path -> inode (bounded like _nodes)
+        self._ino_owner: dict[int, bytes] = {}  # inode -> path + key, for collisions
+        self._packed_ids: dict[tuple, bytes] = {}  # (pack, offset, size) -> content id
+        self.ino_collisions = 0
 
     def _seed(self) -> dict[str | bytes, Node]:
         return {"/": self.root, b"/": self.root, "": self.root, b"": self.root}
@@ -267,3 +304,69 @@ class VFS:
 
     def cached_paths(self) -> int:
         return len(self._nodes)
+
+    def known_paths(self) -> list[str | bytes]:
+        """The paths in the path cache (what the kernel may hold entries for)."""
+        return [p for p in list(self._nodes) if p not in ("", b"")]
+
+    # -- inode numbers -----------------------------------------------------------
+    def inode(self, path: str | bytes, node: Node | None = None) -> int:
+        """The stable inode number of ``path`` (see :func:`stable_inode`).
+
+        A collision with a different (path, key) already handed out by this VFS
+        is resolved by rehashing with an attempt counter; only then does the
+        number depend on the order of lookups (docs/CLIENT.md, "Inode numbers").
+        """
+        hit = self._inos.get(path)
+        if hit is not None:
+            return hit
+        raw = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+        raw = b"/" + raw.strip(b"/")
+        if raw == b"/":
+            return ROOT_INO
+        node = node if node is not None else self.lookup(path)
+        key = self.node_key(node)
+        ident = raw + b"\0" + key
+        for attempt in range(64):
+            ino = stable_inode(raw, key, attempt)
+            owner = self._ino_owner.get(ino)
+            if owner is None or owner == ident:
+                break
+            self.ino_collisions += 1
+        if len(self._ino_owner) >= MAX_INO_OWNERS:
+            self._ino_owner = {}
+        self._ino_owner[ino] = ident
+        if len(self._inos) >= self.max_nodes:
+            self._inos = {}
+        self._inos[path] = ino
+        return ino
+
+    def node_key(self, node: Node) -> bytes:
+        """:func:`node_key` with a packed file's own content id (its bytes hashed
+        once: the pack, one object per directory, is fetched and cached anyway)."""
+        e = node.entry
+        if e.storage != Storage.PACKED or e.oid is None:
+            return node_key(node)
+        k = (e.oid.digest, e.offset, e.size)
+        cid = self._packed_ids.get(k)
+        if cid is None:
+            cid = ObjectId.of(self.reader.read(e, 0, e.size)).digest
+            if len(self._packed_ids) >= self.max_nodes:
+                self._packed_ids = {}
+            self._packed_ids[k] = cid
+        return node_key(node, cid)
+
+    def changed_paths(self, other: VFS) -> list[str | bytes]:
+        """Paths known to this VFS whose node differs (or is gone) in ``other``:
+        what the kernel must forget when ``other`` replaces this view."""
+        out = []
+        for path in self.known_paths():
+            old = self._nodes.get(path)
+            try:
+                new = other.lookup(path)
+            except CasError:  # gone, or unreadable: either way not the old node
+                out.append(path)
+                continue
+            if old is None or self.node_key(old) != other.node_key(new):
+                out.append(path)
+        return out

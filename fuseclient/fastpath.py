@@ -24,9 +24,10 @@ log = logging.getLogger("casstore.mount")
 STAT = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
 
 
-def pack_stat(mode: int, nlink: int, size: int, mtime_ns: int, uid: int, gid: int) -> bytes:
+def pack_stat(mode: int, nlink: int, size: int, mtime_ns: int, uid: int, gid: int,
+              ino: int = 0) -> bytes:
     sec, nsec = divmod(mtime_ns, 1_000_000_000)
-    return STAT.pack(0, 0, nlink, mode, uid, gid, 0, 0, size, 0, (size + 511) // 512,
+    return STAT.pack(0, ino, nlink, mode, uid, gid, 0, 0, size, 0, (size + 511) // 512,
                      sec, nsec, sec, nsec, sec, nsec)
 
 
@@ -38,12 +39,14 @@ def fast_getattr_ok() -> bool:
 
     if ctypes.sizeof(mfusepy.c_stat) != STAT.size:
         return False
-    attrs = {"st_mode": 0o100644, "st_nlink": 3, "st_size": 70_000, "st_uid": 5,
+    attrs = {"st_mode": 0o100644, "st_ino": 1 << 62 | 12345, "st_nlink": 3,
+             "st_size": 70_000, "st_uid": 5,
              "st_gid": 6, "st_blocks": 137, "st_mtime": 1_500_000_000_987_654_321,
              "st_atime": 1_500_000_000_987_654_321, "st_ctime": 1_500_000_000_987_654_321}
     ref = mfusepy.c_stat()
     mfusepy.set_st_attrs(ref, attrs, use_ns=True)
-    return bytes(ref) == pack_stat(0o100644, 3, 70_000, 1_500_000_000_987_654_321, 5, 6)
+    return bytes(ref) == pack_stat(0o100644, 3, 70_000, 1_500_000_000_987_654_321, 5, 6,
+                                   1 << 62 | 12345)
 
 
 def fuse_class():
@@ -60,8 +63,16 @@ def fuse_class():
         def getattr_fuse_3(self, path, buf, fip):
             if path is None:
                 return super().getattr_fuse_3(path, buf, fip)
-            packed = self.operations.stat_bytes(path.decode(self.encoding, self.errors))
+            fh = fip.contents.fh if fip else None  # fstat of an open file: its revision
+            packed = self.operations.stat_bytes(path.decode(self.encoding, self.errors), fh)
             ctypes.memmove(buf, packed, len(packed))
+            return 0
+
+        def open(self, path, fip):
+            """Sets keep_cache/direct_io per open (revision following; fs.ReleaseFS.open)."""
+            fi = fip.contents
+            got = self.operations.open_file(path.decode(self.encoding, self.errors), fi.flags)
+            fi.fh, fi.keep_cache, fi.direct_io = got.fh, got.keep_cache, got.direct_io
             return 0
 
         def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):

@@ -8,7 +8,9 @@ under ``known_bad`` too and logged at DEBUG only), anything unexpected is logged
 at ERROR, counted and becomes EIO, so one bad request never takes the daemon
 down.  Every mutating call answers EROFS (the mount is also ``ro``, so the
 kernel usually answers first).  ``open`` answers ENOSYS so that, on libfuse3,
-the kernel switches to "no_open" and stops sending open/release round trips.
+the kernel switches to "no_open" and stops sending open/release round trips;
+except on a following mount (``follow=True``), where each open gets a handle
+that keeps its revision to the end (:meth:`fuseclient.fs.ReleaseFS.open`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -24,11 +27,12 @@ import mfusepy
 
 from casstore.errors import CasError, NotFound, ObjectCorrupt, ObjectMissing
 from casstore.sources.knownbad import KnownBadCorrupt, KnownBadMissing
-from fuseclient.fs import XATTR_PREFIX, ReleaseFS
+from fuseclient.fs import XATTR_PREFIX, Opened, ReleaseFS
 
 log = logging.getLogger("casstore.fuse")
 F = TypeVar("F", bound=Callable[..., Any])
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
+DETACHED_PREFIX = "/.cas-detached-"  # where a following mount moves replaced open files
 
 
 def boundary(fn: F) -> F:
@@ -74,8 +78,11 @@ class CasOps(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, fs: ReleaseFS, on_init: Callable[[], None] | None = None) -> None:
+    def __init__(self, fs: ReleaseFS, on_init: Callable[[], None] | None = None,
+                 follow: bool = False) -> None:
         self.fs = fs
+        self.follow = follow
+        self.detach_tid = 0  # the daemon thread allowed to rename (fuseclient.mount.Detacher)
         self.errors: Counter[str] = Counter()
         self._on_init = on_init
         self.initialised = False
@@ -88,12 +95,12 @@ class CasOps(mfusepy.Operations):
 
     @boundary
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
-        return self.fs.getattr(path)
+        return self.fs.getattr(path, fh)
 
     @boundary
-    def stat_bytes(self, path: str) -> bytes:
+    def stat_bytes(self, path: str, fh: int | None = None) -> bytes:
         """getattr as a packed struct stat (the fast path of fastpath.FastFUSE)."""
-        return self.fs.stat_bytes(path)
+        return self.fs.stat_bytes(path, fh)
 
     @boundary
     def readdir(self, path: str, fh: int) -> list[str]:
@@ -109,11 +116,36 @@ class CasOps(mfusepy.Operations):
         return self.fs.readlink(path)
 
     def open(self, path: str, flags: int) -> int:
-        raise mfusepy.FuseOSError(errno.ENOSYS)
+        """mfusepy's own open (used when the fast path is off): the handle only."""
+        return self.open_file(path, flags).fh
+
+    @boundary
+    def open_file(self, path: str, flags: int = os.O_RDONLY) -> Opened:
+        """ENOSYS ("no_open") unless following; then a handle keeping its revision.
+        (A following mount is not mounted ``ro``, so writes are refused here.)"""
+        if not self.follow:
+            raise mfusepy.FuseOSError(errno.ENOSYS)
+        if flags & (os.O_ACCMODE | os.O_TRUNC) != os.O_RDONLY:
+            raise mfusepy.FuseOSError(errno.EROFS)
+        return self.fs.open(path)
+
+    @boundary
+    def rename(self, old: str, new: str) -> int:
+        """EROFS, except the daemon's own detach of a changed open file (following):
+        libfuse then gives ``old`` a fresh inode at its next lookup."""
+        if (not self.follow or not self.detach_tid or not new.startswith(DETACHED_PREFIX)
+                or mfusepy.fuse_get_context()[2] != self.detach_tid):
+            raise mfusepy.FuseOSError(errno.EROFS)
+        self.fs.moved(old, new)
+        return 0
+
+    def release(self, path: str, fh: int) -> int:
+        self.fs.release(fh)
+        return 0
 
     @boundary
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        return self.fs.read(path, size, offset)
+        return self.fs.read(path, size, offset, fh)
 
     @boundary
     def statfs(self, path: str) -> dict[str, int]:
@@ -136,5 +168,5 @@ class CasOps(mfusepy.Operations):
         return [*names, XATTR_PREFIX + "nioerr"] if path == "/" else names
 
     # Everything that would change the tree: EROFS.
-    write = create = mkdir = mknod = unlink = rmdir = symlink = rename = link = _erofs
+    write = create = mkdir = mknod = unlink = rmdir = symlink = link = _erofs
     chmod = chown = truncate = utimens = setxattr = removexattr = fallocate = _erofs

@@ -24,13 +24,13 @@ class RecordingFS(ReleaseFS):
         super().__init__(base.vfs, base.uid, base.gid)
         self.recorder = recorder
 
-    def getattr(self, path: str) -> dict[str, int]:
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         self.recorder.note(path, META)
-        return super().getattr(path)
+        return super().getattr(path, fh)
 
-    def stat_bytes(self, path: str) -> bytes:
+    def stat_bytes(self, path: str, fh: int | None = None) -> bytes:
         self.recorder.note(path, META)
-        return super().stat_bytes(path)
+        return super().stat_bytes(path, fh)
 
     def readdir_raw(self, path: str, start: int = 0) -> Iterator[bytes]:
         self.recorder.note(path, META)
@@ -40,6 +40,6 @@ class RecordingFS(ReleaseFS):
         self.recorder.note(path, DATA)
         return super().readlink(path)
 
-    def read(self, path: str, size: int, offset: int) -> bytes:
+    def read(self, path: str, size: int, offset: int, fh: int | None = None) -> bytes:
         self.recorder.note(path, DATA)
-        return super().read(path, size, offset)
+        return super().read(path, size, offset, fh)

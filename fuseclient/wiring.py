@@ -49,10 +49,23 @@ def compose_source(inner: ObjectSource) -> KnownBad:
     return KnownBad(inner)
 
 
-def build_vfs(sel: Selection, source: ObjectSource, cache: FileCache | None = None) -> VFS:
+def build_vfs(sel: Selection, source: ObjectSource | TreeReader,
+              cache: FileCache | None = None) -> VFS:
     info = ViewInfo(sel.release.name, sel.release.revision, sel.level, sel.release.root)
-    return VFS(TreeReader(source), sel.release.root_id, sel.overlay, info=info,
+    reader = source if isinstance(source, TreeReader) else TreeReader(source)
+    return VFS(reader, sel.release.root_id, sel.overlay, info=info,
                mtime_ns=sel.mtime_ns, cache=cache)
+
+
+def switch_fs(built: Built, sel: Selection,
+              detach: Callable[[list[str]], None] | None = None) -> list[str]:
+    """Serve verified selection ``sel`` from now on (revision following).
+
+    The new view shares the old one's TreeReader and FileCache (unchanged
+    subtrees stay decoded and cached); open handles keep the old view.  Returns
+    the paths whose node changed, for the kernel to forget."""
+    old = built.fs.vfs
+    return built.fs.switch(build_vfs(sel, old.reader, old.cache), detach)
 
 
 def warmer(vfs: VFS):

@@ -1,8 +1,10 @@
-"""``cas mount``, ``cas umount`` and ``cas status``: the node side of casstore."""
+"""``cas mount``, ``cas umount``, ``cas status`` and ``cas reload``: the node side."""
 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import click
@@ -32,7 +34,10 @@ def _explicit_store(ctx: Ctx) -> str | None:
 @click.option("--arch", metavar="LEVEL",
               help="Force a CPU level (x86-64, x86-64-v2, x86-64-v3, x86-64-v4) instead of "
                    "detecting the host's.")
-@click.option("--revision", type=int, help="Mount this revision instead of the newest.")
+@click.option("--revision", type=int,
+              help="Mount this revision instead of the newest (pins: no following).")
+@click.option("--follow/--no-follow", default=None,
+              help="Follow new revisions (default: the config's 'follow').")
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (logs to stderr).")
 @click.option("--no-prefetch", is_flag=True,
               help="Do not replay the release's prefetch list on mount.")
@@ -40,8 +45,8 @@ def _explicit_store(ctx: Ctx) -> str | None:
               help="Write the paths served to FILE at unmount (cas depot build).")
 @pass_ctx
 def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
-          arch: str | None, revision: int | None, foreground: bool, no_prefetch: bool,
-          record_access: Path | None) -> None:
+          arch: str | None, revision: int | None, follow: bool | None, foreground: bool,
+          no_prefetch: bool, record_access: Path | None) -> None:
     """Mount signed release RELEASE read-only at MOUNTPOINT.
 
     \b
@@ -56,21 +61,39 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     If the release carries a prefetch list for the chosen variant, its objects
     are fetched into the cache in the background (progress: cas status).
     Unmount with 'cas umount MOUNTPOINT' or SIGTERM to the daemon.
+
+    \b
+    With 'follow = true' in the config (or --follow) the mount checks for a newer
+    revision every 'ttl' and on 'cas reload MOUNTPOINT', verifies it the same way
+    and switches to it; open files keep their revision.  NAME@N or --revision N
+    pins the mount (no following); so do cas exec's private per-job mounts.
     """
+    from casstore.releases import parse_spec
     from casstore.selection import select
     from fuseclient.mount import canon, serve
+    from fuseclient.watchdog import owner_from_env
 
     cfg = _config(config_path)
     store = _explicit_store(ctx)
     p = select(release, cfg, store, arch, revision)
+    pinned = revision is not None or parse_spec(release)[1] is not None
+    following = (cfg.follow if follow is None else follow) and not pinned \
+        and not owner_from_env() and record_access is None
+    if follow and pinned:
+        from casstore.errors import UsageError
+
+        raise UsageError("--follow with a pinned revision (NAME@N or --revision): "
+                         "a pinned mount never moves")
     info = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "mountpoint": str(canon(mountpoint)),
-            "offline": p.offline or None}
+            "offline": p.offline or None, "following": following}
     ctx.emit(info, f"mounting {p.release.name} revision {p.release.revision} at "
                    f"{mountpoint} (variant: {p.level or 'none'}, {p.how})"
+                   + (f", following every {cfg.ttl:g} s" if following else "")
                    + (f"\n{p.offline}" if p.offline else ""))
     record = record_access.resolve() if record_access else None  # the daemon cds to /
-    serve(p, cfg, mountpoint, foreground, record_to=record, prefetch=not no_prefetch)
+    serve(p, cfg, mountpoint, foreground, record_to=record, prefetch=not no_prefetch,
+          follow=following, arch=arch)
 
 
 @command(cli, "umount")
@@ -131,6 +154,7 @@ def status(ctx: Ctx, mountpoint: Path | None, config_path: Path | None, all_: bo
         f"{pf.get('errors', 0)} errors, {pf.get('files_warmed', 0)} files warmed",
         f"errors:     {errors.get('eio', 0)} EIO ({errors.get('corrupt', 0)} corrupt, "
         f"{errors.get('missing', 0)} missing, {errors.get('internal', 0)} internal)",
+        *_follow_lines(st),
     ])
     ctx.emit(st, text)
 
@@ -153,3 +177,62 @@ def _status_all(ctx: Ctx, cfg: ClientConfig) -> None:
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in table)
     ctx.emit(rows, text if rows else "no casstore mounts")
+def _ago(t: float | None) -> str:
+    return "never" if not t else f"{max(0.0, time.time() - t):.0f} s ago"
+
+
+def _follow_lines(st: dict) -> list[str]:
+    """``cas status`` lines about revision following (casstore.follow)."""
+    if not st.get("following"):
+        return ["following:  no (pinned at mount)"]
+    f = st.get("follow") or {}
+    lines = [f"following:  every {f.get('ttl', 0):g} s; last check {_ago(f.get('last_check'))},"
+             f" last successful {_ago(f.get('last_ok'))}; {f.get('switches', 0)} switches"]
+    if f.get("error"):
+        lines.append(f"check:      FAILED: {f['error']}")
+    rej = f.get("rejected")
+    if rej:
+        lines.append(f"rejected:   revision {rej.get('revision')} ({rej.get('error')}): "
+                     f"{rej.get('reason')}")
+    return lines
+
+
+@command(cli, "reload")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for the check to finish.")
+@pass_ctx
+def reload(ctx: Ctx, mountpoint: Path, config_path: Path | None, timeout: float) -> None:
+    """Make a following mount check for a new revision now, and show the outcome.
+
+    Sends SIGHUP to the mount's daemon (the pid in its status file), then waits
+    until the daemon reports a finished check.  Exit 56 if the mount does not
+    follow (pinned), 57 if no check finished within --timeout.
+    """
+    from casstore.errors import NotFollowing, ReloadTimeout
+    from fuseclient.mount import read_status
+
+    cfg = _config(config_path)
+    st = read_status(cfg, mountpoint)
+    if not st.get("following"):
+        raise NotFollowing(f"{mountpoint} is pinned at revision {st.get('revision')} "
+                           "(mounted without following); nothing to reload")
+    if not (st.get("mounted") and st.get("alive")):
+        raise NotFollowing(f"{mountpoint}: the mount or its daemon is gone")
+    before = (st.get("follow") or {}).get("checks", 0)
+    os.kill(int(st["pid"]), signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while True:
+        st = read_status(cfg, mountpoint)
+        f = st.get("follow") or {}
+        if f.get("checks", 0) > before:
+            break
+        if time.monotonic() > deadline or not st.get("alive"):
+            raise ReloadTimeout(f"{mountpoint}: no check finished within {timeout:g} s")
+        time.sleep(0.1)
+    rej = f.get("rejected")
+    text = (f"{mountpoint}: revision {st.get('revision')}"
+            + (f"; check failed: {f['error']}" if f.get("error") else "")
+            + (f"; rejected revision {rej['revision']}: {rej['reason']}" if rej else ""))
+    ctx.emit({"revision": st.get("revision"), "follow": f}, text)
