@@ -28,7 +28,6 @@ import random
 import resource
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -38,10 +37,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from casstore.objects import ObjType  # noqa: E402
 from casstore.sources.layout import object_relpath  # noqa: E402
 from casstore.store import Store  # noqa: E402
+
+from helpers import terminate  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CLK = os.sysconf("SC_CLK_TCK")
@@ -167,12 +169,7 @@ class Server:
         return [self.proc.pid, *children_of(self.proc.pid)]
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
+        terminate(self.proc)
         self.proc.stdout.close()  # type: ignore[union-attr]
 
 

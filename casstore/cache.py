@@ -49,6 +49,7 @@ from typing import Protocol
 import blake3
 
 from casstore.errors import CacheUnsafe, CasError, FormatError
+from casstore.fsutil import private_dir_problem
 from casstore.objects import ObjectId, ObjType
 from casstore.sources.base import ObjectSource
 from casstore.trees import Entry, Kind, Storage
@@ -69,15 +70,10 @@ class Layout(Protocol):
 def secure_dir(path: Path) -> Path:
     """Create ``path`` 0700 if missing; refuse a folder others could write or own."""
     os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.lstat(path)
-    if not st.S_ISDIR(info.st_mode):
-        raise CacheUnsafe(f"cache folder {path} is not a directory (a symlink?)")
-    if info.st_uid != os.geteuid():
-        raise CacheUnsafe(f"cache folder {path} is owned by uid {info.st_uid}, "
-                          f"not by this process (uid {os.geteuid()})")
-    if info.st_mode & 0o022:
-        raise CacheUnsafe(f"cache folder {path} is writable by others "
-                          f"(mode {st.S_IMODE(info.st_mode):04o}); chmod go-w it")
+    problem = private_dir_problem(os.lstat(path), os.geteuid())
+    if problem:
+        raise CacheUnsafe(f"cache folder {path} {problem}; fix it (chown, chmod go-w) "
+                          "or choose another cache_dir")
     return path
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from casstore.config import ClientConfig, load
 from casstore.errors import CasError
+from casstore.fsutil import private_dir_problem
 from casstore.releases import Release, SeenRevisions, load_verified, parse_spec
 
 OK, FAIL, SKIP = "OK", "FAIL", "SKIP"
@@ -303,16 +304,8 @@ def check_cache(cfg: ClientConfig, min_free: int) -> Check:
 
 
 def _unsafe(folder: Path, uid: int) -> str:
-    info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode):
-        return f"{folder} is not a directory (a symlink or a file?)"
-    if info.st_uid != uid:
-        return (f"{folder} is owned by uid {info.st_uid}, not by uid {uid} that mounts "
-                f"(cas mount refuses it; chown it)")
-    if info.st_mode & 0o022:
-        return (f"{folder} is writable by group or others (mode "
-                f"{stat.S_IMODE(info.st_mode):04o}; cas mount refuses it; chmod go-w)")
-    return ""
+    problem = private_dir_problem(os.lstat(folder), uid)
+    return f"{folder} {problem} (cas mount refuses it; chown / chmod go-w)" if problem else ""
 
 
 def _existing_parent(path: Path) -> Path:

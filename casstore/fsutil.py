@@ -9,12 +9,41 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from casstore.errors import NoSpace, StoreError
 
 TMP_PREFIX = "tmp-"
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (also when it is not ours to signal): stale
+    status and metrics files of dead daemons are recognised by this."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def private_dir_problem(info: os.stat_result, uid: int) -> str | None:
+    """Why a folder with this ``lstat``/``fstat`` may not hold data that a process of
+    ``uid`` later trusts (caches, a scratch depot), or None.  Another user who owns it,
+    or may write in it, could plant files or symlinks there before we use it.  The
+    one rule for every such folder (cas mount, cas doctor, cas env, object cache)."""
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory (a symlink or a file?)"
+    if info.st_uid != uid:
+        return f"is owned by uid {info.st_uid}, not by uid {uid} that uses it"
+    if info.st_mode & 0o022:
+        return f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
 
 
 def fsync_dir(path: Path) -> None:

@@ -31,11 +31,11 @@ import json
 import os
 import re
 import shlex
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from casstore.errors import ScratchUnsafe, UsageError
+from casstore.fsutil import private_dir_problem
 
 JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID", "FLUX_JOB_ID")
 SHELLS = ("sh", "csh", "json")
@@ -71,15 +71,9 @@ def ensure_scratch(path: Path) -> Path:
     except OSError as exc:
         raise ScratchUnsafe(f"cannot create the scratch depot {path}: "
                             f"{exc.strerror or exc}") from None
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode):
-        raise ScratchUnsafe(f"scratch depot {path} is not a directory (a symlink or a file?)")
-    if info.st_uid != os.geteuid():
-        raise ScratchUnsafe(f"scratch depot {path} is owned by uid {info.st_uid}, not by "
-                            f"you (uid {os.geteuid()}); use --scratch DIR")
-    if info.st_mode & 0o022:
-        raise ScratchUnsafe(f"scratch depot {path} is writable by group or others (mode "
-                            f"{stat.S_IMODE(info.st_mode):04o}); use --scratch DIR")
+    problem = private_dir_problem(os.lstat(path), os.geteuid())
+    if problem:
+        raise ScratchUnsafe(f"scratch depot {path} {problem}; use --scratch DIR")
     return path
 
 

@@ -45,7 +45,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from casstore.errors import CasError, ObjectCorrupt, ObjectMissing, RemoteError
-from casstore.fsutil import atomic_write
+from casstore.fsutil import alive, atomic_write
 
 log = logging.getLogger("casstore.metrics")
 
@@ -403,18 +403,8 @@ def prune_textfiles(folder: Path, max_age_s: float = PRUNE_AGE_S) -> None:
         except OSError:
             continue
         m = re.match(r"# casstore client pid (\d+)", first)
-        if m and not _alive(int(m.group(1))):
+        if m and not alive(int(m.group(1))):
             path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class TextfileExporter:

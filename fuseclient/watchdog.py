@@ -14,23 +14,12 @@ import subprocess
 import threading
 from pathlib import Path
 
+from casstore.fsutil import alive
+
 log = logging.getLogger("casstore.mount")
 OWNER_ENV = "CAS_MOUNT_OWNER"
 WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 CHECK_S = 1.0
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (also when it is not ours to signal)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def owner_from_env() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import stat
 import subprocess
 import sys
@@ -88,3 +89,17 @@ def remove_deep(*paths: Path) -> None:
     """Remove trees too deep for pytest's own (recursive) temp-folder cleanup: GNU rm
     walks iteratively, so a 1500-level folder left behind cannot break later runs."""
     subprocess.run(["rm", "-rf", "--", *map(str, paths)], check=True)
+
+
+def terminate(proc: subprocess.Popen | None, grace: float = 30) -> None:
+    """SIGTERM to a process this harness started (by its Popen, so by PID), wait up
+    to ``grace`` seconds, then SIGKILL: the one way servers and proxies are stopped."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -32,6 +31,8 @@ from collections import Counter
 from pathlib import Path
 
 from aiohttp import web
+
+from helpers import terminate
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SQUID = shutil.which("squid") or "/usr/sbin/squid"
@@ -150,13 +151,7 @@ http {{
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
+        terminate(self.proc, 15)
         if self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
@@ -493,15 +488,7 @@ shutdown_lifetime 1 seconds
 
     def stop(self) -> None:
         """SIGTERM to the squid this object started (by PID), and wait for it."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
+        terminate(self.proc)
         self.proc = None
 
     def log_lines(self) -> list[list[str]]:

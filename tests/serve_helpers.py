@@ -9,7 +9,6 @@ import os
 import re
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from server.app import make_app
 from server.metrics import make_runner
 from server.storeproto import StoreConfig
 
-from helpers import cas
+from helpers import cas, terminate
 
 
 class ThreadServer:
@@ -97,13 +96,7 @@ class ProcessServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        terminate(self.proc)
         self.proc.stdout.close()  # type: ignore[union-attr]
         self.err.close()
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from casstore.errors import CasError, FormatError, ObjectCorrupt, UnsafeCache, UsageError
+from casstore.fsutil import private_dir_problem
 from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode
 from casstore.sources.base import ObjectSource, SourceWrapper
 from casstore.sources.layout import MAX_STORED_SIZE
@@ -67,13 +68,7 @@ def open_cache_dir(folder: Path, uid: int) -> int:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise UnsafeCache(f"cannot use cache folder {folder}: {exc.strerror or exc}") from None
-    st = os.fstat(fd)
-    problem = None
-    if st.st_uid != uid:
-        problem = f"is owned by uid {st.st_uid}, not by uid {uid} running casstore"
-    elif st.st_mode & 0o022:
-        problem = (f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}; "
-                   "chmod 700 it)")
+    problem = private_dir_problem(os.fstat(fd), uid)
     if problem:
         os.close(fd)
         raise UnsafeCache(f"refusing cache folder {folder}: it {problem}")
