@@ -244,6 +244,8 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
              p.release.revision, p.level, mountpoint,
              f", following every {cfg.ttl:g} s" if follow else "")
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}) if follow else None
+    if not foreground:
+        _before_daemonising(p)
     try:
         fuse_class()(ops, str(mountpoint), foreground=foreground, nothreads=True,
                      allow_other=True, default_permissions=True, **_fuse_options(follow),
@@ -268,6 +270,19 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
         spath.unlink(missing_ok=True)  # after the record: unmount() waits for this
         built.cache.close()
     log.info("unmounted %s", mountpoint)
+
+
+def _before_daemonising(p: Selection) -> None:
+    """libfuse forks in C to daemonise: Python never learns that the parent's threads
+    are gone in the child, and at exit it would wait for them for ever (a leaked daemon
+    per mount).  So the parent stops them first; the child starts its own."""
+    from casstore.sources import suspend_threads
+
+    suspend_threads(p.source)
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    if others:
+        log.warning("threads alive before daemonising (the daemon may not exit): %s",
+                    ", ".join(others))
 
 
 def _save_record(recorder, path: Path) -> None:

@@ -7,10 +7,13 @@ import errno
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
 from net_fixtures import NGINX, Nginx
+
+from casstore.fsutil import alive
 
 from fuse_fixtures import Kit, Mounter, run_cas
 
@@ -59,6 +62,28 @@ def test_mount_from_nginx(kit: Kit, mounter: Mounter, served) -> None:
     assert nginx.url in st["source"] and not st.get("offline")
     assert any("/objects/" in r for r in nginx.requests())
     assert len(list((kit.base / "cache" / "objects").iterdir())) >= 4  # the object cache
+
+
+def test_daemonised_http_mount_exits_after_unmount(kit: Kit, served) -> None:
+    """Without --foreground libfuse forks in C: the daemon must not carry the parent's
+    HTTP threads (it then hung at exit for ever, one leaked process per mount)."""
+    _nginx, files = served
+    mp = kit.base / "daemon"
+    mp.mkdir()
+    res = run_cas("mount", "--config", str(kit.config), "app", str(mp))
+    assert res.returncode == 0, res.stderr
+    try:
+        pid = int(_status(kit, mp)["pid"])
+        assert (mp / "big.bin").read_bytes() == files["big.bin"]
+    finally:
+        _unmount(kit, mp)
+    deadline = time.monotonic() + 60
+    while alive(pid):
+        assert time.monotonic() < deadline, f"daemon {pid} still alive after unmount"
+        time.sleep(0.05)
+    log = next((kit.base / "state" / "mounts").glob("*.log")).read_text()
+    assert "threads alive before daemonising" not in log
+    assert "Unclosed client session" not in log
 
 
 def test_server_killed_under_a_mount_then_back(kit: Kit, mounter: Mounter, served) -> None:

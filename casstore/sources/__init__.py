@@ -112,3 +112,14 @@ def prefetch(source: ObjectSource, oids: list) -> object | None:
     :class:`~casstore.sources.objcache.PrefetchResult`, or None."""
     fn = getattr(source, "prefetch", None)
     return fn(list(oids)) if fn is not None else None
+
+
+def suspend_threads(source: object) -> None:
+    """Stop the helper threads of ``source`` and of every source it wraps (they start
+    again on the next request): a process about to fork in C (libfuse daemonising)
+    must not carry threads that Python will wait for in the child."""
+    while source is not None:
+        fn = getattr(source, "suspend", None)
+        if fn is not None:
+            fn()
+        source = getattr(source, "inner", None)

@@ -234,9 +234,25 @@ class HTTPSource:
                 return
             self._closed = True
             loop, thread, mine = self._loop, self._thread, self._pid == os.getpid()
-        if loop is None or not mine:
-            return
+        if loop is not None and mine:
+            self._stop_loop(loop, thread)
 
+    def suspend(self) -> None:
+        """Stop the loop thread and its executor threads, but stay usable: the next
+        request starts them again.
+
+        ``cas mount`` calls this just before libfuse daemonises.  That fork happens
+        in C, so Python never learns that the parent's threads are not in the child:
+        at exit the daemon would wait for ever for the check threads of a verification
+        done before the fork (``concurrent.futures`` joins its workers at exit)."""
+        with self._lock:
+            loop, thread, mine = self._loop, self._thread, self._pid == os.getpid()
+            self._loop = self._thread = None
+        if loop is not None and mine:
+            self._stop_loop(loop, thread)
+
+    def _stop_loop(self, loop: asyncio.AbstractEventLoop,
+                   thread: threading.Thread | None) -> None:
         async def shut() -> None:
             for s in self._sessions.values():
                 await s.close()
