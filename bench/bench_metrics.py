@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from casstore.counters import SourceCounters  # noqa: E402
 from casstore.errors import ObjectCorrupt, ObjectMissing  # noqa: E402
-from casstore.metrics import SourceCounters  # noqa: E402
 from casstore.objects import ObjType  # noqa: E402
 from casstore.sources.layout import MAX_STORED_SIZE, object_relpath  # noqa: E402
 from casstore.sources.local import LocalSource  # noqa: E402

@@ -26,11 +26,11 @@ from net_fixtures import NGINX, Nginx, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from casstore import config as client_config
+from casstore.counters import ShardedCounters
 from casstore.errors import ObjectCorrupt, ObjectMissing, UsageError
 from casstore.metrics import (
     ClientMetrics,
     Exporters,
-    ShardedCounters,
     SocketExporter,
     TextfileExporter,
     mount_id,

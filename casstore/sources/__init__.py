@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from casstore.errors import UsageError
-from casstore.sources.base import ObjectSource, fetch, stored_type, verified
+from casstore.sources.base import ObjectSource, fetch, source_layers, stored_type, verified
 from casstore.sources.local import LocalSource
 
 if TYPE_CHECKING:
@@ -118,8 +118,7 @@ def suspend_threads(source: object) -> None:
     """Stop the helper threads of ``source`` and of every source it wraps (they start
     again on the next request): a process about to fork in C (libfuse daemonising)
     must not carry threads that Python will wait for in the child."""
-    while source is not None:
-        fn = getattr(source, "suspend", None)
+    for layer in source_layers(source):
+        fn = getattr(layer, "suspend", None)
         if fn is not None:
             fn()
-        source = getattr(source, "inner", None)

@@ -24,6 +24,7 @@ Errors a source raises, and what the caller should do:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode, peek_type
@@ -97,6 +98,16 @@ def stored_type(source: ObjectSource, oid: ObjectId) -> ObjType:
     """The type an object's header claims, from its first 16 bytes: a cheap hint (no
     decompression, no hash) for checks such as "is this root a tree" before signing."""
     return peek_type(oid, source.read_head(oid)[:HEADER_SIZE])
+
+
+def source_layers(source: object) -> Iterator[object]:
+    """The source and every source it wraps (``inner``), outermost first."""
+    seen: set[int] = set()
+    node: object | None = source
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        yield node
+        node = getattr(node, "inner", None)
 
 
 class SourceWrapper:

@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from casstore.counters import SourceCounters
 from casstore.errors import (
     CasError,
     FormatError,
@@ -56,7 +57,6 @@ from casstore.errors import (
     ServersUnreachable,
     UsageError,
 )
-from casstore.metrics import SourceCounters
 from casstore.objects import HEADER, HEADER_SIZE, MAGIC, MAX_RAW_SIZE, ObjectId, ObjType, decode
 from casstore.sources import release_index
 from casstore.sources.layout import (

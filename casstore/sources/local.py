@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from casstore.counters import CORRUPT, MISSING, SourceCounters
 from casstore.errors import (
     CasError,
     FormatError,
@@ -21,7 +22,6 @@ from casstore.errors import (
     ObjectMissing,
     StoreError,
 )
-from casstore.metrics import CORRUPT, MISSING, SourceCounters
 from casstore.names import check_ref_name
 from casstore.objects import HEADER_SIZE, ObjectId, ObjType
 from casstore.sources import release_index
