@@ -9,7 +9,9 @@
 * :class:`ForwardProxy` - a tiny HTTP forward proxy (absolute-form requests) that
   counts what goes through it;
 * :class:`LatencyProxy` - a TCP proxy that delays every chunk by ``delay`` seconds
-  each way (this kernel has no netem; used by the WAN benchmark too).
+  each way (this kernel has no netem; used by the WAN benchmark too);
+* :class:`Squid` - Debian's squid as a caching HTTP proxy on loopback, with its own
+  config, logs and pid file in a work folder, and hit/miss counts from its access log.
 
 Every server binds port 0 (or a port just found free), runs until ``stop()``, and
 ends only what it started.
@@ -32,6 +34,7 @@ from pathlib import Path
 from aiohttp import web
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+SQUID = shutil.which("squid") or "/usr/sbin/squid"
 
 
 def free_port() -> int:
@@ -377,3 +380,155 @@ class LatencyProxy(_TCP):
             await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
         finally:
             up_w.close()
+
+
+# -- squid -----------------------------------------------------------------------------
+class Squid:
+    """Debian's ``squid -N`` as a caching forward proxy at ``url`` (loopback only).
+
+    Memory cache only (``cache_mem``, no ``cache_dir``): nothing to initialise with
+    ``squid -z`` (which forks and takes seconds), nothing left on disk, and a test's
+    objects fit in memory.  ``refresh_pattern`` has no override options, so the
+    origin's ``Cache-Control`` decides (objects: a year; release index: revalidate).
+
+    Squid refuses to run as root and switches to ``cache_effective_user`` before it
+    opens its logs, which then cannot reach a work folder inside a 0700 tree (pytest's
+    tmp).  So, as root, it is started as user ``proxy`` by ``setpriv`` with
+    CAP_DAC_OVERRIDE kept: it can write its files in ``workdir`` wherever that is, and
+    binds 127.0.0.1 only.  A unique ``-n`` service name keeps its shared-memory
+    segments (``/dev/shm/<name>-*``) apart from any other squid; squid removes them
+    when it exits on SIGTERM.
+    """
+
+    HIT_CODES = ("HIT", "REFRESH_UNMODIFIED", "REFRESH_IGNORED", "REFRESH_FAIL_OLD",
+                 "IMS_HIT", "INM_HIT", "NEGATIVE_HIT", "MEM_HIT", "OFFLINE_HIT", "STALE_HIT")
+
+    def __init__(self, workdir: Path, *, cache_mb: int = 256, max_object_mb: int = 64) -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cache_mb = cache_mb
+        self.max_object_mb = max_object_mb
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.service = f"cassq{os.getpid()}x{id(self) & 0xFFFFFF:x}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Squid:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _conf(self) -> str:
+        d = self.dir
+        return f"""
+http_port 127.0.0.1:{self.port}
+pid_filename {d}/squid.pid
+cache_log {d}/cache.log
+logformat casstore %ts.%03tu %Ss/%03>Hs %<st %<bs %rm %ru %Sh
+access_log stdio:{d}/access.log casstore
+cache_store_log none
+logfile_rotate 0
+coredump_dir {d}
+netdb_filename none
+pinger_enable off
+icp_port 0
+htcp_port 0
+cache_mem {self.cache_mb} MB
+maximum_object_size_in_memory {self.max_object_mb} MB
+maximum_object_size {self.max_object_mb} MB
+memory_replacement_policy lru
+refresh_pattern . 0 20% 4320
+http_access allow localhost
+http_access deny all
+buffered_logs off
+shutdown_lifetime 1 seconds
+"""
+
+    def _argv(self, conf: Path) -> list[str]:
+        cmd = [SQUID, "-N", "-n", self.service, "-f", str(conf)]
+        if os.geteuid() != 0:
+            return cmd
+        return ["setpriv", "--reuid=proxy", "--regid=proxy", "--clear-groups",
+                "--inh-caps=+dac_override", "--ambient-caps=+dac_override", *cmd]
+
+    def start(self, port: int = 0) -> Squid:
+        """Start on ``port``, else on a free one (again on another if it was taken)."""
+        for _attempt in range(5):
+            self.port = port or free_port()
+            conf = self.dir / "squid.conf"
+            conf.write_text(self._conf())
+            self.proc = subprocess.Popen(self._argv(conf), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._wait_ready(60.0):
+                return self
+            self.stop()  # exited (port taken) or never listened: try another port
+        raise RuntimeError(f"squid did not start: {self._log_tail()}")
+
+    def _wait_ready(self, deadline: float) -> bool:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return True
+            except OSError:
+                time.sleep(0.1)
+        return False
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join((self.dir / "cache.log").read_text().splitlines()[-10:])
+        except OSError:
+            return "(no cache.log)"
+
+    def stop(self) -> None:
+        """SIGTERM to the squid this object started (by PID), and wait for it."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(15)
+        self.proc = None
+
+    def log_lines(self) -> list[list[str]]:
+        """Access-log records: [time, code/status, to_client, from_origin, method, url,
+        hierarchy], without the readiness probes' empty connections (method ``-``)."""
+        try:
+            lines = (self.dir / "access.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        recs = [ln.split() for ln in lines]
+        return [r for r in recs if len(r) >= 7 and r[4] != "-"]
+
+    def access_counts(self, contains: str = "") -> dict[str, int]:
+        """Requests, hits, misses, reply bytes served from cache (hits, headers
+        included) and body bytes fetched from the origin, over the access-log records
+        whose URL contains ``contains``.  Squid writes a record when a request ends,
+        which may be just after the client has its last byte: poll for a count."""
+        out = {"requests": 0, "hits": 0, "misses": 0, "bytes_from_cache": 0,
+               "bytes_from_origin": 0}
+        for rec in self.log_lines():
+            if contains not in rec[5]:
+                continue
+            code = rec[1].split("/")[0].removesuffix("_ABORTED").removesuffix("_TIMEDOUT")
+            out["requests"] += 1
+            hit = code.startswith("TCP_") and code[4:] in self.HIT_CODES
+            out["hits" if hit else "misses"] += 1
+            if hit:
+                out["bytes_from_cache"] += _int(rec[2])
+            out["bytes_from_origin"] += _int(rec[3])
+        return out
+
+
+def _int(field: str) -> int:
+    return int(field) if field.isdigit() else 0
