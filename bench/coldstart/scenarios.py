@@ -1,0 +1,162 @@
+"""The scenarios of issue 11, run in order against one site (origin + link + squid).
+
+| scenario | node |
+|---|---|
+| writable-cold | empty writable depot, stock Julia: Pkg.instantiate (cas serve, link), |
+|               | Pkg.precompile, job |
+| writable-warm | the same depot, second job |
+| mount-local | /depot from the local store folder, warm client cache and page cache |
+| mount-local-script | as mount-local, the analysis as a script in Main |
+| mount-http-cold | brand-new node (empty cache), origin over the 25 ms link, prefetch list |
+| mount-http-cold-noprefetch | the same without the prefetch list |
+| mount-http-warm | the mount-http-cold node again, second job |
+| fleet-K | K brand-new nodes at once, through one (cold) squid, to the origin over the link |
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.coldstart.nodes import MountNode, NodeRun, Site, WritableNode, run_fleet
+from bench.coldstart.stacks import JULIA, Stack, make_events, script_job
+
+
+@dataclass
+class Fleet:
+    k: int
+    runs: list[NodeRun]
+    span_s: float
+    origin_bytes: float
+    origin_requests: float
+    squid: dict
+    load: tuple[float, float, float]
+
+
+@dataclass
+class Results:
+    samples: dict[str, list[NodeRun]] = field(default_factory=dict)
+    fleets: list[Fleet] = field(default_factory=list)
+    load: dict[str, tuple] = field(default_factory=dict)   # scenario -> loadavg at its end
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add(self, run: NodeRun) -> None:
+        self.samples.setdefault(run.scenario, []).append(run)
+
+
+class Bench:
+    def __init__(self, stack: Stack, work: Path, julia_prefix: Path, reps: int,
+                 writable_reps: int, fleet_ks: list[int], log) -> None:
+        self.stack, self.work, self.julia_prefix = stack, work, julia_prefix
+        self.reps, self.writable_reps, self.fleet_ks = reps, writable_reps, fleet_ks
+        self.log = log
+        self.runs = work / "runs"
+        shutil.rmtree(self.runs, ignore_errors=True)
+        self.runs.mkdir(parents=True)
+        self.res = Results()
+        self.site: Site | None = None
+
+    def phase(self, name: str, fn) -> None:
+        t = time.perf_counter()
+        self.log(f"[coldstart] {name} ...")
+        fn()
+        self.res.timings[name] = round(time.perf_counter() - t, 1)
+        self.res.load[name] = tuple(round(x, 2) for x in os.getloadavg())
+        self.log(f"[coldstart] {name}: {self.res.timings[name]} s, load {self.res.load[name]}")
+
+    def run(self) -> Results:
+        with Site(self.work) as site:
+            self.site = site
+            self.phase("setup", self.setup)
+            self.phase("writable", self.writable)
+            self.phase("mount-local", self.mount_local)
+            self.phase("mount-http", self.mount_http)
+            for k in self.fleet_ks:
+                self.phase(f"fleet-{k}", lambda k=k: self.fleet(k))
+        return self.res
+
+    # -- scenarios ---------------------------------------------------------------------
+    def setup(self) -> None:
+        """Events for the small stack; the origin's Pkg tarball cache warmed once (a
+        site's server is long-running), by one untimed install."""
+        node = MountNode(self, "setup", str(self.work / "store"))
+        make_events(self.stack, self.work, lambda argv: self._gen(node, argv))
+        WritableNode(self, "warm-origin")._pkg("install", "using Pkg; Pkg.instantiate()")
+
+    @staticmethod
+    def _gen(node: MountNode, argv: list[str]) -> dict:
+        t = node.run_exec(node.start([{"label": "gen", "argv": argv,
+                                       "env": {"JULIA_DEPOT_PATH": f"{node.scratch}:/depot"},
+                                       "fresh_scratch": str(node.scratch)}]))
+        return {"rc": t["outer"]["rc"]}
+
+    def writable(self) -> None:
+        for rep in range(self.writable_reps):
+            node = WritableNode(self, f"writable-{rep}")
+            self.res.add(node.job("writable-cold"))
+            self.res.add(node.job("writable-warm"))
+            last = self.res.samples
+            self.log(f"  writable rep {rep + 1}: cold {last['writable-cold'][-1].wall_s:.1f} s,"
+                     f" warm {last['writable-warm'][-1].wall_s:.2f} s")
+
+    def job_steps(self, node: MountNode) -> list[dict]:
+        return node.job_steps(self.stack.using, f"/depot/{self.stack.job}", self.stack.again)
+
+    def mount_local(self) -> None:
+        node = MountNode(self, "local", str(self.work / "store"))
+        node.run("warm-up", self.job_steps(node))  # untimed: warms the client + page cache
+        using, script, again = script_job(self.stack, self.work)
+        for _rep in range(self.reps):
+            self.res.add(node.run("mount-local", self.job_steps(node)))
+            self.res.add(node.run("mount-local-script", node.job_steps(using, script, again)))
+
+    def mount_http(self) -> None:
+        assert self.site is not None
+        for rep in range(self.reps):
+            node = MountNode(self, f"http-{rep}", self.site.url)
+            self.res.add(node.run("mount-http-cold", self.job_steps(node)))
+            self.res.add(node.run("mount-http-warm", self.job_steps(node)))
+            bare = MountNode(self, f"http-nopf-{rep}", self.site.url)
+            self.res.add(bare.run("mount-http-cold-noprefetch", self.job_steps(bare),
+                                  prefetch=False))
+            last = self.res.samples
+            self.log(f"  http rep {rep + 1}: cold {last['mount-http-cold'][-1].wall_s:.2f} s, "
+                     f"warm {last['mount-http-warm'][-1].wall_s:.2f} s, no prefetch "
+                     f"{last['mount-http-cold-noprefetch'][-1].wall_s:.2f} s")
+
+    def fleet(self, k: int) -> None:
+        assert self.site is not None
+        squid = self.site.squid(f"k{k}")
+        try:
+            nodes = [MountNode(self, f"fleet{k}-{i}", self.site.url, squid.url)
+                     for i in range(k)]
+            b0, r0 = self.site.origin_counters()
+            runs, span = run_fleet(nodes, lambda n: self.job_steps(n)[:1], f"fleet-{k}")
+            b1, r1 = self.site.origin_counters()
+            counts = squid_counts(squid)
+        finally:
+            squid.stop()
+        f = Fleet(k, runs, span, b1 - b0, r1 - r0, counts,
+                  tuple(round(x, 2) for x in os.getloadavg()))
+        self.res.fleets.append(f)
+        walls = sorted(r.wall_s for r in runs)
+        self.log(f"  fleet K={k}: walls {walls[0]:.1f}-{walls[-1]:.1f} s, origin "
+                 f"{f.origin_bytes / 1e6:.1f} MB, squid {counts}")
+
+
+def squid_counts(squid, deadline: float = 10.0) -> dict:
+    """Squid logs a request when it ends: read until two readings agree."""
+    last, end = None, time.monotonic() + deadline
+    while time.monotonic() < end:
+        now = squid.access_counts()
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.5)
+    return last or {}
+
+
+__all__ = ["Bench", "Fleet", "JULIA", "Results"]
