@@ -112,6 +112,26 @@ def daemon_snapshot(run_dir: str) -> dict:
     return out
 
 
+def origin_counters(url: str) -> list[float] | None:
+    """(body bytes, requests) the origin has answered, less its /metrics route (the
+    same reading as nodes.Site.origin_counters, which the outer process makes)."""
+    import re
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+            body = r.read().decode()
+    except OSError:
+        return None
+    out = [0.0, 0.0]
+    names = ("cas_http_response_body_bytes_total", "cas_http_requests_total")
+    for line in body.splitlines():
+        m = re.match(r"^([a-z_]+)(\{.*\})? (\S+)$", line)
+        if m and m.group(1) in names and 'route="/metrics"' not in (m.group(2) or ""):
+            out[names.index(m.group(1))] += float(m.group(3))
+    return out
+
+
 def main(plan_path: str) -> None:
     with open(plan_path) as f:
         plan = json.load(f)
@@ -129,6 +149,10 @@ def main(plan_path: str) -> None:
         r["label"] = step["label"]
         r["stdout_path"], r["stderr_path"] = f"{base}.{i}.out", f"{base}.{i}.err"
         del r["stdout"], r["stderr"]
+        if plan.get("metrics_url"):  # after the step: not part of any timing
+            r["origin"] = origin_counters(plan["metrics_url"])
+        if plan.get("cache_dir"):
+            r["cache_files"] = sum(len(f) for _d, _s, f in os.walk(plan["cache_dir"]))
         results.append(r)
     snap = daemon_snapshot(plan["run_dir"]) if plan.get("run_dir") else {}
     out = {"t_start": T_START, "steps": results, "daemon": snap, "t_end": time.time()}

@@ -23,22 +23,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.coldstart.inner import run_measured
-from bench.coldstart.stacks import JULIA, ROOT, BenchError, Stack, stage_writable
+from bench.coldstart.inner import job_times, origin_counters, run_measured
+from bench.coldstart.stacks import JULIA, ROOT, BenchError, Stack, script_job, stage_writable
 
 sys.path.insert(0, str(ROOT / "tests"))
 from net_fixtures import LatencyProxy, Squid  # noqa: E402
 
 from casstore.julia.abcheck import parse_loading_log  # noqa: E402
 
-from serve_helpers import ProcessServer, raw  # noqa: E402
+from serve_helpers import ProcessServer  # noqa: E402
 
 INNER = Path(__file__).resolve().parent / "inner.py"
 JOB_JL = Path(__file__).resolve().parent / "job.jl"
@@ -96,17 +95,13 @@ class Site:
         return self.link.url
 
     def origin_counters(self) -> tuple[float, float]:
-        """(body bytes, requests) the origin has answered, less /metrics itself (so a
-        difference of two readings is what nodes fetched: the earlier reading's own
-        request is not counted, as it is the /metrics route)."""
+        """(body bytes, requests) the origin has answered, less /metrics itself: the
+        difference of two readings is what nodes fetched in between."""
         assert self.origin is not None
-        _s, _h, body = raw(self.origin.url, "GET", "/metrics")
-        out = {"cas_http_response_body_bytes_total": 0.0, "cas_http_requests_total": 0.0}
-        for line in body.decode().splitlines():
-            m = re.match(r"^([a-z_]+)(\{.*\})? (\S+)$", line)
-            if m and m.group(1) in out and 'route="/metrics"' not in (m.group(2) or ""):
-                out[m.group(1)] += float(m.group(3))
-        return out["cas_http_response_body_bytes_total"], out["cas_http_requests_total"]
+        got = origin_counters(self.origin.url)
+        if got is None:
+            raise BenchError(f"cannot read {self.origin.url}/metrics")
+        return got[0], got[1]
 
     def squid(self, name: str) -> Squid:
         """A fresh (cold) squid in front of the link; the caller stops it."""
@@ -150,6 +145,7 @@ class NodeRun:
     cache_objects_before: int = 0
     cache_objects_after: int = 0
     checksum_ok: bool = False
+    cas_cpu_s: float = 0.0              # of cpu_s: cas exec, cas mount and the mount daemon
 
 
 def count_files(folder: Path) -> int:
@@ -193,7 +189,12 @@ def job_env(stack_using: str, script: str, again: str, depot_path: str,
 
 
 class MountNode:
-    """A brand-new node (empty cache and state) that mounts the release."""
+    """A brand-new node (empty cache and state) that mounts the release.
+
+    One :meth:`exec` is one ``cas exec``: the mount, then the plan's steps in it
+    (jobs and `julia -e 1`, each a fresh process, each job with a fresh scratch
+    depot and JULIA_DEBUG=loading), then the unmount.  Several jobs in one exec are
+    a node whose /depot stays mounted (as ``cas mount`` on a real node)."""
 
     def __init__(self, bench, name: str, source: str, proxy: str | None = None) -> None:
         self.bench, self.name = bench, name
@@ -211,26 +212,33 @@ class MountNode:
         self.cfg.write_text("\n".join(lines) + "\n")
         self.runs = 0
 
-    def job_steps(self, using: str, script: str, again: str) -> list[dict]:
-        """The job (fresh scratch depot, JULIA_DEBUG=loading), then `julia -e 1`."""
-        env = job_env(using, script, again, f"{self.scratch}:/depot", True)
-        job = [JULIA, "--startup-file=no", str(JOB_JL), *self.bench.stack.job_args(
-            self.bench.work)]
-        e1env = {"JULIA_DEPOT_PATH": f"{self.scratch}:/depot"}
-        return [{"label": "job", "argv": job, "env": env, "fresh_scratch": str(self.scratch)},
-                {"label": "julia -e 1", "argv": [JULIA, "--startup-file=no", "-e", "1"],
-                 "env": e1env}]
+    def job(self, label: str, script: bool = False) -> dict:
+        """One job step: the stack's job (or its script form), fresh scratch, debug on."""
+        stack = self.bench.stack
+        using, path, again = (script_job(stack, self.bench.work) if script else
+                              (stack.using, f"/depot/{stack.job}", stack.again))
+        env = job_env(using, path, again, f"{self.scratch}:/depot", True)
+        argv = [JULIA, "--startup-file=no", str(JOB_JL), *stack.job_args(self.bench.work)]
+        return {"label": label, "argv": argv, "env": env, "fresh_scratch": str(self.scratch),
+                "job": True}
+
+    def e1(self) -> dict:
+        return {"label": "julia -e 1", "argv": [JULIA, "--startup-file=no", "-e", "1"],
+                "env": {"JULIA_DEPOT_PATH": f"{self.scratch}:/depot"}}
 
     def start(self, steps: list[dict], prefetch: bool = True) -> dict:
-        """Write the plan; return what :meth:`finish` needs (for fleets: many at once)."""
+        """Write the plan; return the ticket :meth:`run_exec` and :meth:`finish` take."""
         self.runs += 1
         plan = self.dir / f"plan{self.runs}.json"
+        site = self.bench.site
         plan.write_text(json.dumps({"steps": steps, "run_dir": str(self.state / "mounts"),
-                                    "timeout": TIMEOUT_S}))
+                                    "timeout": TIMEOUT_S, "cache_dir": str(self.cache),
+                                    "metrics_url": site.origin.url if site else None}))
         argv = [sys.executable, "-m", "casstore", "-q", "exec", self.bench.stack.release,
                 "--config", str(self.cfg), *([] if prefetch else ["--no-prefetch"]), "--",
                 sys.executable, str(INNER), str(plan)]
-        return {"plan": plan, "argv": argv, "before": count_files(self.cache)}
+        return {"plan": plan, "argv": argv, "before": count_files(self.cache),
+                "origin_before": site.origin_counters() if site else (0.0, 0.0)}
 
     def run_exec(self, ticket: dict) -> dict:
         ticket["outer"] = run_measured(ticket["argv"], clean_env(), TIMEOUT_S + 120,
@@ -238,46 +246,64 @@ class MountNode:
                                        str(ticket["plan"]) + ".exec.err", cwd=str(self.dir))
         return ticket
 
-    def finish(self, scenario: str, ticket: dict) -> NodeRun:
+    def finish(self, ticket: dict, scenarios: dict[str, str]) -> list[NodeRun]:
+        """NodeRuns of the job steps whose label is in ``scenarios`` (label -> scenario).
+
+        The first job of the exec is charged the mount (and the CPU of ``cas exec``,
+        ``cas mount`` and the daemon); later jobs in the same mount only themselves."""
         outer = ticket["outer"]
         res_path = Path(str(ticket["plan"]).removesuffix(".json") + ".result.json")
         if outer["rc"] != 0 or not res_path.exists():
-            raise BenchError(f"{scenario} on {self.name}: cas exec exit {outer['rc']}: "
-                             f"{outer['stderr'].strip()[-500:]}")
+            raise BenchError(f"{self.name}: cas exec exit {outer['rc']} (logs "
+                             f"{ticket['plan']}.exec.err): {outer['stderr'].strip()[-500:]}")
         res = json.loads(res_path.read_text())
-        job = check_job(self.bench.stack, scenario, res["steps"][0], True, self.scratch)
-        others = res["steps"][1:]
-        e1 = others[0]["wall_s"] if others and others[0]["rc"] == 0 else None
-        mount = res["t_start"] - outer["t0"]
-        unmount = outer["t1"] - res["t_end"]
+        steps = res["steps"]
         daemon = res.get("daemon") or {}
-        cpu = outer["cpu_s"] - sum(s["cpu_s"] for s in others) + daemon.get("daemon_cpu_s", 0)
-        return NodeRun(scenario, self.name, mount + job.wall_s + unmount, cpu, job, mount,
-                       unmount, e1_s=e1, prefetch=daemon.get("prefetch") or {},
-                       cache=daemon.get("cache") or {},
-                       cache_objects_before=ticket["before"],
-                       cache_objects_after=count_files(self.cache), checksum_ok=True)
+        e1 = next((s["wall_s"] for s in steps if s["label"] == "julia -e 1" and s["rc"] == 0),
+                  None)
+        mount, unmount = res["t_start"] - outer["t0"], outer["t1"] - res["t_end"]
+        overhead = outer["cpu_s"] - sum(s["cpu_s"] for s in steps) \
+            + daemon.get("daemon_cpu_s", 0.0)
+        runs, prev, files = [], ticket["origin_before"], ticket["before"]
+        for i, st in enumerate(steps):
+            counters = st.get("origin") or prev
+            if st["label"] not in scenarios:
+                prev, files = counters, st.get("cache_files", files)
+                continue
+            scen = scenarios[st["label"]]
+            job = check_job(self.bench.stack, scen, st, True, self.scratch)
+            first = i == 0
+            run = NodeRun(scen, self.name, (mount if first else 0.0) + job.wall_s,
+                          job.cpu_s + (overhead if first else 0.0), job,
+                          mount if first else 0.0, unmount, e1_s=e1,
+                          prefetch=(daemon.get("prefetch") or {}) if first else {},
+                          cache=(daemon.get("cache") or {}) if first else {},
+                          cache_objects_before=files,
+                          cache_objects_after=st.get("cache_files", -1), checksum_ok=True)
+            run.cas_cpu_s = overhead if first else 0.0
+            run.origin_bytes = counters[0] - prev[0]
+            run.origin_requests = counters[1] - prev[1]
+            prev, files = counters, st.get("cache_files", files)
+            runs.append(run)
+        return runs
 
-    def run(self, scenario: str, steps: list[dict], prefetch: bool = True) -> NodeRun:
-        site = self.bench.site
-        b0, r0 = site.origin_counters()
-        run = self.finish(scenario, self.run_exec(self.start(steps, prefetch)))
-        b1, r1 = site.origin_counters()
-        run.origin_bytes, run.origin_requests = b1 - b0, r1 - r0
-        return run
+    def exec(self, steps: list[dict], scenarios: dict[str, str], prefetch: bool = True
+             ) -> list[NodeRun]:
+        return self.finish(self.run_exec(self.start(steps, prefetch)), scenarios)
 
 
-def run_fleet(nodes: list[MountNode], steps_of, scenario: str) -> tuple[list[NodeRun], float]:
-    """Start every node's ``cas exec`` at once (one thread each waits for its own
-    process); returns the runs and the fleet's wall time (first start to last end)."""
-    tickets = [n.start(steps_of(n)) for n in nodes]
-    threads = [threading.Thread(target=n.run_exec, args=(t,)) for n, t in zip(nodes, tickets,
-                                                                              strict=True)]
+def run_fleet(nodes: list[MountNode], scenario: str) -> tuple[list[NodeRun], float]:
+    """Start every node's ``cas exec`` (one job) at once, one thread each waiting for
+    its own process; returns the runs and the fleet's span (first start, last end)."""
+    tickets = [n.start([n.job("job")]) for n in nodes]
+    threads = [threading.Thread(target=n.run_exec, args=(t,))
+               for n, t in zip(nodes, tickets, strict=True)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    runs = [n.finish(scenario, t) for n, t in zip(nodes, tickets, strict=True)]
+    runs = [r for n, t in zip(nodes, tickets, strict=True)
+            for r in n.finish(t, {"job": scenario})]
     span = max(t["outer"]["t1"] for t in tickets) - min(t["outer"]["t0"] for t in tickets)
     return runs, span
 
@@ -306,7 +332,6 @@ class WritableNode:
         r["label"] = label
         r["stdout_path"], r["stderr_path"] = str(self.dir / f"{self.n}.out"), \
             str(self.dir / f"{self.n}.err")
-        from bench.coldstart.inner import job_times
         r["times"] = job_times(r["stderr"])
         return r
 

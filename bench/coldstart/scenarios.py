@@ -5,11 +5,14 @@
 | writable-cold | empty writable depot, stock Julia: Pkg.instantiate (cas serve, link), |
 |               | Pkg.precompile, job |
 | writable-warm | the same depot, second job |
-| mount-local | /depot from the local store folder, warm client cache and page cache |
+| mount-local | /depot mounted from the local store folder; jobs in that mount (warm |
+|             | client cache and page cache) |
 | mount-local-script | as mount-local, the analysis as a script in Main |
+| mount-local-exec | as mount-local, but each job its own `cas exec` (mount + job) |
 | mount-http-cold | brand-new node (empty cache), origin over the 25 ms link, prefetch list |
-| mount-http-cold-noprefetch | the same without the prefetch list |
-| mount-http-warm | the mount-http-cold node again, second job |
+| mount-http-warm | the same node, second job in the same mount |
+| mount-http-remount | the same node later: a new `cas exec` (mount + job), warm client cache |
+| mount-http-cold-noprefetch | a brand-new node without the prefetch list |
 | fleet-K | K brand-new nodes at once, through one (cold) squid, to the origin over the link |
 """
 
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.coldstart.nodes import MountNode, NodeRun, Site, WritableNode, run_fleet
-from bench.coldstart.stacks import JULIA, Stack, make_events, script_job
+from bench.coldstart.stacks import JULIA, Stack, make_events
 
 
 @dataclass
@@ -83,15 +86,14 @@ class Bench:
         """Events for the small stack; the origin's Pkg tarball cache warmed once (a
         site's server is long-running), by one untimed install."""
         node = MountNode(self, "setup", str(self.work / "store"))
-        make_events(self.stack, self.work, lambda argv: self._gen(node, argv))
-        WritableNode(self, "warm-origin")._pkg("install", "using Pkg; Pkg.instantiate()")
 
-    @staticmethod
-    def _gen(node: MountNode, argv: list[str]) -> dict:
-        t = node.run_exec(node.start([{"label": "gen", "argv": argv,
-                                       "env": {"JULIA_DEPOT_PATH": f"{node.scratch}:/depot"},
-                                       "fresh_scratch": str(node.scratch)}]))
-        return {"rc": t["outer"]["rc"]}
+        def gen(argv: list[str]) -> dict:
+            node.exec([{"label": "gen", "argv": argv, "fresh_scratch": str(node.scratch),
+                        "env": {"JULIA_DEPOT_PATH": f"{node.scratch}:/depot"}}], {})
+            return {"rc": 0}
+
+        make_events(self.stack, self.work, gen)
+        WritableNode(self, "warm-origin")._pkg("install", "using Pkg; Pkg.instantiate()")
 
     def writable(self) -> None:
         for rep in range(self.writable_reps):
@@ -102,29 +104,36 @@ class Bench:
             self.log(f"  writable rep {rep + 1}: cold {last['writable-cold'][-1].wall_s:.1f} s,"
                      f" warm {last['writable-warm'][-1].wall_s:.2f} s")
 
-    def job_steps(self, node: MountNode) -> list[dict]:
-        return node.job_steps(self.stack.using, f"/depot/{self.stack.job}", self.stack.again)
-
     def mount_local(self) -> None:
+        """One mount, a warm-up job, then the package and script jobs interleaved."""
         node = MountNode(self, "local", str(self.work / "store"))
-        node.run("warm-up", self.job_steps(node))  # untimed: warms the client + page cache
-        using, script, again = script_job(self.stack, self.work)
+        steps, names = [node.job("warm-up")], {}
+        for rep in range(self.reps):
+            steps += [node.job(f"pkg-{rep}"), node.job(f"script-{rep}", script=True)]
+            names |= {f"pkg-{rep}": "mount-local", f"script-{rep}": "mount-local-script"}
+        for run in node.exec(steps + [node.e1()], names):
+            self.res.add(run)
         for _rep in range(self.reps):
-            self.res.add(node.run("mount-local", self.job_steps(node)))
-            self.res.add(node.run("mount-local-script", node.job_steps(using, script, again)))
+            for run in node.exec([node.job("job"), node.e1()], {"job": "mount-local-exec"}):
+                self.res.add(run)
 
     def mount_http(self) -> None:
         assert self.site is not None
         for rep in range(self.reps):
             node = MountNode(self, f"http-{rep}", self.site.url)
-            self.res.add(node.run("mount-http-cold", self.job_steps(node)))
-            self.res.add(node.run("mount-http-warm", self.job_steps(node)))
+            for run in node.exec([node.job("cold"), node.job("warm"), node.e1()],
+                                 {"cold": "mount-http-cold", "warm": "mount-http-warm"}):
+                self.res.add(run)
+            for run in node.exec([node.job("job"), node.e1()], {"job": "mount-http-remount"}):
+                self.res.add(run)
             bare = MountNode(self, f"http-nopf-{rep}", self.site.url)
-            self.res.add(bare.run("mount-http-cold-noprefetch", self.job_steps(bare),
-                                  prefetch=False))
+            for run in bare.exec([bare.job("job"), bare.e1()],
+                                 {"job": "mount-http-cold-noprefetch"}, prefetch=False):
+                self.res.add(run)
             last = self.res.samples
             self.log(f"  http rep {rep + 1}: cold {last['mount-http-cold'][-1].wall_s:.2f} s, "
-                     f"warm {last['mount-http-warm'][-1].wall_s:.2f} s, no prefetch "
+                     f"warm {last['mount-http-warm'][-1].wall_s:.2f} s, remount "
+                     f"{last['mount-http-remount'][-1].wall_s:.2f} s, no prefetch "
                      f"{last['mount-http-cold-noprefetch'][-1].wall_s:.2f} s")
 
     def fleet(self, k: int) -> None:
@@ -134,7 +143,7 @@ class Bench:
             nodes = [MountNode(self, f"fleet{k}-{i}", self.site.url, squid.url)
                      for i in range(k)]
             b0, r0 = self.site.origin_counters()
-            runs, span = run_fleet(nodes, lambda n: self.job_steps(n)[:1], f"fleet-{k}")
+            runs, span = run_fleet(nodes, f"fleet-{k}")
             b1, r1 = self.site.origin_counters()
             counts = squid_counts(squid)
         finally:
