@@ -146,7 +146,7 @@ def main(plan_path: str) -> None:
         r = run_measured(step["argv"], env, plan.get("timeout", 3600),
                          f"{base}.{i}.out", f"{base}.{i}.err", step.get("cwd"))
         r["times"] = job_times(r["stderr"])
-        r["label"] = step["label"]
+        r["label"], r["plain"] = step["label"], bool(step.get("plain"))
         r["stdout_path"], r["stderr_path"] = f"{base}.{i}.out", f"{base}.{i}.err"
         del r["stdout"], r["stderr"]
         if plan.get("metrics_url"):  # after the step: not part of any timing

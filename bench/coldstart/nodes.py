@@ -171,6 +171,9 @@ def check_job(stack: Stack, scenario: str, r: dict, mounted: bool, scratch: Path
                          f"precompiling, {len(rejected)} rejected caches, {compiled} files "
                          f"written to the scratch compiled/: {lines}")
     t = r.get("times")
+    if r.get("plain"):  # the job run directly, without the timing wrapper
+        return JobRun(r["label"], r["wall_s"], r["cpu_s"], precompiling=len(precompiled),
+                      rejected=len(rejected), scratch_compiled=compiled)
     if not t:
         raise BenchError(f"{where}: job.jl printed no CASBENCH_TIMES")
     compute = t[3] - t[2]
@@ -221,6 +224,15 @@ class MountNode:
         argv = [JULIA, "--startup-file=no", str(JOB_JL), *stack.job_args(self.bench.work)]
         return {"label": label, "argv": argv, "env": env, "fresh_scratch": str(self.scratch),
                 "job": True}
+
+    def plain(self, label: str) -> dict:
+        """The job itself, no timing wrapper (`julia /depot/jobs/JOB`), debug on."""
+        stack = self.bench.stack
+        env = job_env("", "", "", f"{self.scratch}:/depot", True)
+        argv = [JULIA, "--startup-file=no", f"/depot/{stack.job}",
+                *stack.job_args(self.bench.work)]
+        return {"label": label, "argv": argv, "env": env, "fresh_scratch": str(self.scratch),
+                "plain": True}
 
     def e1(self) -> dict:
         return {"label": "julia -e 1", "argv": [JULIA, "--startup-file=no", "-e", "1"],

@@ -12,7 +12,7 @@ from bench.coldstart.scenarios import Fleet, Results
 
 ORDER = ["writable-cold", "writable-warm", "mount-http-cold-noprefetch", "mount-http-cold",
          "mount-http-remount", "mount-http-warm", "mount-local-exec", "mount-local-script",
-         "mount-local"]
+         "mount-local", "mount-local-plain"]
 WHAT = {
     "writable-cold": "empty writable depot, stock image: Pkg.instantiate from cas serve "
                      "(over the link), Pkg.precompile, job",
@@ -26,6 +26,8 @@ WHAT = {
     "mount-local-exec": "local store, warm client cache, each job its own `cas exec` "
                         "(mount + job)",
     "mount-local-script": "as mount-local; the analysis as a script in Main",
+    "mount-local-plain": "as mount-local, the job run directly: `julia /depot/jobs/JOB` "
+                         "(no timing wrapper, so no breakdown)",
     "mount-local": "/depot mounted from the local store, jobs in that mount: warm client "
                    "and page cache, custom sysimage",
 }
@@ -96,6 +98,7 @@ def ratios(s: dict, fleets: list[dict]) -> list[dict]:
 
     loc = s.get("mount-local", {})
     floor = loc.get("e1_s", float("nan")) + loc.get("compute_s", float("nan"))
+    plain = "mount-local-plain" if "mount-local-plain" in s else "mount-local"
     out = [
         {"what": "writable-cold / mount-http-cold with prefetch", "target": ">= 40x (goal 100x)",
          "value": get("writable-cold") / get("mount-http-cold"), "ok": lambda v: v >= 40},
@@ -103,8 +106,12 @@ def ratios(s: dict, fleets: list[dict]) -> list[dict]:
          "value": get("writable-warm") / get("mount-local"), "ok": lambda v: True},
         {"what": "mount-http-cold with prefetch / mount-http-warm", "target": "<= 1.5x",
          "value": get("mount-http-cold") / get("mount-http-warm"), "ok": lambda v: v <= 1.5},
-        {"what": "mount-local (job process) / (`julia -e 1` + compute)", "target": "<= 1.2x",
-         "value": get("mount-local", "job_wall_s") / floor, "ok": lambda v: v <= 1.2},
+        {"what": f"{plain} (the job process) / (`julia -e 1` + compute)",
+         "target": "<= 1.2x", "value": get(plain, "job_wall_s") / floor,
+         "ok": lambda v: v <= 1.2},
+        {"what": "mount-local (the job inside the timing wrapper) / (`julia -e 1` + compute)",
+         "target": "(context)", "value": get("mount-local", "job_wall_s") / floor,
+         "ok": lambda v: True},
         {"what": "mount-local-exec (a `cas exec` per job: mount + job) / (`julia -e 1` + "
                  "compute)", "target": "(context)", "value": get("mount-local-exec") / floor,
          "ok": lambda v: True},
@@ -217,7 +224,7 @@ def markdown(r: dict, chart_name: str) -> str:
     for name, x in s.items():
         pf = (f"{f2(x['prefetch_s'])} ({x['prefetch_mb']:.0f})"
               if x["prefetch_states"] == ["done"] else "/".join(x["prefetch_states"]))
-        pf = "(earlier job)" if pf == "-" else pf
+        pf = "-" if name.startswith("writable") else "(earlier job)" if pf == "-" else pf
         lines.append(
             f"| {name} | {f2(x['mount_s'])} | {pf} | {f2(x['install_s'])} | "
             f"{f2(x['precompile_s'])} | {f2(x['startup_s'])} | {f2(x['using_s'])} | "
@@ -290,10 +297,10 @@ def chart(r: dict, path: Path) -> None:
     ax.bar(xs, walls, color=colors, width=0.7)
     ax.bar(xs, computes, color="#222222", width=0.35)
     for i, (w, c) in enumerate(zip(walls, computes, strict=True)):
-        ax.text(i, w * 1.08, f"{w:.2f} s\ncompute {100 * c / w:.1f}%", ha="center",
-                va="bottom", fontsize=8)
+        share = f"compute {100 * c / w:.1f}%" if c > 0 else "(no breakdown)"
+        ax.text(i, w * 1.08, f"{w:.2f} s\n{share}", ha="center", va="bottom", fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylim(min(computes + walls) / 2, max(walls) * 4)
+    ax.set_ylim(min(x for x in computes + walls if x > 0) / 2, max(walls) * 4)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(names, rotation=25, ha="right", fontsize=9)
     ax.set_ylabel("seconds per job (log scale)")

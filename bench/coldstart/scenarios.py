@@ -8,6 +8,7 @@
 | mount-local | /depot mounted from the local store folder; jobs in that mount (warm |
 |             | client cache and page cache) |
 | mount-local-script | as mount-local, the analysis as a script in Main |
+| mount-local-plain | as mount-local, the job run directly (no timing wrapper) |
 | mount-local-exec | as mount-local, but each job its own `cas exec` (mount + job) |
 | mount-http-cold | brand-new node (empty cache), origin over the 25 ms link, prefetch list |
 | mount-http-warm | the same node, second job in the same mount |
@@ -109,8 +110,10 @@ class Bench:
         node = MountNode(self, "local", str(self.work / "store"))
         steps, names = [node.job("warm-up")], {}
         for rep in range(self.reps):
-            steps += [node.job(f"pkg-{rep}"), node.job(f"script-{rep}", script=True)]
-            names |= {f"pkg-{rep}": "mount-local", f"script-{rep}": "mount-local-script"}
+            steps += [node.job(f"pkg-{rep}"), node.job(f"script-{rep}", script=True),
+                      node.plain(f"plain-{rep}")]
+            names |= {f"pkg-{rep}": "mount-local", f"script-{rep}": "mount-local-script",
+                      f"plain-{rep}": "mount-local-plain"}
         for run in node.exec(steps + [node.e1()], names):
             self.res.add(run)
         for _rep in range(self.reps):

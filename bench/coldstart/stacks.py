@@ -60,7 +60,7 @@ SMALL = Stack(
     "small", "the small example stack (examples/depot.toml: 5 packages written here, "
     "only the x86-64 variant) - a REDUCED stack for --quick, not the headline",
     ROOT / "examples" / "depot.toml", "demo", "65e16f18f73a1b88",
-    "CasLorentz,CasJets,CasHist,CasEvents", "jobs/jetjob.jl", "main(ARGS)",
+    "CasLorentz, CasJets, CasHist, CasEvents", "jobs/jetjob.jl", "main(ARGS)",
     "the same job: on this stack the job already is a script in `Main`")
 
 
