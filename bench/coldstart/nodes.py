@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +148,40 @@ class NodeRun:
     cache_objects_after: int = 0
     checksum_ok: bool = False
     cas_cpu_s: float = 0.0              # of cpu_s: cas exec, cas mount and the mount daemon
+
+
+LEAKED: list[dict] = []  # mount daemons still alive after their `cas exec` returned
+
+
+def reap_daemon(pid: int, cfg: Path, grace_s: float = 5.0) -> bool:
+    """End the mount daemon ``pid`` of the node whose config is ``cfg`` if it outlived
+    its unmount (found so: an HTTP-source daemon whose FUSE loop has ended stays alive).
+    Only a process whose command line names this node's own config is touched, and
+    only by its PID.  Returns whether it had to be ended."""
+    def ours() -> bool:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z" and str(cfg).encode() in cmd and b"mount" in cmd
+
+    deadline = time.monotonic() + grace_s
+    while ours():
+        if time.monotonic() > deadline:
+            for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    return True
+                end = time.monotonic() + wait
+                while ours() and time.monotonic() < end:
+                    time.sleep(0.1)
+                if not ours():
+                    return True
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def count_files(folder: Path) -> int:
@@ -271,6 +307,10 @@ class MountNode:
         res = json.loads(res_path.read_text())
         steps = res["steps"]
         daemon = res.get("daemon") or {}
+        if daemon.get("pid") and reap_daemon(int(daemon["pid"]), self.cfg):
+            LEAKED.append({"node": self.name, "pid": int(daemon["pid"]),
+                           "source": "http" if "http" in str(daemon.get("source")) else
+                           "local"})
         e1 = next((s["wall_s"] for s in steps if s["label"] == "julia -e 1" and s["rc"] == 0),
                   None)
         mount, unmount = res["t_start"] - outer["t0"], outer["t1"] - res["t_end"]

@@ -146,6 +146,7 @@ def build(res: Results, meta: dict) -> dict:
     fleets = [summarize_fleet(f) for f in res.fleets]
     return {"meta": meta, "scenarios": s, "fleets": fleets, "ratios": ratios(s, fleets),
             "load_by_phase": res.load, "phase_seconds": res.timings,
+            "leaked_daemons": getattr(res, "leaked", []), "execs": getattr(res, "execs", 0),
             "runs": {k: [asdict(r) for r in v] for k, v in res.samples.items()},
             "fleet_runs": {f.k: [asdict(r) for r in f.runs] for f in res.fleets}}
 
@@ -252,6 +253,15 @@ def markdown(r: dict, chart_name: str) -> str:
                 f"{q.get('misses', 0)} | {q.get('bytes_from_cache', 0) / 1e6:.1f} | "
                 f"{f['load'][0]} | {f['checksums_ok']}/{f['k']} CHECKSUM ok, "
                 f"{f['precompiling']} precompiling, {f['rejected']} rejected |")
+    leaked = r["leaked_daemons"]
+    by_src = {src: sum(1 for x in leaked if x["source"] == src) for src in ("http", "local")}
+    lines += ["", "## Mount daemons left behind", "",
+              f"Of {r['execs']} `cas exec` runs, {len(leaked)} left their mount daemon "
+              f"running after the unmount ({by_src['http']} with an HTTP source, "
+              f"{by_src['local']} with a local one): the FUSE loop had ended, but the "
+              "process stayed (the benchmark then ended each one by its PID). "
+              + ("This is a client bug to fix, not a benchmark artefact." if leaked else
+                 "None: every daemon exited with its unmount.")]
     lines += ["", "## Load average at the end of each phase", "",
               " ".join(f"{k}: {v[0]} ({r['phase_seconds'].get(k, 0):.0f} s);"
                        for k, v in r["load_by_phase"].items()), "",

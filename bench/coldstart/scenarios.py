@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.coldstart.nodes import MountNode, NodeRun, Site, WritableNode, run_fleet
+from bench.coldstart.nodes import LEAKED, MountNode, NodeRun, Site, WritableNode, run_fleet
 from bench.coldstart.stacks import JULIA, Stack, make_events
 
 
@@ -46,6 +46,8 @@ class Results:
     fleets: list[Fleet] = field(default_factory=list)
     load: dict[str, tuple] = field(default_factory=dict)   # scenario -> loadavg at its end
     timings: dict[str, float] = field(default_factory=dict)
+    leaked: list[dict] = field(default_factory=list)  # daemons that outlived the unmount
+    execs: int = 0
 
     def add(self, run: NodeRun) -> None:
         self.samples.setdefault(run.scenario, []).append(run)
@@ -80,6 +82,8 @@ class Bench:
             self.phase("mount-http", self.mount_http)
             for k in self.fleet_ks:
                 self.phase(f"fleet-{k}", lambda k=k: self.fleet(k))
+        self.res.leaked = list(LEAKED)
+        self.res.execs = sum(1 for _ in self.runs.glob("*/plan*.result.json"))
         return self.res
 
     # -- scenarios ---------------------------------------------------------------------
