@@ -153,7 +153,7 @@ class NodeRun:
 LEAKED: list[dict] = []  # mount daemons still alive after their `cas exec` returned
 
 
-def reap_daemon(pid: int, cfg: Path, grace_s: float = 5.0) -> bool:
+def reap_daemon(pid: int, cfg: Path, grace_s: float = 3.0) -> bool:
     """End the mount daemon ``pid`` of the node whose config is ``cfg`` if it outlived
     its unmount (found so: an HTTP-source daemon whose FUSE loop has ended stays alive).
     Only a process whose command line names this node's own config is touched, and

@@ -226,11 +226,12 @@ def markdown(r: dict, chart_name: str) -> str:
         pf = (f"{f2(x['prefetch_s'])} ({x['prefetch_mb']:.0f})"
               if x["prefetch_states"] == ["done"] else "/".join(x["prefetch_states"]))
         pf = "-" if name.startswith("writable") else "(earlier job)" if pf == "-" else pf
+        inside = ("| - | - | - | - | - |" if name == "mount-local-plain" else
+                  f"| {f2(x['startup_s'])} | {f2(x['using_s'])} | {f2(x['first_call_s'])} "
+                  f"| {f2(x['compute_s'], 3)} | {f2(x['exit_s'])} |")
         lines.append(
             f"| {name} | {f2(x['mount_s'])} | {pf} | {f2(x['install_s'])} | "
-            f"{f2(x['precompile_s'])} | {f2(x['startup_s'])} | {f2(x['using_s'])} | "
-            f"{f2(x['first_call_s'])} | {f2(x['compute_s'], 3)} | {f2(x['exit_s'])} | "
-            f"{f2(x['unmount_s'])} | {f2(x['e1_s'])} |")
+            f"{f2(x['precompile_s'])} {inside} {f2(x['unmount_s'])} | {f2(x['e1_s'])} |")
     if r["fleets"]:
         one = s.get("mount-http-cold", {})
         lines += ["", "## Fleets: K brand-new nodes started at once", "",
