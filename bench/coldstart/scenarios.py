@@ -84,6 +84,8 @@ class Bench:
                 self.phase(f"fleet-{k}", lambda k=k: self.fleet(k))
         self.res.leaked = list(LEAKED)
         self.res.execs = sum(1 for _ in self.runs.glob("*/plan*.result.json"))
+        for cache in self.runs.glob("*/cache"):  # GBs of node caches; plans and logs stay
+            shutil.rmtree(cache, ignore_errors=True)
         return self.res
 
     # -- scenarios ---------------------------------------------------------------------
