@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -51,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.coldstart.host import host_info  # noqa: E402
 from casstore.julia.abcheck import parse_loading_log  # noqa: E402
 from casstore.julia.environment import check_package, write_environment  # noqa: E402
 from casstore.julia.filetree import unpack_package  # noqa: E402
@@ -323,16 +323,6 @@ class Bench:
             except ProcessLookupError:
                 pass
         return {"mounts": mounts, "processes_terminated": procs}
-
-
-def host_info() -> dict:
-    import archspec.cpu
-    host = archspec.cpu.host()
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                  if ln.startswith("model name")), "?")
-    from casstore.variants import host_levels
-    return {"archspec": host.name, "vendor": host.vendor, "cpu_model": model,
-            "cores": os.cpu_count(), "levels": host_levels(), "kernel": platform.release()}
 
 
 def summarize(samples: dict[str, list[float]], ref: str) -> list[dict]:

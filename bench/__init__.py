@@ -1,0 +1,1 @@
+"""Benchmarks (each with a named baseline measured in the same run; results in results/)."""
