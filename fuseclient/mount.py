@@ -267,8 +267,12 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
         if built.recorder is not None and record_to is not None:
             _save_record(built.recorder, record_to)
         export.stop()  # the final metrics, before unmount() sees the status file go
-        spath.unlink(missing_ok=True)  # after the record: unmount() waits for this
+        # Writers into cache_dir end before unmount() returns (it waits for the status
+        # file to go): a caller may delete the cache folder then (cas depot build did).
         built.cache.close()
+        if built.replay is not None and built.replay.thread is not None:
+            built.replay.thread.join(timeout=10)
+        spath.unlink(missing_ok=True)  # after the record: unmount() waits for this
     log.info("unmounted %s", mountpoint)
 
 
