@@ -32,10 +32,10 @@ N = 1_000_000
 
 def build(work: Path, n: int) -> None:
     """A store with release 'bigdir': root/big/ holds ``n`` empty files."""
-    from casstore.objects import ObjType
-    from casstore.releases import Release, keygen, load_secret, sign
-    from casstore.store import Store
-    from casstore.trees import Entry, Kind, Storage, encode_tree
+    from casstore.format.objects import ObjType
+    from casstore.format.trees import Entry, Kind, Storage, encode_tree
+    from casstore.releases.release import Release, keygen, load_secret, sign
+    from casstore.store.writable import Store
 
     if (work / ".complete").exists():
         return

@@ -180,9 +180,9 @@ class Cas:
     name = "casstore"
 
     def __init__(self, data: Path, work: Path, follow: bool = False) -> None:
-        from casstore.releases import Release, keygen, load_secret, sign
-        from casstore.snapshot import put_paths
-        from casstore.store import Store
+        from casstore.releases.release import Release, keygen, load_secret, sign
+        from casstore.store.snapshot import put_paths
+        from casstore.store.writable import Store
 
         self.work = work
         self.mp = work / "mnt-cas"
@@ -269,7 +269,7 @@ def to_markdown(results: dict, meta: dict) -> str:
 
 def measure_follow(data: Path, work: Path) -> None:
     """Pinned vs following casstore mount, side by side (see the module docstring)."""
-    from fuseclient.mount import FOLLOW_TIMEOUT_S
+    from casstore.client.fuse.mount import FOLLOW_TIMEOUT_S
 
     results: dict[str, dict] = {}
     for follow in (False, True):

@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 import aiohttp  # noqa: E402
 from net_fixtures import LatencyProxy, Nginx  # noqa: E402
 
-from casstore.objects import ObjType  # noqa: E402
+from casstore.format.layout import object_relpath  # noqa: E402
+from casstore.format.objects import ObjType  # noqa: E402
 from casstore.sources import LocalSource, open_source, prefetch  # noqa: E402
 from casstore.sources.http import HTTPSettings, HTTPSource  # noqa: E402
-from casstore.sources.layout import object_relpath  # noqa: E402
-from casstore.store import Store, StoreSettings  # noqa: E402
+from casstore.store.writable import Store, StoreSettings  # noqa: E402
 
 RUNS = 3
 DELAY = 0.025

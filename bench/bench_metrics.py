@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from casstore.counters import SourceCounters  # noqa: E402
 from casstore.errors import ObjectCorrupt, ObjectMissing  # noqa: E402
-from casstore.objects import ObjType  # noqa: E402
-from casstore.sources.layout import MAX_STORED_SIZE, object_relpath  # noqa: E402
+from casstore.fileio.safeio import read_regular  # noqa: E402
+from casstore.format.layout import MAX_STORED_SIZE, object_relpath  # noqa: E402
+from casstore.format.objects import ObjType  # noqa: E402
+from casstore.sources.counters import SourceCounters  # noqa: E402
 from casstore.sources.local import LocalSource  # noqa: E402
-from casstore.sources.safeio import read_regular  # noqa: E402
-from casstore.store import Store, StoreSettings  # noqa: E402
+from casstore.store.writable import Store, StoreSettings  # noqa: E402
 
 RUNS = 15
 

@@ -28,8 +28,8 @@ ROOT = HERE.parent
 CHILD = r'''
 import json, os, sys, time
 from pathlib import Path
-from casstore.config import load
-from fuseclient.mount import build_fs, prepare
+from casstore.client.config import load
+from casstore.client.fuse.mount import build_fs, prepare
 work, cache = Path(sys.argv[1]), Path(sys.argv[2])
 cfg = load(work / "client.toml")
 cfg.cache_dir = cache

@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from casstore.objects import ObjType  # noqa: E402
-from casstore.sources.layout import object_relpath  # noqa: E402
-from casstore.store import Store  # noqa: E402
+from casstore.format.layout import object_relpath  # noqa: E402
+from casstore.format.objects import ObjType  # noqa: E402
+from casstore.store.writable import Store  # noqa: E402
 
 from helpers import terminate  # noqa: E402
 

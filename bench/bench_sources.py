@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from casstore.objects import ObjType  # noqa: E402
+from casstore.format.layout import object_path  # noqa: E402
+from casstore.format.objects import ObjType  # noqa: E402
 from casstore.sources import LocalSource, ObjectCache  # noqa: E402
-from casstore.sources.layout import object_path  # noqa: E402
-from casstore.store import Store, StoreSettings  # noqa: E402
+from casstore.store.writable import Store, StoreSettings  # noqa: E402
 
 RUNS = 7
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from casstore.restore import restore  # noqa: E402
-from casstore.snapshot import put_paths  # noqa: E402
-from casstore.store import Store, StoreSettings  # noqa: E402
+from casstore.store.restore import restore  # noqa: E402
+from casstore.store.snapshot import put_paths  # noqa: E402
+from casstore.store.writable import Store, StoreSettings  # noqa: E402
 
 PREFIX = Path(os.environ.get("CAS_JULIA_PREFIX", "/var/cache/casstore/julia-1.5.3"))
 STOCK = PREFIX / "lib/x86_64-linux-gnu/julia/sys.so"

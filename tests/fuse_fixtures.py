@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from casstore.objects import ObjectId
-from casstore.releases import Release, keygen, load_secret, sign
-from casstore.snapshot import put_paths
-from casstore.store import Store
+from casstore.format.objects import ObjectId
+from casstore.releases.release import Release, keygen, load_secret, sign
+from casstore.store.snapshot import put_paths
+from casstore.store.writable import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 CAS = [sys.executable, "-m", "casstore"]

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from server.app import make_app
-from server.metrics import make_runner
-from server.storeproto import StoreConfig
+from casstore.server.app import make_app
+from casstore.server.metrics import make_runner
+from casstore.server.storeproto import StoreConfig
 
 from helpers import cas, terminate
 

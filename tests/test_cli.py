@@ -112,7 +112,7 @@ def test_bad_depot_spec_is_one_line(tmp_path: Path) -> None:
 
 # Modules a short `cas put` / `cas get` must not import: each costs start-up on every
 # command (bench/bench_store.py measures whole processes against tar/zstd).
-HEAVY = ("prometheus_client", "aiohttp", "mfusepy", "nacl", "casstore.metrics",
+HEAVY = ("prometheus_client", "aiohttp", "mfusepy", "nacl", "casstore.client.metrics",
          "casstore.sources.http", "casstore.sources.objcache")
 
 
@@ -128,10 +128,10 @@ def test_put_and_get_import_nothing_heavy(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x" * 100_000)
     store = str(tmp_path / "store")
     put = _imported("--store", store, "put", str(tmp_path / "f"))
-    assert "casstore.snapshot" in put  # the parse works: put's own module is listed
+    assert "casstore.store.snapshot" in put  # the parse works: put's own module is listed
     oid = cas(Path(store), "put", str(tmp_path / "f"), check=True).out.strip()
     get = _imported("--store", store, "get", oid, str(tmp_path / "out"))
-    assert "casstore.restore" in get
+    assert "casstore.store.restore" in get
     for mods in (put, get):
         heavy = {m for m in mods if m.split(".")[0] in HEAVY or m in HEAVY}
         assert not heavy, f"start-up imports {sorted(heavy)}"

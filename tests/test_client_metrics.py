@@ -25,10 +25,8 @@ import pytest
 from net_fixtures import NGINX, Nginx, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from casstore import config as client_config
-from casstore.counters import ShardedCounters
-from casstore.errors import ObjectCorrupt, ObjectMissing, UsageError
-from casstore.metrics import (
+from casstore.client import config as client_config
+from casstore.client.metrics import (
     ClientMetrics,
     Exporters,
     SocketExporter,
@@ -37,12 +35,14 @@ from casstore.metrics import (
     prune_textfiles,
     textfile_path,
 )
-from casstore.objects import ObjectId, ObjType
-from casstore.reader import TreeReader, root_entry
+from casstore.errors import ObjectCorrupt, ObjectMissing, UsageError
+from casstore.format.layout import object_path
+from casstore.format.objects import ObjectId, ObjType
 from casstore.sources import LocalSource, ObjectCache
+from casstore.sources.counters import ShardedCounters
 from casstore.sources.knownbad import KnownBad
-from casstore.sources.layout import object_path
-from casstore.store import Store
+from casstore.store.writable import Store
+from casstore.view.reader import TreeReader, root_entry
 
 from fuse_fixtures import Kit, Mounter, run_cas
 
@@ -546,7 +546,7 @@ def test_logs_go_to_syslog_with_the_mountpoint_on_every_line(kit: Kit,
 def test_syslog_falls_back_to_the_file_without_a_socket(tmp_path: Path) -> None:
     import logging
 
-    from fuseclient.daemonlog import setup_logging
+    from casstore.client.fuse.daemonlog import setup_logging
 
     cfg = client_config.from_dict({"syslog_address": str(tmp_path / "nothing")},
                                   tmp_path / "c.toml")

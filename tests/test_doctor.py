@@ -4,7 +4,7 @@ Each asserts the check's ``FAIL`` line, that no other check fails (later checks
 that depend on it say ``SKIP``), and exit status 58.  The releases carry a stand-in
 ``julia/bin/julia`` (a shell script) so the julia check runs everywhere in seconds;
 the all-OK run at the end uses the real Julia of the example depot the Julia tests
-build.  The checks themselves are the model in ``casstore/doctor.py``, tested
+build.  The checks themselves are the model in ``casstore/client/doctor.py``, tested
 directly where no exit status is involved.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import test_julia_mount
 
-from casstore import doctor
+from casstore.client import doctor
 from casstore.errors import DoctorFailed
-from casstore.releases import Release, load_secret, sign
+from casstore.releases.release import Release, load_secret, sign
 
 from fuse_fixtures import Kit, run_cas
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import test_julia_mount
 
+from casstore.client.jobenv import default_scratch, ensure_scratch, job_env, project_for, render
 from casstore.errors import ScratchUnsafe, UsageError
-from casstore.jobenv import default_scratch, ensure_scratch, job_env, project_for, render
 from casstore.julia.abcheck import parse_loading_log
 
 from helpers import assert_one_line_error, cas

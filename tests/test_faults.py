@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from casstore.objects import ObjectId
-from casstore.sources.layout import object_path
+from casstore.format.layout import object_path
+from casstore.format.objects import ObjectId
 
 from helpers import assert_one_line_error, cas, make_tree
 
 
 def _big_chunk_ids(store: Path, tree_id: str) -> list[str]:
-    from casstore.reader import TreeReader, root_entry
     from casstore.sources.local import LocalSource
+    from casstore.view.reader import TreeReader, root_entry
 
     reader = TreeReader(LocalSource(store))
     entry = reader.lookup(root_entry(ObjectId.parse(tree_id)), "big.bin")

@@ -157,7 +157,7 @@ def test_publish_during_reads_switch_by_cas_reload(mounts) -> None:
     st = status(repo, mp)
     assert st["following"] and st["revision"] == 2 and st["follow"]["switches"] == 1
     assert st["follow"]["last_ok"] >= st["follow"]["last_switch"] > 0
-    # the node_exporter textfile follows the switch too (casstore.metrics)
+    # the node_exporter textfile follows the switch too (casstore.client.metrics)
     wait_for(lambda: _gauge(repo, "revision") == 2, "the metrics file to show revision 2")
     assert _gauge(repo, "last_check_success_time_seconds") >= st["follow"]["last_switch"] - 1
 

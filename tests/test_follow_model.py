@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from casstore.config import from_dict, load, parse_duration
+from casstore.client.config import from_dict, load, parse_duration
+from casstore.client.follow import Follower
+from casstore.client.fuse.wiring import build_fs, build_vfs, switch_fs
+from casstore.client.selection import select
 from casstore.errors import UsageError
-from casstore.follow import Follower
-from casstore.selection import select
-from casstore.vfs import ROOT_INO, VFS, stable_inode
-from fuseclient.wiring import build_fs, build_vfs, switch_fs
+from casstore.view.vfs import ROOT_INO, VFS, stable_inode
 from tests.fuse_fixtures import Kit
 
 
@@ -175,7 +175,7 @@ def test_detach_moves_old_handles_off_the_path(setup) -> None:
     keep = fs.open("/same.txt")
     seen: list[list[str]] = []
 
-    def detach(paths: list[str]) -> None:  # what fuseclient.mount.Detacher makes the kernel do
+    def detach(paths: list[str]) -> None:  # what mount.Detacher makes the kernel do
         seen.append(paths)
         for i, p in enumerate(paths):
             fs.moved(p, f"/.cas-detached-2-{i}")

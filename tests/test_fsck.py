@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from casstore.index import Index, IndexEntry
-from casstore.objects import ObjectId, ObjType
-from casstore.reader import TreeReader, root_entry
-from casstore.releases import Release, load_secret, sign
-from casstore.sources.layout import object_path, release_path
+from casstore.format.layout import object_path, release_path
+from casstore.format.objects import ObjectId, ObjType
+from casstore.format.trees import ChunkRef, Entry, Kind, Storage, encode_blob, encode_tree
+from casstore.releases.release import Release, load_secret, sign
 from casstore.sources.local import LocalSource
-from casstore.store import Store
-from casstore.trees import ChunkRef, Entry, Kind, Storage, encode_blob, encode_tree
+from casstore.store.index import Index, IndexEntry
+from casstore.store.writable import Store
+from casstore.view.reader import TreeReader, root_entry
 
 from helpers import assert_one_line_error, cas, make_tree
 

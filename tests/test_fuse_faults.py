@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from casstore.errors import BadSignature, ReleaseExpired, RollbackRefused, Unsigned, UntrustedKey
-from casstore.reader import TreeReader, root_entry
-from casstore.sources.layout import object_path
+from casstore.format.layout import object_path
+from casstore.view.reader import TreeReader, root_entry
 
 from fuse_fixtures import Kit, Mounter, mounted, run_cas
 

@@ -15,18 +15,18 @@ from pathlib import Path
 import mfusepy
 import pytest
 
-from casstore.cache import FileCache
-from casstore.objects import ObjectId
-from casstore.reader import TreeReader, root_entry
-from casstore.snapshot import put_paths
+from casstore.client.fuse.fs import MountInfo, ReleaseFS
+from casstore.client.fuse.ops import CasOps
+from casstore.format.layout import object_path
+from casstore.format.objects import ObjectId
 from casstore.sources import verified
 from casstore.sources.knownbad import MISSING_RETRY_S, KnownBad
-from casstore.sources.layout import object_path
 from casstore.sources.local import LocalSource
-from casstore.store import Store
-from casstore.vfs import VFS
-from fuseclient.fs import MountInfo, ReleaseFS
-from fuseclient.ops import CasOps
+from casstore.store.snapshot import put_paths
+from casstore.store.writable import Store
+from casstore.view.filecache import FileCache
+from casstore.view.reader import TreeReader, root_entry
+from casstore.view.vfs import VFS
 
 from fuse_fixtures import Kit, Mounter, run_cas
 
@@ -78,7 +78,7 @@ def world(tmp_path: Path):
     store.close()
     source = CountingSource(LocalSource(tmp_path / "store"))
     clock = Clock()
-    composed = KnownBad(source, clock=clock)  # as fuseclient.wiring composes it
+    composed = KnownBad(source, clock=clock)  # as casstore.client.fuse.wiring composes it
     cache = FileCache(composed, tmp_path / "cache", 64 << 20, prefetch_min=1 << 20)
     fs = ReleaseFS(VFS(composed, root, info=MountInfo("r", 1, None, str(root)), cache=cache))
     plain = TreeReader(LocalSource(tmp_path / "store"))

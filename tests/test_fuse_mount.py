@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from casstore.objects import ObjectId
-from casstore.reader import TreeReader, root_entry
-from casstore.trees import Storage
+from casstore.format.objects import ObjectId
+from casstore.format.trees import Storage
+from casstore.view.reader import TreeReader, root_entry
 
 from fuse_fixtures import Kit, Mounter, mounted, run_cas
 

@@ -12,16 +12,16 @@ from pathlib import Path
 import mfusepy
 import pytest
 
-from casstore.cache import FileCache
-from casstore.config import from_dict, load, parse_size
+from casstore.client.config import from_dict, load, parse_size
+from casstore.client.fuse.fs import MountInfo, ReleaseFS
+from casstore.client.fuse.ops import CasOps
 from casstore.errors import KeyFileError, UsageError
-from casstore.objects import ObjectId
-from casstore.snapshot import put_paths
-from casstore.sources.layout import object_path
-from casstore.store import Store
-from casstore.vfs import VFS
-from fuseclient.fs import MountInfo, ReleaseFS
-from fuseclient.ops import CasOps
+from casstore.format.layout import object_path
+from casstore.format.objects import ObjectId
+from casstore.store.snapshot import put_paths
+from casstore.store.writable import Store
+from casstore.view.filecache import FileCache
+from casstore.view.vfs import VFS
 
 
 @pytest.fixture
@@ -156,8 +156,8 @@ def test_status_files_are_per_namespace_and_stale_ones_pruned(tmp_path: Path) ->
     import json
     import subprocess
 
-    from casstore.config import ClientConfig
-    from fuseclient.mount import mount_ns, prune_stale, status_path
+    from casstore.client.config import ClientConfig
+    from casstore.client.fuse.mount import mount_ns, prune_stale, status_path
 
     cfg = ClientConfig(state_dir=tmp_path)
     spath = status_path(cfg, tmp_path / "depot")
@@ -181,7 +181,7 @@ def test_fast_getattr_writes_what_mfusepy_would(fs) -> None:
     """The packed-struct getattr path is byte-identical to mfusepy's own."""
     import ctypes
 
-    from fuseclient.mount import fast_getattr_ok, fuse_class
+    from casstore.client.fuse.mount import fast_getattr_ok, fuse_class
 
     rfs, _store, _files = fs
     assert fast_getattr_ok()  # else the mount silently loses the fast path
@@ -209,7 +209,7 @@ def test_fast_getattr_writes_what_mfusepy_would(fs) -> None:
 
 def test_fast_readdir_gives_raw_names(fs) -> None:
     """The raw-name readdir fast path lists what mfusepy's own readdir lists."""
-    from fuseclient.mount import fuse_class
+    from casstore.client.fuse.mount import fuse_class
 
     rfs, _store, _files = fs
     fast_cls = fuse_class()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from casstore.errors import VariantRefused
-from casstore.variants import choose
+from casstore.releases.variants import choose
 
 from fuse_fixtures import Kit, Mounter, run_cas
 

@@ -96,8 +96,8 @@ def test_concurrent_puts(tmp_path: Path) -> None:
 
 def test_gc_refuses_to_sweep_when_marking_finds_damage(tmp_path: Path) -> None:
     """A corrupt tree hides everything below it from marking: sweeping would lose it."""
-    from casstore.objects import ObjectId
-    from casstore.sources.layout import object_path
+    from casstore.format.layout import object_path
+    from casstore.format.objects import ObjectId
 
     store = tmp_path / "store"
     oid = cas(store, "put", str(_tree(tmp_path / "a", 1)), "--name", "keep", check=True).out

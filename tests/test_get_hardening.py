@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from casstore.errors import FormatError
-from casstore.objects import ObjectId, ObjType
-from casstore.store import Store
-from casstore.trees import (
+from casstore.format.objects import ObjectId, ObjType
+from casstore.format.trees import (
     _COUNT,
     MAX_NAME,
     TREE_MAGIC,
@@ -30,6 +29,7 @@ from casstore.trees import (
     encode_blob,
     encode_tree,
 )
+from casstore.store.writable import Store
 
 from helpers import assert_one_line_error, cas, remove_deep
 
@@ -100,7 +100,7 @@ def test_names_over_255_bytes_are_skipped_not_fatal(tmp_path: Path, caplog) -> N
     """A 4096-byte name hides nothing else: its siblings restore, it is logged."""
     long = b"L" * 4096
     raw = _raw_tree([_file(b"a", b"1"), _file(long, b"2"), _file(b"z", b"3")])
-    with caplog.at_level(logging.WARNING, logger="casstore.trees"):
+    with caplog.at_level(logging.WARNING, logger="casstore.format.trees"):
         names = [e.name for e in decode_tree(raw)]
     assert names == [b"a", b"z"]
     assert "4096 bytes" in caplog.text

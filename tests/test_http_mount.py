@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from net_fixtures import NGINX, Nginx
 
-from casstore.fsutil import alive
+from casstore.fileio.fsutil import alive
 
 from fuse_fixtures import Kit, Mounter, run_cas
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from net_fixtures import NGINX, ForwardProxy, Hostile, LatencyProxy, Nginx, Silent, free_port
 
-from casstore import config
+from casstore.client import config
+from casstore.client.connect import open_client_source
+from casstore.client.lastgood import LastVerified, load_verified_or_cached
 from casstore.errors import (
     BadSignature,
     NotFound,
@@ -26,11 +28,10 @@ from casstore.errors import (
     StoreError,
     UsageError,
 )
-from casstore.objects import ObjectId
-from casstore.releases import SeenRevisions, keygen, load_verified
-from casstore.sources import ObjectCache, open_client_source, open_source, prefetch
+from casstore.format.objects import ObjectId
+from casstore.releases.release import SeenRevisions, keygen, load_verified
+from casstore.sources import ObjectCache, open_source, prefetch
 from casstore.sources.http import HTTPSettings, HTTPSource, parse_proxies
-from casstore.sources.lastgood import LastVerified, load_verified_or_cached
 from casstore.sources.local import LocalSource
 
 from helpers import cas
@@ -324,7 +325,7 @@ def test_prefetch_then_offline(request, pub, tmp_path: Path) -> None:
 
 def _read_release(src, tree: str, dest: Path) -> None:
     """Read every object of the tree (a real restore), so all of it is cached."""
-    from casstore.restore import restore
+    from casstore.store.restore import restore
 
     shutil.rmtree(dest, ignore_errors=True)
     restore(src, ObjectId.parse(tree), dest)

@@ -411,7 +411,7 @@ def _stage(tmp_path: Path, env: Path, sources: str, store=None):
 
 @pytest.mark.julia
 def test_artifact_from_store_resolves_with_no_network(tiny: dict, tmp_path: Path) -> None:
-    from casstore.store import Store
+    from casstore.store.writable import Store
 
     root, plan = _stage(tmp_path, tiny["env"], store_sources(tiny), Store.open(tiny["store"]))
     assert (root / "artifacts" / tiny["art_sha1"] / "hello.txt").is_file()

@@ -178,8 +178,8 @@ def test_release_carries_prefetch_lists_recorded_from_a_real_start(published: di
                                                                     arch: str) -> None:
     """`cas depot build --release` recorded each variant's real Julia start from a mount
     and published the lists, signed, in the next revision (FORMAT §6.5)."""
-    from casstore.prefetch import list_ids, load_list
-    from casstore.releases import load_verified, parse_public
+    from casstore.releases.prefetch import load_list
+    from casstore.releases.release import load_verified, parse_public
     from casstore.sources.local import LocalSource
 
     pf = published["summary"]["prefetch"]
@@ -187,7 +187,7 @@ def test_release_carries_prefetch_lists_recorded_from_a_real_start(published: di
     src = LocalSource(published["store"])
     pub = parse_public(str(published["base"] / "release.key.pub"))
     rel = load_verified(src, "demo", [pub], None)
-    assert rel.revision == pf["revision"] and set(list_ids(rel)) == set(rel.variants)
+    assert rel.revision == pf["revision"] and set(rel.prefetch_ids()) == set(rel.variants)
     plist = load_list(src, rel, arch)
     paths = [p for p, _i in plist.files]
     sysimage = SYSIMAGE.removeprefix("/depot/")

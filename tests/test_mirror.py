@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from casstore.distribute.mirror import CATALOG_MARKER, DELAY_ENV, TMP_DIR, Mirror, check_mirror
 from casstore.errors import IsAMirror, MirrorBusy, MirrorError, MirrorIncomplete
-from casstore.mirror import CATALOG_MARKER, DELAY_ENV, TMP_DIR, Mirror, check_mirror
-from casstore.objects import HEADER, ObjectId, ObjType, decode
-from casstore.releases import Release, keygen, load_secret, parse_public, sign
-from casstore.snapshot import put_paths
+from casstore.format.objects import HEADER, ObjectId, ObjType, decode
+from casstore.releases.release import Release, keygen, load_secret, parse_public, sign
 from casstore.sources import LocalSource
-from casstore.store import Store
+from casstore.store.snapshot import put_paths
+from casstore.store.writable import Store
 
 from helpers import cas, make_tree, snapshot
 
@@ -224,7 +224,7 @@ def test_releases_and_index_are_written_last(pub: Pub, tmp_path: Path) -> None:
     # a tree is written only after all of its children
     pos = {w: i for i, w in enumerate(writes)}
     src = LocalSource(pub.store.root)
-    from casstore.maintenance import children
+    from casstore.store.maintenance import children
     for w in writes:
         if w.startswith("objects/") and not w.endswith(CATALOG_MARKER):
             oid = ObjectId.parse("b3-" + w[8:10] + w[11:])

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from casstore.cli.mount_helper import parse_argv
 from casstore.errors import UntrustedKey, UsageError
-from fuseclient.mount_helper import parse_argv
 
 from fuse_fixtures import ROOT, Kit, mounted
 

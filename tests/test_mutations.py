@@ -32,13 +32,13 @@ from pathlib import Path
 import pytest
 
 from casstore.errors import CasError
-from casstore.maintenance import fsck
-from casstore.objects import HEADER, ObjectId, decode
-from casstore.releases import parse_public, unverified, verify
-from casstore.restore import restore
-from casstore.sources.layout import release_path
+from casstore.format.layout import release_path
+from casstore.format.objects import HEADER, ObjectId, decode
+from casstore.releases.release import parse_public, unverified, verify
 from casstore.sources.local import LocalSource
-from casstore.store import Store
+from casstore.store.maintenance import fsck
+from casstore.store.restore import restore
+from casstore.store.writable import Store
 
 from helpers import cas, make_tree, snapshot
 

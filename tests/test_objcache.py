@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from casstore.errors import FormatError, ObjectCorrupt, ObjectMissing, UnsafeCache
-from casstore.objects import ObjectId, ObjType
+from casstore.format.objects import ObjectId, ObjType
 from casstore.sources import ObjectCache
 from casstore.sources.base import ObjectSource
-from casstore.store import Store, StoreSettings
+from casstore.store.writable import Store, StoreSettings
 
 
 class Counting:
@@ -161,7 +161,7 @@ def test_flipped_type_in_cached_header_is_refetched(store: Store, tmp_path: Path
 
 def test_corrupt_inner_bytes_are_never_cached(store: Store, tmp_path: Path) -> None:
     (oid,) = _objects(store, 1)
-    from casstore.sources.layout import object_path
+    from casstore.format.layout import object_path
 
     p = object_path(store.root, oid)
     data = bytearray(p.read_bytes())

@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from casstore.errors import CasError, FormatError, ObjectCorrupt, all_error_classes
-from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode, encode
+from casstore.format.objects import HEADER_SIZE, ObjectId, ObjType, decode, encode
 
 
 def test_id_round_trip_and_prefix() -> None:
@@ -120,7 +120,7 @@ def test_forged_sizes_are_refused_without_allocating() -> None:
 
     import zstandard
 
-    from casstore.objects import HEADER, MAGIC, Codec
+    from casstore.format.objects import HEADER, MAGIC, Codec
 
     raw = b"x" * 1000
     oid = ObjectId.of(raw)

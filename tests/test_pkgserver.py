@@ -27,18 +27,18 @@ from pkg_helpers import (
     unreachable_repo_urls,
 )
 
-from casstore.objects import ObjectId, ObjType
+from casstore.format.layout import object_path
+from casstore.format.objects import ObjectId, ObjType
+from casstore.format.trees import Kind, encode_tree
 from casstore.pkg.content import RegistryContent, dir_entry, encode_map, read_package_map
 from casstore.pkg.gittree import folder_tree_hash
-from casstore.publish import publish
-from casstore.reader import TreeReader, root_entry
-from casstore.releases import load_secret, verify
-from casstore.snapshot import Snapshot
-from casstore.sources.layout import object_path
-from casstore.store import Store
-from casstore.trees import Kind, encode_tree
-from server.app import make_app
-from server.pkgproto import PKG, PkgConfig
+from casstore.releases.release import load_secret, verify
+from casstore.server.app import make_app
+from casstore.server.pkgproto import PKG, PkgConfig
+from casstore.store.publish import publish
+from casstore.store.snapshot import Snapshot
+from casstore.store.writable import Store
+from casstore.view.reader import TreeReader, root_entry
 
 import serve_helpers
 from helpers import cas
@@ -208,7 +208,7 @@ def _corrupt_first_pack(store: Path, tree: ObjectId) -> None:
 
 
 def test_cache_is_bounded_lru_and_survives_restart(built: dict, tmp_path: Path) -> None:
-    from server.tarcache import TarballCache
+    from casstore.server.tarcache import TarballCache
     store = Store.open(built["store"])
     reader = TreeReader(store)
     rc = content(built["store"], built)

@@ -11,27 +11,26 @@ from pathlib import Path
 
 import pytest
 
+from casstore.client.replay import Replay
 from casstore.errors import FormatError, ObjectCorrupt
-from casstore.objects import ObjectId
-from casstore.prefetch import (
+from casstore.format.layout import object_path
+from casstore.format.objects import ObjectId
+from casstore.format.trees import Storage
+from casstore.releases.prefetch import (
     DATA,
     META,
     AccessRecorder,
     PrefetchList,
-    Replay,
     build_list,
-    list_ids,
     load_accesses,
     load_list,
     store_list,
 )
-from casstore.reader import TreeReader
-from casstore.releases import Release, load_secret, load_verified, sign
-from casstore.snapshot import Snapshot
-from casstore.sources.layout import object_path
+from casstore.releases.release import Release, load_secret, load_verified, sign
 from casstore.sources.local import LocalSource
-from casstore.trees import Storage
-from casstore.vfs import VFS
+from casstore.store.snapshot import Snapshot
+from casstore.view.reader import TreeReader
+from casstore.view.vfs import VFS
 
 from fuse_fixtures import Kit, Mounter, run_cas
 
@@ -160,16 +159,16 @@ def test_list_is_in_the_signed_release_and_a_tampered_list_is_refused(
     rel, plist = publish_with_lists(kit, tree, ACCESSES)
     pub = load_secret(kit.key).verify_key.encode().hex()
     got = load_verified(kit.store, "app", [pub], None)
-    assert set(list_ids(got)) == {""}
+    assert set(got.prefetch_ids()) == {""}
     src = LocalSource(kit.store.root)
     assert load_list(src, got, None) == plist
     # The chunk holding prefetch.json: overwrite it with another valid-looking list.
-    tid = list_ids(got)[""]
+    tid = got.prefetch_ids()[""]
     chunk = TreeReader(src).dir(tid).entries[0].oid
     other = PrefetchList(None, rel.root, None, [], []).encode()
     path = object_path(kit.store.root, chunk)
     os.chmod(path, 0o644)
-    from casstore.objects import ObjType, encode
+    from casstore.format.objects import ObjType, encode
     path.write_bytes(encode(ObjType.CHUNK, other))
     with pytest.raises(ObjectCorrupt):
         load_list(src, got, None)

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from casstore.distribute.transfer import HttpOptions, local_reachable, push
 from casstore.errors import CasError
-from casstore.publish import publish
-from casstore.releases import load_secret, load_unverified
-from casstore.snapshot import put_paths
-from casstore.sources.layout import object_relpath
-from casstore.store import Store
-from casstore.transfer import HttpOptions, local_reachable, push
-from server.storeproto import StoreConfig
+from casstore.format.layout import object_relpath
+from casstore.releases.release import load_secret, load_unverified
+from casstore.server.storeproto import StoreConfig
+from casstore.store.publish import publish
+from casstore.store.snapshot import put_paths
+from casstore.store.writable import Store
 
 from helpers import cas, make_tree, snapshot
 from serve_helpers import (

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from casstore.chunking import chunk_spans
 from casstore.errors import FileChanged, NameTooLong
-from casstore.objects import ObjType, decode
-from casstore.snapshot import Snapshot, _check_entry_name
-from casstore.store import Store, StoreSettings
-from casstore.trees import decode_blob
+from casstore.format.chunking import chunk_spans
+from casstore.format.objects import ObjType, decode
+from casstore.format.trees import decode_blob
+from casstore.store.snapshot import Snapshot, _check_entry_name
+from casstore.store.writable import Store, StoreSettings
 
 from helpers import assert_one_line_error, cas, remove_deep
 
@@ -127,8 +127,8 @@ def test_windowed_reads_cut_exactly_like_one_pass(tmp_path: Path) -> None:
 _GC_LOOP = r"""
 import random, sys, time
 from casstore.errors import CasError
-from casstore.maintenance import gc
-from casstore.store import Store
+from casstore.store.maintenance import gc
+from casstore.store.writable import Store
 store = Store.open(sys.argv[1])
 rnd = random.Random(1)
 end = time.monotonic() + 600

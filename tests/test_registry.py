@@ -19,12 +19,12 @@ from pkg_helpers import (
     unreachable_repo_urls,
 )
 
-from casstore.objects import ObjectId
+from casstore.format.objects import ObjectId
 from casstore.pkg.gittree import folder_tree_hash, store_tree_hash
 from casstore.pkg.versions import compress, decompress, registry_compat, semver_spec
-from casstore.reader import TreeReader, root_entry
-from casstore.snapshot import put_paths
-from casstore.store import Store
+from casstore.store.snapshot import put_paths
+from casstore.store.writable import Store
+from casstore.view.reader import TreeReader, root_entry
 
 from helpers import assert_one_line_error, cas
 

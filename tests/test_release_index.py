@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from casstore.errors import FormatError, NotFound
-from casstore.objects import ObjType
-from casstore.publish import next_revision, publish
-from casstore.releases import keygen, load_secret, load_unverified, load_verified, newest
-from casstore.sources import release_index
+from casstore.format import release_index
+from casstore.format.objects import ObjType
+from casstore.format.trees import encode_tree
+from casstore.releases.release import keygen, load_secret, load_unverified, load_verified, newest
 from casstore.sources.local import LocalSource
-from casstore.store import Store, StoreSettings
-from casstore.trees import encode_tree
+from casstore.store.publish import next_revision, publish
+from casstore.store.writable import Store, StoreSettings
 
 from helpers import cas
 
@@ -62,7 +62,7 @@ def test_index_files_and_update_order(pub, monkeypatch) -> None:
     store, release, _pk = pub
     rel = store.root / "releases"
     assert json.loads((rel / "_index.json").read_text())["names"] == []  # from init
-    import casstore.store as store_mod
+    import casstore.store.writable as store_mod
 
     written: list[str] = []
     real = store_mod.atomic_write
@@ -197,7 +197,7 @@ def test_writer_view_includes_unlisted_documents(pub) -> None:
     assert LocalSource(store.root).release_names() == []
     assert store.release_names() == ["a"]
     assert store.release_revisions("a") == [1, 2]
-    from casstore.maintenance import roots
+    from casstore.store.maintenance import roots
 
     problems: list[str] = []
     assert any("a@2" in label for label, _ in roots(store, problems))  # gc marks its trees

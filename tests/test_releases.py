@@ -20,8 +20,11 @@ from casstore.errors import (
     UntrustedKey,
     UsageError,
 )
-from casstore.objects import ObjectId
-from casstore.releases import (
+from casstore.format import release_index
+from casstore.format.layout import object_path
+from casstore.format.objects import ObjectId
+from casstore.format.trees import decode_tree
+from casstore.releases.release import (
     SIGNING_CONTEXT,
     Release,
     SeenRevisions,
@@ -32,11 +35,8 @@ from casstore.releases import (
     sign,
     verify,
 )
-from casstore.sources import release_index
-from casstore.sources.layout import object_path
 from casstore.sources.local import LocalSource
-from casstore.store import Store
-from casstore.trees import decode_tree
+from casstore.store.writable import Store
 
 from helpers import assert_one_line_error, cas
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from casstore.objects import ObjectId, ObjType, encode
-from casstore.publish import publish
-from casstore.releases import Release, sign
-from casstore.snapshot import put_paths
-from casstore.sources.layout import object_relpath, release_relpath
-from casstore.store import Store
-from casstore.transfer import local_reachable
-from server.storeproto import StoreConfig
+from casstore.distribute.transfer import local_reachable
+from casstore.format.layout import object_relpath, release_relpath
+from casstore.format.objects import ObjectId, ObjType, encode
+from casstore.releases.release import Release, sign
+from casstore.server.storeproto import StoreConfig
+from casstore.store.publish import publish
+from casstore.store.snapshot import put_paths
+from casstore.store.writable import Store
 
 from helpers import cas
 from serve_helpers import (

@@ -20,12 +20,12 @@ from casstore.errors import (
     StoreError,
     UsageError,
 )
-from casstore.objects import HEADER_SIZE, ObjectId, ObjType, encode
+from casstore.format.layout import MAX_RELEASE_DOC, MAX_STORED_SIZE, object_path, release_path
+from casstore.format.objects import HEADER_SIZE, ObjectId, ObjType, encode
 from casstore.sources import LocalSource, ObjectCache, open_source, stored_type
 from casstore.sources.base import ObjectSource
 from casstore.sources.knownbad import KnownBad
-from casstore.sources.layout import MAX_RELEASE_DOC, MAX_STORED_SIZE, object_path, release_path
-from casstore.store import Store
+from casstore.store.writable import Store
 
 from helpers import assert_one_line_error, cas
 

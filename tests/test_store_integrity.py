@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from casstore.objects import ObjectId, ObjType, decode, encode
-from casstore.sources.layout import object_path
-from casstore.store import Store
-from casstore.trees import Entry, Kind, encode_tree
+from casstore.format.layout import object_path
+from casstore.format.objects import ObjectId, ObjType, decode, encode
+from casstore.format.trees import Entry, Kind, encode_tree
+from casstore.store.writable import Store
 
 from helpers import assert_one_line_error, cas, snapshot
 

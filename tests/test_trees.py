@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from casstore.errors import FormatError, UnsupportedFile
-from casstore.objects import ObjectId
-from casstore.restore import restore
-from casstore.snapshot import put_paths
-from casstore.store import Store, StoreSettings
-from casstore.trees import Entry, Kind, Storage, decode_tree, encode_tree
+from casstore.format.objects import ObjectId
+from casstore.format.trees import Entry, Kind, Storage, decode_tree, encode_tree
+from casstore.store.restore import restore
+from casstore.store.snapshot import put_paths
+from casstore.store.writable import Store, StoreSettings
 
 from helpers import make_tree, snapshot
 
@@ -144,7 +144,7 @@ def _copy_times(src: Path, dst: Path) -> None:
 
 def test_small_files_are_packed_per_directory(tmp_path: Path) -> None:
     """Small files' bytes live in a shared pack, so the tree holds metadata only."""
-    from casstore.reader import TreeReader, root_entry
+    from casstore.view.reader import TreeReader, root_entry
 
     src = tmp_path / "src"
     src.mkdir()
@@ -166,7 +166,7 @@ def test_small_files_are_packed_per_directory(tmp_path: Path) -> None:
 
 
 def test_pack_too_short_is_an_error(tmp_path: Path) -> None:
-    from casstore.reader import packed_bytes
+    from casstore.view.reader import packed_bytes
 
     e = Entry(b"x", Kind.FILE, 0o644, 10, 0, Storage.PACKED, ObjectId.of(b"p"), offset=5)
     with pytest.raises(FormatError):
@@ -192,8 +192,8 @@ def test_restore_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
 
 def test_reader_refuses_sizes_that_disagree(tmp_path: Path) -> None:
     """Every object verifies, but the entry's size lies: an error, not short bytes."""
-    from casstore.objects import ObjType
-    from casstore.reader import TreeReader, root_entry
+    from casstore.format.objects import ObjType
+    from casstore.view.reader import TreeReader, root_entry
 
     store = Store.open(tmp_path / "store", create=True)
     chunk, _ = store.put_raw(ObjType.CHUNK, b"y" * 20000)

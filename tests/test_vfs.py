@@ -1,4 +1,4 @@
-"""The filesystem model (casstore.vfs) without FUSE: threads, memory, depth, the cache.
+"""The filesystem model (casstore.view.vfs) without FUSE: threads, memory, depth, the cache.
 
 Expected values come from the files on disk that were put, never from the code
 under test.
@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from casstore.cache import FileCache
 from casstore.errors import CacheUnsafe, NotFound
-from casstore.objects import ObjectId, ObjType
-from casstore.reader import TreeReader
-from casstore.snapshot import put_paths
+from casstore.format.objects import ObjectId, ObjType
+from casstore.format.trees import Entry, Kind, Storage, encode_tree
 from casstore.sources import LocalSource
 from casstore.sources.knownbad import KnownBad
-from casstore.store import Store
-from casstore.trees import Entry, Kind, Storage, encode_tree
-from casstore.vfs import VFS, ViewInfo
+from casstore.store.snapshot import put_paths
+from casstore.store.writable import Store
+from casstore.view.filecache import FileCache
+from casstore.view.reader import TreeReader
+from casstore.view.vfs import VFS, ViewInfo
 
 from helpers import cas
 
@@ -202,7 +202,7 @@ def test_big_tree_memory_per_entry() -> None:
 
 def test_tree_cache_is_bounded_by_bytes() -> None:
     """The cache weighs what a decoded tree really costs, in either form."""
-    from casstore.reader import SMALL_DIR
+    from casstore.view.reader import SMALL_DIR
 
     src = MemSource()
     n = SMALL_DIR + 1000  # compact form
@@ -360,10 +360,10 @@ def test_cache_folder_is_created_private(tmp_path: Path) -> None:
 def test_compact_decode_agrees_with_decode_tree(monkeypatch, small_dir: int) -> None:
     """Dir.decode's fast validation accepts and refuses exactly what decode_tree does,
     in the compact form (0) and the decoded small-tree form."""
-    from casstore import reader
+    from casstore.view import reader
     from casstore.errors import FormatError
-    from casstore.reader import Dir
-    from casstore.trees import decode_tree
+    from casstore.format.trees import decode_tree
+    from casstore.view.reader import Dir
 
     monkeypatch.setattr(reader, "SMALL_DIR", small_dir)
 

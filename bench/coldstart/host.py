@@ -9,7 +9,7 @@ import platform
 def host_info() -> dict:
     import archspec.cpu
 
-    from casstore.variants import host_levels
+    from casstore.releases.variants import host_levels
 
     host = archspec.cpu.host()
     with open("/proc/cpuinfo") as f:

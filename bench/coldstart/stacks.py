@@ -121,8 +121,8 @@ def publish(stack: Stack, work: Path, log) -> dict:
 
 
 def record_lists(stack: Stack, work: Path, log) -> dict:
-    from casstore.prefetch_record import record_release
-    from casstore.store import Store
+    from casstore.julia.record import record_release
+    from casstore.store.writable import Store
 
     st = Store.open(work / "store")
     try:

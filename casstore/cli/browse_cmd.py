@@ -1,6 +1,6 @@
 """``cas cat``, ``cas ls`` and ``cas diff``: look inside stored trees.
 
-``cat`` and ``ls`` are thin adapters over :class:`casstore.vfs.VFS`, the same
+``cat`` and ``ls`` are thin adapters over :class:`casstore.view.vfs.VFS`, the same
 model the FUSE client serves; ``diff`` compares two trees object by object.
 """
 
@@ -16,12 +16,12 @@ from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.cli.resolve import resolve_spec
 from casstore.errors import UsageError
-from casstore.objects import ObjType
-from casstore.reader import TreeReader, root_entry
+from casstore.format.objects import ObjType
+from casstore.format.trees import Entry, Kind, Storage
 from casstore.sources import ObjectSource
 from casstore.sources.base import stored_type
-from casstore.trees import Entry, Kind, Storage
-from casstore.vfs import VFS, Node
+from casstore.view.reader import TreeReader, root_entry
+from casstore.view.vfs import VFS, Node
 
 _KIND = {Kind.FILE: "-", Kind.DIR: "d", Kind.SYMLINK: "l"}
 

@@ -43,7 +43,7 @@ class Ctx:
         self.quiet = quiet
 
     def open_store(self, create: bool = False):
-        from casstore.store import Store
+        from casstore.store.writable import Store
 
         return Store.open(self.store_path, create=create)
 

@@ -12,8 +12,8 @@ import click
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.errors import JobError, UsageError
-from casstore.releases import DAY, load_secret
-from casstore.snapshot import put_paths, total_size
+from casstore.releases.release import DAY, load_secret
+from casstore.store.snapshot import put_paths, total_size
 
 
 @cli.group("depot")
@@ -54,7 +54,7 @@ def _release_meta(meta: dict) -> dict:
 def _publish(store, name: str, key: Path, root: str, overlays: dict[str, str], res,
              expires_days: float) -> dict:
     """Sign a new revision, unless our newest one already names these exact trees."""
-    from casstore.publish import latest_own, publish
+    from casstore.store.publish import latest_own, publish
 
     sk = load_secret(key)
     last = latest_own(store, name, sk)
@@ -91,7 +91,7 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
     common tree and one overlay per variant and sign a release listing them.
     """
     from casstore.julia.builder import build_depot
-    from casstore.releases import parse_public
+    from casstore.releases.release import parse_public
 
     if release_name and not key:
         raise UsageError("--release needs --key to sign it")
@@ -113,7 +113,7 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
                                       expires_days)
         log(f"[release] {release_name} revision {summary['release']['revision']}"
             + (" (unchanged)" if summary["release"]["unchanged"] else ""))
-        from casstore.prefetch_record import record_release  # lists: record, publish N+1
+        from casstore.julia.record import record_release  # lists: record, publish N+1
 
         summary["prefetch"] = record_release(store, ctx.store_path, release_name, key, out,
                                              expires_days, log)
@@ -135,8 +135,8 @@ def _view(build_dir: Path, level: str, dest: Path) -> Path:
 
 def _mounted_level(ctx: Ctx, release: str, config: Path | None, arch: str | None) -> str:
     """The variant `cas mount` would choose: the same selection as mount and exec."""
-    from casstore.config import load
-    from casstore.selection import select
+    from casstore.client.config import load
+    from casstore.client.selection import select
 
     return select(release, load(config), ctx.store_path, arch).level or ""
 

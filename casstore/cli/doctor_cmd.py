@@ -1,4 +1,4 @@
-"""``cas doctor``: is this node able to mount and run a release?  (casstore/doctor.py)"""
+"""``cas doctor``: is this node able to mount and run a release?  (casstore/client/doctor.py)"""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def doctor(ctx: Ctx, target: str | None, config_path: Path | None, arch: str | N
     target every release of each source is verified and Julia is skipped.
     Exit status 0 if nothing failed, else 58.  Like `cvmfs_config probe`.
     """
-    from casstore.config import parse_size
-    from casstore.doctor import Options, failed, run
+    from casstore.client.config import parse_size
+    from casstore.client.doctor import Options, failed, run
     from casstore.errors import DoctorFailed
 
     opts = Options(config_path=config_path, target=target, store=_explicit_store(ctx),

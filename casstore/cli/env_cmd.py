@@ -1,4 +1,4 @@
-"""``cas env``: the variables a batch job needs to run Julia from /depot (casstore/jobenv.py)."""
+"""``cas env``: the variables a batch job needs to run Julia from /depot (client/jobenv.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def env(ctx: Ctx, config_path: Path | None, mountpoint: Path, scratch: Path | No
     shell-quoted.  Example (Slurm, bash):
       cas exec depot -- bash -c 'eval "$(cas env)"; julia job.jl'
     """
-    from casstore.jobenv import default_scratch, ensure_scratch, job_env, render
+    from casstore.client.jobenv import default_scratch, ensure_scratch, job_env, render
 
     mountpoint = Path(os.path.abspath(mountpoint))
     scratch = Path(os.path.abspath(scratch or default_scratch(os.environ)))
@@ -50,10 +50,10 @@ def env(ctx: Ctx, config_path: Path | None, mountpoint: Path, scratch: Path | No
 
 def _release_vars(config_path: Path | None, mountpoint: Path) -> dict[str, str]:
     """What is mounted there, from its status file (nothing if it is not a cas mount)."""
-    from casstore.config import load
+    from casstore.client.config import load
+    from casstore.client.mounttable import CAS_FSTYPE, fstype
+    from casstore.client.status import read_status
     from casstore.errors import CasError
-    from fuseclient.mounttable import CAS_FSTYPE, fstype
-    from fuseclient.status import read_status
 
     if fstype(mountpoint) != CAS_FSTYPE:
         return {}

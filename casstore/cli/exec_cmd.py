@@ -57,7 +57,7 @@ def exec_(ctx: Ctx, release: str, cmd: tuple[str, ...], mountpoint: Path,
     """
     if os.environ.get(_INSIDE) != str(os.getpid()):
         sys.exit(_reexec())
-    from fuseclient.mounttable import is_mounted
+    from casstore.client.mounttable import is_mounted
 
     signals = _Signals()  # from here on, a SIGTERM/SIGHUP never skips the unmount
     opts = [*(["--config", str(config_path)] if config_path else []),
@@ -70,7 +70,7 @@ def exec_(ctx: Ctx, release: str, cmd: tuple[str, ...], mountpoint: Path,
                   *(["--config", str(config_path)] if config_path else []))
     before = is_mounted(mountpoint)  # then `cas mount` refuses: leave it alone
     try:
-        from fuseclient.watchdog import OWNER_ENV
+        from casstore.client.watchdog import OWNER_ENV
 
         mounted = subprocess.run(_cas(*_global_args(ctx), "-q", "mount", release,
                                       str(mountpoint), *opts), stdout=sys.stderr,

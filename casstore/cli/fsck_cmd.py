@@ -8,7 +8,7 @@ import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
-from casstore.maintenance import fsck
+from casstore.store.maintenance import fsck
 
 
 @command(cli, "fsck")
@@ -22,7 +22,7 @@ def fsck_cmd(ctx: Ctx, rebuild_index: bool) -> None:
     Lists every problem (each missing, corrupt or wrong-typed object, stray or
     garbage file, index drift) and exits 1 once at the end if anything is wrong.
     """
-    from casstore.mirror import refuse_mirror
+    from casstore.distribute.mirror import refuse_mirror
 
     refuse_mirror(ctx.store_path, "cas fsck")  # a mirror has no lock or index to check
     store = ctx.open_store()

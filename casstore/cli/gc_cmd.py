@@ -6,7 +6,7 @@ import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
-from casstore.maintenance import gc
+from casstore.store.maintenance import gc
 
 
 @command(cli, "gc")
@@ -23,7 +23,7 @@ def gc_cmd(ctx: Ctx, grace: str, dry_run: bool, force: bool) -> None:
     Objects younger than --grace survive, so a put that has not been referenced
     yet (or one running right now) loses nothing.
     """
-    from casstore.mirror import refuse_mirror
+    from casstore.distribute.mirror import refuse_mirror
 
     seconds = _seconds(grace)
     refuse_mirror(ctx.store_path, "cas gc")  # a mirror is written only by `cas mirror`
@@ -39,7 +39,7 @@ def _seconds(text: str) -> float:
     """A duration; NaN, infinity and negative values are refused (they would sweep a
     fresh put, or never expire anything by accident)."""
     from casstore.errors import UsageError
-    from casstore.maintenance import check_grace
+    from casstore.store.maintenance import check_grace
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:

@@ -9,7 +9,7 @@ import click
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.cli.resolve import resolve_spec
-from casstore.restore import restore
+from casstore.store.restore import restore
 
 
 @command(cli, "get")

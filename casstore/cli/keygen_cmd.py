@@ -8,7 +8,7 @@ import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
-from casstore.releases import PUBLIC_TAG, keygen
+from casstore.releases.release import PUBLIC_TAG, keygen
 
 
 @command(cli, "keygen")

@@ -55,8 +55,8 @@ def mirror_cmd(ctx: Ctx, source: str | None, dest: Path | None, names: tuple[str
         return
     if not source or dest is None:
         raise UsageError("give SOURCE and DEST (or --check DEST)")
-    from casstore.mirror import mirror
-    from casstore.releases import parse_public
+    from casstore.distribute.mirror import mirror
+    from casstore.releases.release import parse_public
     from casstore.sources import open_source
 
     trusted = [parse_public(k) for k in keys]
@@ -80,7 +80,7 @@ def mirror_cmd(ctx: Ctx, source: str | None, dest: Path | None, names: tuple[str
 
 
 def _check(ctx: Ctx, dest: Path) -> None:
-    from casstore.mirror import check_mirror
+    from casstore.distribute.mirror import check_mirror
 
     with ctx.progress(0, "check") as tick:
         rep = check_mirror(dest, tick)

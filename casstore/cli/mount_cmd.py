@@ -11,7 +11,7 @@ import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
-from casstore.config import ClientConfig, load
+from casstore.client.config import ClientConfig, load
 
 CONFIG_HELP = "Client config TOML (default: $CAS_CONFIG, else /etc/casstore/client.toml)."
 
@@ -68,10 +68,10 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     and switches to it; open files keep their revision.  NAME@N or --revision N
     pins the mount (no following); so do cas exec's private per-job mounts.
     """
-    from casstore.releases import parse_spec
-    from casstore.selection import select
-    from fuseclient.mount import canon, serve
-    from fuseclient.watchdog import owner_from_env
+    from casstore.client.fuse.mount import canon, serve
+    from casstore.client.selection import select
+    from casstore.client.watchdog import owner_from_env
+    from casstore.releases.release import parse_spec
 
     cfg = _config(config_path)
     store = _explicit_store(ctx)
@@ -106,7 +106,7 @@ def umount(ctx: Ctx, mountpoint: Path, config_path: Path | None, lazy: bool) -> 
 
     Refuses (exit 28) anything that is not a casstore FUSE mount (fstype fuse.cas).
     """
-    from fuseclient.mount import unmount
+    from casstore.client.fuse.mount import unmount
 
     unmount(_config(config_path), mountpoint, lazy)
     ctx.emit({"unmounted": str(mountpoint)}, f"unmounted {mountpoint}")
@@ -128,8 +128,8 @@ def status(ctx: Ctx, mountpoint: Path | None, config_path: Path | None, all_: bo
     mounted, not mounted (daemon alive, mount gone), dead (a stale status file
     left by a killed daemon: shown, never used) or damaged (an unreadable file).
     """
+    from casstore.client.fuse.mount import read_status
     from casstore.errors import UsageError
-    from fuseclient.mount import read_status
 
     if all_ == (mountpoint is not None):
         raise UsageError("give either MOUNTPOINT or --all")
@@ -160,8 +160,8 @@ def status(ctx: Ctx, mountpoint: Path | None, config_path: Path | None, all_: bo
 
 
 def _status_all(ctx: Ctx, cfg: ClientConfig) -> None:
-    from fuseclient.mounttable import mount_ns
-    from fuseclient.status import all_mounts
+    from casstore.client.mounttable import mount_ns
+    from casstore.client.status import all_mounts
 
     rows = all_mounts(cfg)
     here = mount_ns()
@@ -182,7 +182,7 @@ def _ago(t: float | None) -> str:
 
 
 def _follow_lines(st: dict) -> list[str]:
-    """``cas status`` lines about revision following (casstore.follow)."""
+    """``cas status`` lines about revision following (casstore.client.follow)."""
     if not st.get("following"):
         return ["following:  no (pinned at mount)"]
     f = st.get("follow") or {}
@@ -210,8 +210,8 @@ def reload(ctx: Ctx, mountpoint: Path, config_path: Path | None, timeout: float)
     until the daemon reports a finished check.  Exit 56 if the mount does not
     follow (pinned), 57 if no check finished within --timeout.
     """
+    from casstore.client.fuse.mount import read_status
     from casstore.errors import NotFollowing, ReloadTimeout
-    from fuseclient.mount import read_status
 
     cfg = _config(config_path)
     st = read_status(cfg, mountpoint)

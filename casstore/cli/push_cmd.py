@@ -1,5 +1,5 @@
 """``cas push URL NAME[@REV]`` and ``cas pull URL NAME[@REV]``: move a release and only
-the objects the other side lacks (the model is :mod:`casstore.transfer`)."""
+the objects the other side lacks (the model is :mod:`casstore.distribute.transfer`)."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ _jobs = click.option("--jobs", "-j", default=8, show_default=True, type=click.In
 @pass_ctx
 def push(ctx: Ctx, url: str, spec: str, token_file: Path | None, jobs: int) -> None:
     """Push release SPEC (NAME or NAME@REV) to the `cas serve` at URL."""
-    from casstore.releases import parse_spec
-    from casstore.transfer import HttpOptions
-    from casstore.transfer import push as do_push
+    from casstore.distribute.transfer import HttpOptions
+    from casstore.distribute.transfer import push as do_push
+    from casstore.releases.release import parse_spec
 
     name, rev = parse_spec(spec)
     url = _check_url(url)
@@ -83,10 +83,10 @@ def push(ctx: Ctx, url: str, spec: str, token_file: Path | None, jobs: int) -> N
 @pass_ctx
 def pull(ctx: Ctx, url: str, spec: str, keys: tuple[str, ...], jobs: int) -> None:
     """Pull release SPEC (NAME or NAME@REV) from URL into the store, verified."""
-    from casstore.config import load
-    from casstore.releases import parse_public, parse_spec
-    from casstore.transfer import HttpOptions
-    from casstore.transfer import pull as do_pull
+    from casstore.client.config import load
+    from casstore.distribute.transfer import HttpOptions
+    from casstore.distribute.transfer import pull as do_pull
+    from casstore.releases.release import parse_public, parse_spec
 
     name, rev = parse_spec(spec)
     url = _check_url(url)

@@ -9,7 +9,7 @@ import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
-from casstore.snapshot import put_paths, total_size
+from casstore.store.snapshot import put_paths, total_size
 
 
 @command(cli, "put")

@@ -10,7 +10,7 @@ import click
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.errors import UsageError
-from casstore.releases import load_secret
+from casstore.releases.release import load_secret
 
 
 @cli.group("registry")

@@ -11,9 +11,8 @@ from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.cli.resolve import resolve
 from casstore.errors import CasError, FormatError, NotFound, UsageError
-from casstore.names import check_ref_name
-from casstore.publish import own_release, publish
-from casstore.releases import (
+from casstore.format.names import check_ref_name
+from casstore.releases.release import (
     Release,
     SeenRevisions,
     expiry,
@@ -23,6 +22,7 @@ from casstore.releases import (
     parse_public,
     parse_spec,
 )
+from casstore.store.publish import own_release, publish
 
 
 @cli.group("release")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from casstore.errors import NotFound, StoreError
-from casstore.objects import ObjectId, is_object_id
+from casstore.format.objects import ObjectId, is_object_id
 from casstore.sources import ObjectSource
 
-# casstore.releases and casstore.selection (and nacl with them) are imported only
+# casstore.releases.release and casstore.client.selection (and nacl with them) are imported only
 # when a release is named: `cas get ID` is a short command and start-up is a large
 # share of its time.
 
@@ -19,7 +19,7 @@ def split_spec(spec: str) -> tuple[str, str]:
 def resolve(source: ObjectSource, head: str) -> ObjectId:
     """An object id as is; else a ref; else a release's root (``NAME`` or ``NAME@REV``).
 
-    A release goes through :func:`casstore.selection.release_for`, which verifies
+    A release goes through :func:`casstore.client.selection.release_for`, which verifies
     it when the client config names trusted keys.
     """
     if is_object_id(head):
@@ -31,8 +31,8 @@ def resolve(source: ObjectSource, head: str) -> ObjectId:
             pass  # not a ref (or not even a valid ref name): maybe a release
     name = head.partition("@")[0]
     if name in source.release_names():
-        from casstore.releases import parse_spec
-        from casstore.selection import release_for
+        from casstore.client.selection import release_for
+        from casstore.releases.release import parse_spec
 
         name, revision = parse_spec(head)
         return release_for(source, name, revision).root_id

@@ -13,7 +13,7 @@ import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
-from casstore.config import parse_size
+from casstore.client.config import parse_size
 from casstore.errors import ServeError, StoreError
 
 _LISTEN_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
@@ -83,13 +83,13 @@ def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
         registries: tuple[str, ...], cache_dir: Path | None, cache_size: str, max_age: int,
         tokens: Path | None, access_log: bool, workers: int) -> None:
     """Serve STORE (see `cas serve --help` and docs/HTTP.md)."""
-    from server import workers as wk
+    from casstore.server import workers as wk
 
     metrics_dir = wk.prepare_multiprocess(workers)  # before prometheus_client is imported
-    from casstore.names import check_ref_name
-    from casstore.releases import parse_public
-    from server.pkgproto import PkgConfig
-    from server.storeproto import StoreConfig
+    from casstore.format.names import check_ref_name
+    from casstore.releases.release import parse_public
+    from casstore.server.pkgproto import PkgConfig
+    from casstore.server.storeproto import StoreConfig
 
     host, port = parse_listen(listen)
     root = (store or ctx.store_path).resolve()
@@ -107,7 +107,7 @@ def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="cas serve: %(levelname)s %(message)s")
     if not trusted:
-        logging.getLogger("cas.serve").info("no --trusted-key: release uploads and the Pkg "
+        logging.getLogger("casstore.server").info("no --trusted-key: release uploads and the Pkg "
                                             "protocol are off")
     try:
         sock = wk.bind(host, port)
@@ -115,7 +115,7 @@ def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
         raise ServeError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
     def make_app():
-        from server.app import make_app as make
+        from casstore.server.app import make_app as make
 
         return make(pkg, scfg)
 
@@ -145,7 +145,7 @@ def token() -> None:
 
 
 def _token_file(ctx: Ctx, tokens: Path | None):
-    from server.tokens import TokenFile, default_path
+    from casstore.server.tokens import TokenFile, default_path
 
     if tokens is None and not (ctx.store_path / "objects").is_dir():
         raise StoreError(f"no store at {ctx.store_path} (use --store or --tokens)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.errors import NotFound
-from casstore.releases import newest
+from casstore.releases.release import newest
 
 
 @command(cli, "stat")

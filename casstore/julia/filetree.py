@@ -1,5 +1,5 @@
 """File trees on local disk for the depot builder: walk, copy, hard-link, set mtimes,
-digest, unpack package tarballs.  (Not casstore/fsutil.py, which holds the store's
+digest, unpack package tarballs.  (Not casstore/fileio/fsutil.py, which holds the store's
 atomic-write and fsync helpers.)"""
 
 from __future__ import annotations

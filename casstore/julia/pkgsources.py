@@ -34,9 +34,9 @@ from casstore.pkg.gittree import SHA1_RE, UUID_RE, folder_tree_hash
 from casstore.pkg.registry import Registry
 from casstore.pkg.sources import SourceVersion, read_source
 from casstore.pkg.versions import parse_version, vstr
-from casstore.reader import TreeReader
-from casstore.releases import load_verified
-from casstore.restore import restore
+from casstore.releases.release import load_verified
+from casstore.store.restore import restore
+from casstore.view.reader import TreeReader
 
 HTTP_TIMEOUT = 120
 MAX_TARBALL = 2 << 30

@@ -19,7 +19,7 @@ from typing import Any
 from casstore.errors import SpecError, SpecPathError, UnknownVariant
 from casstore.julia.manifest import UserEnvironment, load_environment
 from casstore.julia.versions import JuliaLayout, check_cpu_target, cpu_target_for, layout_for
-from casstore.variants import all_levels
+from casstore.releases.variants import all_levels
 
 __all__ = ["DepotSpec", "JobSpec", "PackageSpec", "SpecError", "VariantSpec", "load_spec"]
 
@@ -247,7 +247,7 @@ def _sources(raw: dict, base: Path) -> SourcesSpec:
                         "'server' (a Pkg server URL) or 'bundles' (a folder)")
     key = None
     if "trusted_key" in t:
-        from casstore.releases import parse_public
+        from casstore.releases.release import parse_public
 
         text = t["trusted_key"]
         path = base / text

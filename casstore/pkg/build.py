@@ -17,8 +17,9 @@ from pathlib import Path
 import nacl.signing
 
 from casstore.errors import NotFound, RegistryError, TreeHashMismatch, UsageError
-from casstore.names import check_ref_name
-from casstore.objects import ObjectId, ObjType
+from casstore.format.names import check_ref_name
+from casstore.format.objects import ObjectId, ObjType
+from casstore.format.trees import encode_tree
 from casstore.pkg.content import (
     META_FORMAT,
     META_KIND,
@@ -32,12 +33,11 @@ from casstore.pkg.gittree import SHA1_RE, folder_tree_hash, store_tree_hash
 from casstore.pkg.registry import GENERAL_REPO, GENERAL_UUID, Registry
 from casstore.pkg.sources import expand_inputs, read_source, set_mtimes
 from casstore.pkg.versions import vstr
-from casstore.publish import own_release, publish
-from casstore.reader import TreeReader, root_entry
-from casstore.restore import restore
-from casstore.snapshot import Snapshot, put_paths
-from casstore.store import Store
-from casstore.trees import encode_tree
+from casstore.store.publish import own_release, publish
+from casstore.store.restore import restore
+from casstore.store.snapshot import Snapshot, put_paths
+from casstore.store.writable import Store
+from casstore.view.reader import TreeReader, root_entry
 
 
 def release_name(registry: str) -> str:

@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from casstore.errors import FormatError, NotFound
-from casstore.objects import ObjectId
+from casstore.format.objects import ObjectId
+from casstore.format.trees import Entry, Kind, encode_tree
 from casstore.pkg.gittree import SHA1_RE, UUID_RE
-from casstore.reader import TreeReader, root_entry
-from casstore.releases import Release
-from casstore.trees import Entry, Kind, encode_tree
+from casstore.releases.release import Release
+from casstore.view.reader import TreeReader, root_entry
 
 META_KIND = "julia-registry"
 META_FORMAT = 1

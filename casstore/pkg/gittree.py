@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from casstore.errors import UsageError
-from casstore.reader import TreeReader
-from casstore.trees import Entry, Kind
+from casstore.format.trees import Entry, Kind
+from casstore.view.reader import TreeReader
 
 SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

@@ -16,10 +16,10 @@ import os
 import tarfile
 from typing import BinaryIO
 
-from casstore.objects import ObjectId
+from casstore.format.objects import ObjectId
+from casstore.format.trees import Entry, Kind
 from casstore.pkg.gittree import store_tree_hash
-from casstore.reader import TreeReader, root_entry
-from casstore.trees import Entry, Kind
+from casstore.view.reader import TreeReader, root_entry
 
 GZIP_LEVEL = 6
 

@@ -3,11 +3,9 @@
 * :mod:`~casstore.sources.base` - the :class:`ObjectSource` interface and its errors;
 * :mod:`~casstore.sources.local` - a store folder as plain files (disk, NFS, CVMFS);
 * :mod:`~casstore.sources.http` - a store served over HTTP(S), with fail-over and proxies;
-* :mod:`~casstore.sources.lastgood` - the last verified release per name (offline mounts);
 * :mod:`~casstore.sources.knownbad` - remembers failed objects (wrapper);
 * :mod:`~casstore.sources.objcache` - an on-disk, verified, LRU object cache (wrapper);
-* :mod:`~casstore.sources.layout`, :mod:`~casstore.sources.release_index`,
-  :mod:`~casstore.sources.safeio` - paths and limits, the release index, checked reads.
+* :mod:`~casstore.sources.counters` - lock-free per-thread counters the sources bump.
 
 ``open_source(spec)`` is the one factory that turns a config string into a source.
 """
@@ -22,11 +20,10 @@ from casstore.sources.base import ObjectSource, fetch, source_layers, stored_typ
 from casstore.sources.local import LocalSource
 
 if TYPE_CHECKING:
-    from casstore.config import ClientConfig
     from casstore.sources.http import HTTPSettings
     from casstore.sources.objcache import ObjectCache
 
-__all__ = ["LocalSource", "ObjectCache", "ObjectSource", "fetch", "open_client_source",
+__all__ = ["LocalSource", "ObjectCache", "ObjectSource", "fetch",
            "open_source", "prefetch", "stored_type", "verified"]
 
 SCHEMES = ("http://", "https://")
@@ -54,7 +51,7 @@ def open_source(spec: str | Path | list[str | Path], *, cache_dir: Path | None =
       proxies), wrapped as ``ObjectCache(source, cache_dir, cache_bytes)`` when a
       cache folder and a quota are given (see :func:`with_cache`).  ``cache_dir`` is
       the object cache folder itself (a client uses ``cfg.cache_dir / "objects"``:
-      see :func:`open_client_source`).
+      see :func:`casstore.client.connect.open_client_source`).
     """
     items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     if not items or not all(isinstance(x, (str, Path)) and str(x) for x in items):
@@ -74,26 +71,6 @@ def open_source(spec: str | Path | list[str | Path], *, cache_dir: Path | None =
         raise UsageError("several store folders are not supported; fail-over is between "
                          "http(s) URLs")
     return LocalSource(Path(texts[0]).expanduser().resolve())
-
-
-def http_settings(cfg: ClientConfig) -> HTTPSettings:
-    """The HTTP settings a client config asks for (proxy list, timeouts, parallelism)."""
-    from casstore.sources.http import HTTPSettings, parse_proxies
-
-    return HTTPSettings(connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
-                        request_timeout=cfg.request_timeout, parallel=cfg.http_parallel,
-                        proxies=parse_proxies(cfg.proxy))
-
-
-def open_client_source(cfg: ClientConfig, spec: str | Path | list | None = None) -> ObjectSource:
-    """A node's source: ``spec`` (``--store``) or the config's ``source``; HTTP sources
-    get the config's proxies and timeouts and the object cache in
-    ``cache_dir/objects`` (quota ``object_cache_size``, default ``cache_size``)."""
-    spec = spec if spec is not None else cfg.source
-    if spec is None:
-        raise UsageError("no source: give --store or set 'source' in the client config")
-    return open_source(spec, cache_dir=cfg.objects_cache_dir, cache_bytes=cfg.object_cache_bytes,
-                       http=http_settings(cfg))
 
 
 def with_cache(source: ObjectSource, cache_dir: Path | None, cache_bytes: int) -> ObjectSource:

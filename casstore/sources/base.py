@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode, peek_type
+from casstore.format.objects import HEADER_SIZE, ObjectId, ObjType, decode, peek_type
 
 
 class ObjectSource(Protocol):
@@ -70,7 +70,7 @@ class ObjectSource(Protocol):
         """Revisions listed under ``name``, ascending (NotFound for an unknown name).
 
         A listed revision's document may still be missing (an index that runs
-        ahead); :func:`casstore.releases.newest` skips those.
+        ahead); :func:`casstore.releases.release.newest` skips those.
         """
         ...
 

@@ -46,7 +46,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from casstore.counters import SourceCounters
 from casstore.errors import (
     CasError,
     FormatError,
@@ -57,9 +56,8 @@ from casstore.errors import (
     ServersUnreachable,
     UsageError,
 )
-from casstore.objects import HEADER, HEADER_SIZE, MAGIC, MAX_RAW_SIZE, ObjectId, ObjType, decode
-from casstore.sources import release_index
-from casstore.sources.layout import (
+from casstore.format import release_index
+from casstore.format.layout import (
     FORMAT_FILE,
     MAX_FORMAT_DOC,
     MAX_REF,
@@ -72,6 +70,16 @@ from casstore.sources.layout import (
     release_relpath,
     revisions_index_relpath,
 )
+from casstore.format.objects import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_RAW_SIZE,
+    ObjectId,
+    ObjType,
+    decode,
+)
+from casstore.sources.counters import SourceCounters
 from casstore.sources.local import check_format_doc
 
 log = logging.getLogger(__name__)

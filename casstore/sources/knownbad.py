@@ -15,7 +15,7 @@ import threading
 import time
 
 from casstore.errors import ObjectCorrupt, ObjectMissing
-from casstore.objects import ObjectId, ObjType
+from casstore.format.objects import ObjectId, ObjType
 from casstore.sources.base import ObjectSource, SourceWrapper
 
 MISSING_RETRY_S = 10.0

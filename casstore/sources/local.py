@@ -1,6 +1,6 @@
 """A store folder read as plain files: a local disk, NFS, or a read-only CVMFS mirror.
 
-Every file is read through :mod:`casstore.sources.safeio`: opened without following
+Every file is read through :mod:`casstore.fileio.safeio`: opened without following
 symlinks or blocking, checked with ``fstat`` (regular file, within its limit)
 before any byte is read.  Releases are listed through the release index
 (docs/FORMAT.md §6.4); only a store written before the index existed (no
@@ -13,7 +13,6 @@ import json
 import os
 from pathlib import Path
 
-from casstore.counters import CORRUPT, MISSING, SourceCounters
 from casstore.errors import (
     CasError,
     FormatError,
@@ -22,11 +21,9 @@ from casstore.errors import (
     ObjectMissing,
     StoreError,
 )
-from casstore.names import check_ref_name
-from casstore.objects import HEADER_SIZE, ObjectId, ObjType
-from casstore.sources import release_index
-from casstore.sources.base import verified
-from casstore.sources.layout import (
+from casstore.fileio.safeio import read_regular, stat_regular
+from casstore.format import release_index
+from casstore.format.layout import (
     FORMAT_FILE,
     MAX_FORMAT_DOC,
     MAX_REF,
@@ -40,7 +37,10 @@ from casstore.sources.layout import (
     release_relpath,
     revisions_index_relpath,
 )
-from casstore.sources.safeio import read_regular, stat_regular
+from casstore.format.names import check_ref_name
+from casstore.format.objects import HEADER_SIZE, ObjectId, ObjType
+from casstore.sources.base import verified
+from casstore.sources.counters import CORRUPT, MISSING, SourceCounters
 
 
 def check_format_doc(data: bytes | None, where: str) -> None:

@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from casstore.errors import CasError, FormatError, ObjectCorrupt, UnsafeCache, UsageError
-from casstore.fsutil import private_dir_problem
-from casstore.objects import HEADER_SIZE, ObjectId, ObjType, decode
+from casstore.fileio.fsutil import private_dir_problem
+from casstore.fileio.safeio import OPEN_FLAGS, read_fd
+from casstore.format.layout import MAX_STORED_SIZE
+from casstore.format.objects import HEADER_SIZE, ObjectId, ObjType, decode
 from casstore.sources.base import ObjectSource, SourceWrapper
-from casstore.sources.layout import MAX_STORED_SIZE
-from casstore.sources.safeio import OPEN_FLAGS, read_fd
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,34 @@
+"""A node's object source, built from its client config: the one place that turns the
+config's source, proxies, timeouts and object-cache quota into a composed source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from casstore.client.config import ClientConfig
+from casstore.errors import UsageError
+from casstore.sources import ObjectSource, open_source
+
+if TYPE_CHECKING:
+    from casstore.sources.http import HTTPSettings
+
+
+def http_settings(cfg: ClientConfig) -> HTTPSettings:
+    """The HTTP settings a client config asks for (proxy list, timeouts, parallelism)."""
+    from casstore.sources.http import HTTPSettings, parse_proxies
+
+    return HTTPSettings(connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
+                        request_timeout=cfg.request_timeout, parallel=cfg.http_parallel,
+                        proxies=parse_proxies(cfg.proxy))
+
+
+def open_client_source(cfg: ClientConfig, spec: str | Path | list | None = None) -> ObjectSource:
+    """A node's source: ``spec`` (``--store``) or the config's ``source``; HTTP sources
+    get the config's proxies and timeouts and the object cache in
+    ``cache_dir/objects`` (quota ``object_cache_size``, default ``cache_size``)."""
+    spec = spec if spec is not None else cfg.source
+    if spec is None:
+        raise UsageError("no source: give --store or set 'source' in the client config")
+    return open_source(spec, cache_dir=cfg.objects_cache_dir, cache_bytes=cfg.object_cache_bytes,
+                       http=http_settings(cfg))

@@ -1,0 +1,390 @@
+"""Moving a release between a local store and ``cas serve``: push and pull.
+
+Both move only the objects the other side lacks, several at a time, and write the
+release document last, so an interrupted transfer leaves nothing half-visible
+and the next run skips what already arrived (objects are content-addressed and
+written atomically, so "there" means "complete").
+
+* **push**: walk the local release's trees, ask the server which ids it lacks
+  (``POST objects/missing``, batched), PUT those, then PUT the release document.
+  The server verifies every object and the release (docs/HTTP.md).
+* **pull**: read the remote release document, verify it against the local trusted
+  keys, walk the trees *from the remote* (every object verified against its id,
+  and trees and blobs against their type, before it is used or written), store
+  the missing objects, then write the release (document, then index).
+
+"Present" on a local store means :func:`verified_present`: the index holds a
+verified marker that still matches the file (FORMAT §8), so a damaged or
+foreign file is fetched or uploaded again, and repaired by ``put_raw``.
+
+The one remote read is :func:`get_file` (a plain GET of a FORMAT §10.2 path), so
+it can be swapped for the HTTP object source later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from casstore.errors import (
+    BadSignature,
+    CasError,
+    NotFound,
+    ObjectCorrupt,
+    PushRefused,
+    RemoteError,
+    TokenError,
+    TransferError,
+)
+from casstore.format import release_index
+from casstore.format.layout import (
+    MAX_BATCH,
+    MAX_RELEASE_DOC,
+    MAX_RELEASE_INDEX,
+    MAX_STORED_SIZE,
+    object_relpath,
+    release_relpath,
+    revisions_index_relpath,
+)
+from casstore.format.objects import ObjectId, ObjType, decode
+from casstore.format.trees import Kind, Storage, decode_blob, decode_tree
+from casstore.releases.release import Release, load_unverified, verify
+from casstore.store.writable import Store
+
+Progress = Callable[[int], None]
+_CHILD = {Storage.CHUNK: ObjType.CHUNK, Storage.PACKED: ObjType.CHUNK,
+          Storage.BLOB: ObjType.BLOB}
+
+
+@dataclass
+class TransferStats:
+    """What a push or pull did (printed by the CLI, checked by the tests)."""
+
+    name: str
+    revision: int
+    objects: int = 0  # reachable from the release
+    moved: int = 0  # objects sent (push) or fetched (pull)
+    bytes: int = 0  # stored bytes moved
+    release_written: bool = False  # False: the other side had this exact revision
+    missing_ids: list[str] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class HttpOptions:
+    """Connection behaviour: bounded parallelism, timeouts and retries."""
+
+    jobs: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retries: int = 3
+    backoff: float = 0.5  # seconds, doubled per retry
+
+
+def children(kind: ObjType, raw: bytes) -> list[tuple[ObjectId, ObjType]]:
+    """The objects a verified tree or blob manifest refers to, with expected types."""
+    if kind == ObjType.BLOB:
+        return [(c.oid, ObjType.CHUNK) for c in decode_blob(raw)[1]]
+    out: list[tuple[ObjectId, ObjType]] = []
+    for e in decode_tree(raw):
+        if e.kind == Kind.DIR:
+            out.append((e.oid, ObjType.TREE))  # type: ignore[arg-type]
+        elif e.kind == Kind.FILE and e.storage in _CHILD:
+            out.append((e.oid, _CHILD[e.storage]))  # type: ignore[arg-type]
+    return out
+
+
+def tops(rel: Release) -> list[ObjectId]:
+    return list(rel.trees().values())
+
+
+def local_reachable(store: Store, rel: Release) -> list[ObjectId]:
+    """Every object a local release reaches (trees and blobs read and verified)."""
+    seen: dict[bytes, ObjectId] = {}
+    stack = [(oid, ObjType.TREE) for oid in tops(rel)]
+    while stack:
+        oid, kind = stack.pop()
+        if oid.digest in seen:
+            continue
+        seen[oid.digest] = oid
+        if kind != ObjType.CHUNK:
+            stack.extend(children(kind, store.fetch(oid, kind)))
+    return list(seen.values())
+
+
+# -- HTTP ------------------------------------------------------------------------------
+def _url(base: str, relpath: str) -> str:
+    return base.rstrip("/") + "/" + relpath
+
+
+def _session(opts: HttpOptions, headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout,
+                                    sock_read=opts.read_timeout)
+    return aiohttp.ClientSession(timeout=timeout, headers=headers,
+                                 connector=aiohttp.TCPConnector(limit=opts.jobs))
+
+
+async def _request(session: aiohttp.ClientSession, opts: HttpOptions, method: str, url: str,
+                   limit: int, **kw) -> tuple[int, bytes]:
+    """(status, body of at most ``limit`` bytes), retrying connection errors and 5xx."""
+    delay = opts.backoff
+    why = ""
+    for attempt in range(opts.retries + 1):
+        try:
+            async with session.request(method, url, **kw) as resp:
+                if resp.content_length is not None and resp.content_length > limit:
+                    raise ObjectCorrupt(f"{url}: answer too large ({resp.content_length} bytes)")
+                body = bytearray()
+                async for chunk in resp.content.iter_any():
+                    body += chunk
+                    if len(body) > limit:
+                        raise ObjectCorrupt(f"{url}: answer too large (over {limit} bytes)")
+                if resp.status < 500 or attempt == opts.retries:
+                    return resp.status, bytes(body)
+                why = f"HTTP {resp.status}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if attempt == opts.retries:
+                raise RemoteError(f"{method} {url}: {exc or type(exc).__name__} "
+                                  "(temporary; run again to resume)") from None
+            why = str(exc)
+        await asyncio.sleep(delay)
+        delay *= 2
+    raise RemoteError(f"{method} {url}: {why}")  # not reached
+
+
+async def get_file(session: aiohttp.ClientSession, opts: HttpOptions, base: str,
+                   relpath: str, limit: int) -> bytes | None:
+    """The one remote read: a file of the store layout (FORMAT §10.2), None on 404.
+    Unverified: callers check every byte (hash or signature) before using it."""
+    status, body = await _request(session, opts, "GET", _url(base, relpath), limit)
+    if status == 404:
+        return None
+    if status != 200:
+        raise RemoteError(f"GET {_url(base, relpath)}: HTTP {status}")
+    return body
+
+
+def _server_says(body: bytes) -> str:
+    return body.decode("utf-8", "replace").strip()[:300]
+
+
+# -- push ------------------------------------------------------------------------------
+async def _missing(session, opts, base: str, oids: list[ObjectId]) -> list[ObjectId]:
+    out: list[ObjectId] = []
+    for i in range(0, len(oids), MAX_BATCH):
+        batch = oids[i:i + MAX_BATCH]
+        status, body = await _request(session, opts, "POST", _url(base, "objects/missing"),
+                                      1 << 20, json={"ids": [str(o) for o in batch]})
+        _check_auth(status, body)
+        if status != 200:
+            raise TransferError(f"the server cannot say which objects it lacks: HTTP "
+                                f"{status} {_server_says(body)}")
+        try:
+            wanted = {o.digest for o in batch}
+            got = [ObjectId.parse(x) for x in json.loads(body)["missing"]]
+            if any(o.digest not in wanted for o in got):
+                raise ValueError
+        except (ValueError, KeyError, TypeError, CasError):
+            raise TransferError("the server's answer to 'which objects do you lack' is "
+                                "malformed") from None
+        out.extend(got)
+    return out
+
+
+def _check_auth(status: int, body: bytes) -> None:
+    if status == 401:
+        raise TokenError(f"the server refused the token: {_server_says(body)}")
+
+
+async def _push(store: Store, base: str, rel: Release, doc: bytes, token: str,
+                opts: HttpOptions, progress: Progress, pool: ThreadPoolExecutor) -> TransferStats:
+    loop = asyncio.get_running_loop()
+    stats = TransferStats(rel.name, rel.revision)
+    oids = await loop.run_in_executor(pool, local_reachable, store, rel)
+    stats.objects = len(oids)
+    async with _session(opts, {"Authorization": f"Bearer {token}"}) as session:
+        missing = await _missing(session, opts, base, oids)
+        stats.missing_ids = [str(o) for o in missing]
+        queue: asyncio.Queue[ObjectId] = asyncio.Queue()
+        for oid in missing:
+            queue.put_nowait(oid)
+
+        async def worker() -> None:
+            while True:
+                try:
+                    oid = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                stored = await loop.run_in_executor(pool, store.read_stored, oid)
+                status, body = await _request(session, opts, "PUT",
+                                              _url(base, object_relpath(oid)), 1 << 16,
+                                              data=stored)
+                _check_auth(status, body)
+                if status not in (200, 201):
+                    raise TransferError(f"the server refused object {oid}: HTTP {status} "
+                                        f"{_server_says(body)}")
+                stats.moved += 1
+                stats.bytes += len(stored)
+                progress(len(stored))
+
+        await _gather([worker() for _ in range(max(1, min(opts.jobs, len(missing))))])
+        status, body = await _request(session, opts, "PUT",
+                                      _url(base, release_relpath(rel.name, rel.revision)),
+                                      1 << 16, data=doc)
+        _check_auth(status, body)
+        if status in (400, 403, 409, 422):
+            raise PushRefused(f"the server refused {rel.name}@{rel.revision}: HTTP {status} "
+                              f"{_server_says(body)}")
+        if status not in (200, 201):
+            raise TransferError(f"cannot store {rel.name}@{rel.revision}: HTTP {status} "
+                                f"{_server_says(body)}")
+        stats.release_written = status == 201
+    return stats
+
+
+async def _gather(coros: list) -> None:
+    """Run workers; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def push(store: Store, url: str, name: str, revision: int | None, token: str, *,
+         opts: HttpOptions | None = None, progress: Progress | None = None) -> TransferStats:
+    """Push release ``name`` (newest, or ``revision``) to a ``cas serve`` at ``url``."""
+    if not token:
+        raise TokenError("pushing needs a write token (cas serve token add NAME on the server)")
+    rel = load_unverified(store, name, revision)  # the server verifies it
+    doc = store.read_release(name, rel.revision)
+    opts = opts or HttpOptions()
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-push") as pool:
+        return asyncio.run(_push(store, url, rel, doc, token, opts, progress or _none, pool))
+
+
+def _none(_n: int) -> None:
+    pass
+
+
+# -- pull ------------------------------------------------------------------------------
+async def _remote_release(session, opts, base: str, name: str,
+                          revision: int | None) -> tuple[int, bytes]:
+    if revision is not None:
+        doc = await get_file(session, opts, base, release_relpath(name, revision),
+                             MAX_RELEASE_DOC)
+        if doc is None:
+            raise NotFound(f"{base} has no release {name}@{revision}")
+        return revision, doc
+    data = await get_file(session, opts, base, revisions_index_relpath(name), MAX_RELEASE_INDEX)
+    if data is None:
+        raise NotFound(f"{base} has no release named {name!r}")
+    for rev in reversed(release_index.decode_revisions(data, name, f"{base} release index")):
+        doc = await get_file(session, opts, base, release_relpath(name, rev), MAX_RELEASE_DOC)
+        if doc is not None:  # an index that runs ahead: skip (FORMAT §6.4)
+            return rev, doc
+    raise NotFound(f"{base}: release {name!r} has no revision with a document")
+
+
+def _store_fetched(store: Store, oid: ObjectId, stored: bytes,
+                   expect: ObjType) -> tuple[ObjType, bytes]:
+    """Verify remote bytes (hash, and type for a tree or blob), then store them."""
+    kind, raw = decode(oid, stored, expect)
+    oid, entry = store.put_raw(kind, raw, oid)
+    if entry is not None:
+        store.index.add([(oid, entry)])
+    return kind, raw
+
+
+async def _pull(store: Store, base: str, name: str, revision: int | None, trusted: list[str],
+                opts: HttpOptions, progress: Progress, pool: ThreadPoolExecutor) -> TransferStats:
+    loop = asyncio.get_running_loop()
+    async with _session(opts) as session:
+        rev, doc = await _remote_release(session, opts, base, name, revision)
+        rel = verify(doc, trusted)
+        if rel.name != name or rel.revision != rev:
+            raise BadSignature(f"{base}: the document of {name}@{rev} is {rel.name}@"
+                               f"{rel.revision} (replayed under a wrong name)")
+        stats = TransferStats(name, rev)
+        try:
+            local = store.read_release(name, rev)
+        except NotFound:
+            local = None
+        if local is not None:
+            if local != doc:
+                raise TransferError(f"the local store has another {name}@{rev}")
+            stats.objects = len(await loop.run_in_executor(pool, local_reachable, store, rel))
+            return stats
+        seen: set[bytes] = set()
+        queue: asyncio.Queue[tuple[ObjectId, ObjType]] = asyncio.Queue()
+        for oid in tops(rel):
+            queue.put_nowait((oid, ObjType.TREE))
+
+        async def one(oid: ObjectId, kind: ObjType) -> None:
+            if await loop.run_in_executor(pool, store.verified_present, oid):
+                if kind != ObjType.CHUNK:
+                    raw = await loop.run_in_executor(pool, store.fetch, oid, kind)
+                    for child in children(kind, raw):
+                        queue.put_nowait(child)
+                return
+            stored = await get_file(session, opts, base, object_relpath(oid), MAX_STORED_SIZE)
+            if stored is None:
+                raise TransferError(f"{base} lacks object {oid} of {name}@{rev}")
+            _kind, raw = await loop.run_in_executor(pool, _store_fetched, store, oid, stored, kind)
+            stats.moved += 1
+            stats.bytes += len(stored)
+            progress(len(stored))
+            if kind != ObjType.CHUNK:
+                for child in children(kind, raw):
+                    queue.put_nowait(child)
+
+        busy = 0  # workers fetching: an empty queue means "done" only when none is
+
+        async def worker() -> None:
+            nonlocal busy
+            while True:
+                if queue.empty():
+                    if busy == 0:
+                        return
+                    await asyncio.sleep(0.005)
+                    continue
+                oid, kind = queue.get_nowait()
+                if oid.digest in seen:
+                    continue
+                seen.add(oid.digest)
+                busy += 1
+                try:
+                    await one(oid, kind)
+                finally:
+                    busy -= 1
+
+        with store.lock():
+            await _gather([worker() for _ in range(max(1, opts.jobs))])
+            stats.objects = len(seen)
+            await loop.run_in_executor(pool, store.write_release, name, rev, doc)
+        stats.release_written = True
+        return stats
+
+
+def pull(store: Store, url: str, name: str, revision: int | None, trusted: list[str], *,
+         opts: HttpOptions | None = None, progress: Progress | None = None) -> TransferStats:
+    """Pull release ``name`` (newest, or ``revision``) from ``url`` into ``store``,
+    verified against ``trusted`` keys."""
+    if not trusted:
+        raise TransferError("pulling needs trusted keys (--trusted-key, or trusted_keys in "
+                            "the client config)")
+    opts = opts or HttpOptions()
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-pull") as pool:
+        return asyncio.run(_pull(store, url, name, revision, trusted, opts,
+                                 progress or _none, pool))
+
+
+__all__ = ["HttpOptions", "TransferStats", "get_file", "local_reachable", "pull",
+           "push"]

@@ -1,1 +1,0 @@
-"""casstore FUSE client: mount a signed release read-only (see docs/CLIENT.md)."""
