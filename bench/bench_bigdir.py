@@ -1,6 +1,6 @@
 """One directory of 1,000,000 entries: daemon memory and ``ls -f`` time, before vs after.
 
-Issue 8, item 8: a 1M-entry tree (about 30 MB) raised the mount daemon from
+A 1M-entry tree (about 30 MB) raised the mount daemon from
 19 MB to 581 MB RSS and ``ls -f`` took 60 s.  This builds such a tree from
 objects directly (empty inline files), publishes it as a signed release, and
 mounts it with each code tree given (``--baseline DIR`` is a checkout of the

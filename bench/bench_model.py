@@ -29,11 +29,12 @@ CHILD = r'''
 import json, os, sys, time
 from pathlib import Path
 from casstore.client.config import load
-from casstore.client.fuse.mount import build_fs, prepare
+from casstore.client.fuse.mount import build_fs
+from casstore.client.selection import select
 work, cache = Path(sys.argv[1]), Path(sys.argv[2])
 cfg = load(work / "client.toml")
 cfg.cache_dir = cache
-built = build_fs(prepare("bench", cfg, None, None), cfg)
+built = build_fs(select("bench", cfg, None, None), cfg)
 fs = getattr(built, "fs", built)
 data = work / "data"
 small = sorted("/" + str(p.relative_to(data)) for p in (data / "small").rglob("*.jl"))

@@ -1,5 +1,5 @@
 """Mount + real Julia start of the example job: cold client cache with and without the
-release's prefetch list, against a warm client cache (issue 9 §2), local store.
+release's prefetch list, against a warm client cache, local store.
 
 The store is a local folder, so "cold" means an empty client ``cache_dir`` (no
 whole-file copies), not a cold page cache: this measures what the replay costs or

@@ -1,4 +1,4 @@
-"""A node over an emulated WAN (issue 9, Benchmarks): mount + a real Julia start of the
+"""A node over an emulated WAN: mount + a real Julia start of the
 example job, cold client cache with and without the release's prefetch list, against
 the warm cache and against a local store folder, side by side in one run.
 

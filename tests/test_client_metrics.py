@@ -1,4 +1,4 @@
-"""Client metrics (Prometheus text) and daemon logs (issue 12 item 5).
+"""Client metrics (Prometheus text) and daemon logs.
 
 Model tests need no FUSE: the text format is checked with a strict parser of the
 0.0.4 exposition rules written here, and the object cache's counters against a

@@ -1,4 +1,4 @@
-"""The cold-start benchmark's harness (bench/coldstart, issue 11) runs end to end.
+"""The cold-start benchmark's harness (bench/coldstart) runs end to end.
 
 ``python -m bench.coldstart --quick`` on the small example stack (the one
 tests/test_julia_build.py builds; one variant, the sysimage from the shared build

@@ -1,4 +1,4 @@
-"""fsck and gc on a damaged store: every problem listed, nothing swept (issue 8 #11, #12).
+"""fsck and gc on a damaged store: every problem listed, nothing swept.
 
 Each kind of damage is applied to a copy of one store built by real puts and a
 real signed release; fsck must name the damaged object or path and exit 1 once,

@@ -1,5 +1,5 @@
 """``cas get`` of crafted trees: very deep, symlink targets with NUL, blob manifests
-whose per-chunk lengths lie, and names over the format's 255-byte limit (issue 8).
+whose per-chunk lengths lie, and names over the format's 255-byte limit.
 
 The trees are written straight into a store (as a hostile mirror could serve
 them); ``cas get`` runs as a real process.

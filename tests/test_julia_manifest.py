@@ -1,4 +1,4 @@
-"""cas depot build from a user's Project.toml + Manifest.toml (issue 10 §3).
+"""cas depot build from a user's Project.toml + Manifest.toml.
 
 A small real subset of the shared bundles is registered in a store, served by the
 real `cas serve`, resolved by real Pkg 1.5.3 into a Manifest, and built into a

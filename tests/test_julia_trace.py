@@ -1,4 +1,4 @@
-"""A depot builds even when Julia crashes under --trace-compile (issue 10 §3).
+"""A depot builds even when Julia crashes under --trace-compile.
 
 Julia 1.5.3 segfaults under `--trace-compile` on some workloads.  Here the workload
 aborts only when tracing is on, a real crash of a real Julia.  The build must still

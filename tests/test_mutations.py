@@ -1,6 +1,6 @@
 """Random corruption of a real store: never wrong bytes, never a hang, fsck sees it all.
 
-Issue 8 "Done when": at least 200 random single-byte or range corruptions of
+At least 200 random single-byte or range corruptions of
 objects (chunks, packs, blobs, trees) and release documents in a store built by a
 real ``cas put`` and ``cas release create``.  After each one:
 

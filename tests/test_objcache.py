@@ -174,7 +174,7 @@ def test_corrupt_inner_bytes_are_never_cached(store: Store, tmp_path: Path) -> N
 
 
 def test_planted_symlink_is_not_followed(store: Store, tmp_path: Path) -> None:
-    """Issue 8 item 3: a symlink planted in the cache made the daemon write through it."""
+    """A symlink planted in the cache made the daemon write through it."""
     (oid,) = _objects(store, 1)
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")

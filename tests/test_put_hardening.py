@@ -1,5 +1,5 @@
 """``cas put`` under hostile conditions: files changing while read, gc racing a put,
-deep folders, long names, unreadable paths, no free inodes (issue 8).
+deep folders, long names, unreadable paths, no free inodes.
 
 Each test drives the real ``cas`` command as a separate process, as a user would.
 """

@@ -250,7 +250,7 @@ def test_release_names_are_verified_when_keys_are_configured(tmp_path: Path) -> 
     assert bad.code == BadSignature.exit_code
 
 
-# -- issue 8: one-line errors for bad bodies, specs, expiry, incomplete trees -------
+# -- one-line errors for bad bodies, specs, expiry, incomplete trees -------
 def _resign(store: Path, key: Path, body_text: bytes, rev: int = 1) -> None:
     """Replace revision ``rev`` with a document whose (trusted) signature covers ``body_text``."""
     sk = load_secret(key)
@@ -318,7 +318,7 @@ def test_bad_expiry_is_refused(tmp_path: Path, days: str) -> None:
 
 
 def test_create_refuses_an_incomplete_tree(tmp_path: Path) -> None:
-    """Issue 8: release create signed a release whose subtrees were missing."""
+    """Release create once signed a release whose subtrees were missing."""
     store, key, _t1 = _store_with_release(tmp_path)
     src = tmp_path / "src2"
     (src / "sub" / "deeper").mkdir(parents=True)

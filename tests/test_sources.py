@@ -58,7 +58,7 @@ def test_fifo_object_is_corrupt_at_once(store: Store) -> None:
 
 
 def test_fifo_object_cat_and_fsck_finish_with_one_line(tmp_path: Path) -> None:
-    """Issue 8 item 6: a FIFO planted in place of an object hung `cas cat` and fsck."""
+    """A FIFO planted in place of an object hung `cas cat` and fsck."""
     src = tmp_path / "f.bin"
     src.write_bytes(os.urandom(100_000))
     st = tmp_path / "store"
@@ -104,7 +104,7 @@ def test_oversized_object_refused_before_reading(store: Store) -> None:
 
 
 def test_oversized_release_file_refused_before_reading(tmp_path: Path) -> None:
-    """Issue 8 item 7: a 1 GB release file was read whole before the 1 MiB check."""
+    """A 1 GB release file was read whole before the 1 MiB check."""
     st = tmp_path / "store"
     src = tmp_path / "src"
     src.mkdir()

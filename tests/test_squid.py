@@ -1,4 +1,4 @@
-"""Squid between client mounts and one origin (issue 9 §4), with Debian's real squid on
+"""Squid between client mounts and one origin, with Debian's real squid on
 loopback: a second node's objects come from squid, not the origin, and a release
 published after the first mounts is seen at once by the next mount through the same
 squid (the release index is revalidated, never served stale from the proxy).

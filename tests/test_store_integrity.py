@@ -1,7 +1,7 @@
-"""Objects a put reuses are proven good first; a good copy repairs a damaged one (issue 8 #2).
+"""Objects a put reuses are proven good first; a good copy repairs a damaged one.
 
-Also: the index is the has/size lookup with a verified marker (issue 7), and
-casstore.json settings are validated (issue 8, one-liners).
+Also: the index is the has/size lookup with a verified marker, and
+casstore.json settings are validated.
 """
 
 from __future__ import annotations

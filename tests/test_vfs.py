@@ -157,7 +157,7 @@ def test_listdir_merges_in_byte_order(world) -> None:
         assert vfs.stat(node).nlink == 2 + subdirs
 
 
-# -- memory (issue 8, item 8) --------------------------------------------------------
+# -- memory --------------------------------------------------------
 class MemSource:
     """Objects held in memory by id: enough of an ObjectSource for the reader."""
 
@@ -218,7 +218,7 @@ def test_tree_cache_is_bounded_by_bytes() -> None:
     assert small.nbytes > 100 * 300  # kept decoded, and weighed as such
 
 
-# -- depth (issue 8, item 9: ls -R) --------------------------------------------------
+# -- depth --------------------------------------------------
 def _deep_tree(store: Store, depth: int) -> ObjectId:
     """A chain of ``depth`` directories built from objects directly (no disk walk)."""
     leaf = encode_tree([Entry(b"end.txt", Kind.FILE, 0o644, 3, 0, Storage.INLINE,
@@ -259,7 +259,7 @@ def test_ls_escapes_control_characters(tmp_path: Path) -> None:
     assert res.out.splitlines() == ["evil\\nname", "plain", "term\\x1b[2Jx"]
 
 
-# -- the file cache over a composed source (issue 8, item 3) -------------------------
+# -- the file cache over a composed source -------------------------
 @pytest.fixture
 def big(tmp_path: Path) -> tuple[Path, ObjectId, bytes]:
     src = tmp_path / "src"
@@ -360,9 +360,9 @@ def test_cache_folder_is_created_private(tmp_path: Path) -> None:
 def test_compact_decode_agrees_with_decode_tree(monkeypatch, small_dir: int) -> None:
     """Dir.decode's fast validation accepts and refuses exactly what decode_tree does,
     in the compact form (0) and the decoded small-tree form."""
-    from casstore.view import reader
     from casstore.errors import FormatError
     from casstore.format.trees import decode_tree
+    from casstore.view import reader
     from casstore.view.reader import Dir
 
     monkeypatch.setattr(reader, "SMALL_DIR", small_dir)

@@ -1,4 +1,4 @@
-"""The headline benchmark (issue 11): a fleet of cold nodes on the real stack, against
+"""The headline benchmark: a fleet of cold nodes on the real stack, against
 what sites do today (an empty writable depot that installs and precompiles).
 
     python -m bench.coldstart            # the full run: the real-packages stack

@@ -1,4 +1,4 @@
-"""The scenarios of issue 11, run in order against one site (origin + link + squid).
+"""The cold-start scenarios, run in order against one site (origin + link + squid).
 
 | scenario | node |
 |---|---|

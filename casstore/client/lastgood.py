@@ -1,7 +1,7 @@
 """The last release document a node verified, per name: what it mounts when offline.
 
 A node that boots while every server is unreachable can still mount the release it
-last verified, if that release's objects are in its object cache (issue 9, "offline").
+last verified, if that release's objects are in its object cache.
 The document is kept as the signed bytes, in ``<state_dir>/verified/<name>.release``,
 and is verified again on every use, exactly like one from a server: a tampered copy
 is refused (bad signature), an expired one is refused, and one older than a

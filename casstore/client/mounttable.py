@@ -1,7 +1,7 @@
 """The kernel's mount table, as this process sees it (``/proc/self/mounts``).
 
 Used to tell whether a path is mounted, and whether it is a casstore FUSE mount
-(fstype ``fuse.cas``) before ``cas umount`` touches it (issue 8, item 13).
+(fstype ``fuse.cas``) before ``cas umount`` touches it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every consumer of a release name goes through here: ``cas mount`` and ``cas
 exec`` (via :func:`select`), ``cas get/cat/ls NAME[@N]`` (via :func:`release_for`)
-and the coming server.  The order matters: the release is verified (signature,
+and ``cas doctor``.  The order matters: the release is verified (signature,
 trusted key, expiry, rollback against the seen-revisions file) and the CPU
 level chosen *before* anything is mounted or served, so every refusal is a
 distinct :class:`~casstore.errors.CasError` with its own exit code.

@@ -2,7 +2,7 @@
 read more than a limit, and sort every failure into missing / corrupt / temporary.
 
 Object files, release documents, index files, refs and cached objects all come
-through here (issue 8 items 6 and 7): a FIFO planted in place of an object used to
+through here: a FIFO planted in place of an object used to
 hang a mount, and a 1 GB release file was read whole before its 1 MiB check.  The
 file is opened with ``O_NONBLOCK | O_NOFOLLOW``, then ``fstat``-ed: it must be a
 regular file (optionally owned by a given user) no bigger than the limit, all

@@ -295,7 +295,7 @@ class SeenRevisions:
 def newest(source, name: str, revision: int | None = None) -> tuple[int, bytes]:
     """(revision, document bytes) of ``name``: the given revision, else the newest one.
 
-    The one "find the newest release" (issue 7): the newest *listed* revision whose
+    The one "find the newest release": the newest *listed* revision whose
     document exists.  An index that runs ahead of its documents (a mirror copied
     it first) is tolerated by skipping listed revisions whose document is missing;
     one that runs behind simply does not show the newest yet (FORMAT §6.4).

@@ -250,7 +250,7 @@ async def _send(request: web.Request, svc: PkgService, c: Cached, sha1: str) -> 
 
 
 def add_pkg_routes(app: web.Application, cfg: PkgConfig) -> PkgService:
-    """Attach the Pkg protocol to an app (issue 9's store routes share the same app)."""
+    """Attach the Pkg protocol to an app."""
     svc = PkgService(cfg)
     app[PKG] = svc
 

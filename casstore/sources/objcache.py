@@ -17,7 +17,7 @@ object, named by the id's hex, directly in ``folder``:
   shared memory.
 * **Merged fetches.**  Concurrent requests for one object inside a process wait
   for a single inner fetch (CVMFS's fetcher does the same).
-* **Hardened** (issue 8 item 3; the daemon may run as root): the folder is created
+* **Hardened**: the folder is created
   0700 and refused if it is not owned by this user or is writable by group or
   others.  All access goes through a directory fd; cached files are opened with
   ``O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC`` and must be regular files owned by this

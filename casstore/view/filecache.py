@@ -11,7 +11,7 @@ Layering: the cache sits on top of a (composed) :class:`ObjectSource`, e.g.
 and is told a file's chunk layout by its caller (:mod:`casstore.view.vfs`); it knows
 nothing of readers or trees.
 
-Trust (the daemon runs as root; issue 8, item 3): the cache folder is not
+Trust (the daemon runs as root): the cache folder is not
 trusted.  It is created 0700 and the cache refuses to start (:class:`CacheUnsafe`)
 if it is not a directory of ours that others cannot write.  Verified bytes live
 only in a *private* file: created with ``O_EXCL | O_NOFOLLOW`` under a random

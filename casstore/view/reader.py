@@ -5,7 +5,7 @@ verified chunk bytes, all cached, over any :class:`ObjectSource` (which may be
 a composed one: ``KnownBad(ObjectCache(LocalSource))``).  It knows paths only
 through :func:`walk_path`, the one path walk that :mod:`casstore.view.vfs` uses too.
 
-Memory (issue 8, item 8): a big decoded tree is kept as its raw bytes plus one
+Memory: a big decoded tree is kept as its raw bytes plus one
 offset and one kind byte per entry (:class:`Dir`), not as a list and a dict of
 :class:`Entry` objects.  Its entries are decoded again on demand, and a name is
 found by bisecting the sorted names in place.  A 1M-entry tree costs about its

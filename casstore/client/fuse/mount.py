@@ -4,8 +4,7 @@ The other jobs live in their own modules: choosing and verifying the release
 (:mod:`casstore.client.selection`), building the fs (:mod:`casstore.client.fuse.wiring`), status
 files (:mod:`casstore.client.status`), the mount table (:mod:`casstore.client.mounttable`),
 the owner watchdog (:mod:`casstore.client.watchdog`) and the getattr fast path
-(:mod:`casstore.client.fuse.fastpath`).  Names other modules import from here stay
-importable (``prepare``, ``is_mounted``, ``OWNER_ENV``, ...).
+(:mod:`casstore.client.fuse.fastpath`).
 
 The daemon runs libfuse3 single-threaded with ``kernel_cache`` and day-long
 entry/attr/negative timeouts (content is immutable), mounted ``ro`` and
@@ -41,7 +40,7 @@ from casstore.client.fuse.fastpath import fast_getattr_ok, fuse_class
 from casstore.client.fuse.wiring import Built, attach_metrics, build_fs, switch_fs
 from casstore.client.metrics import Exporters, mount_id
 from casstore.client.mounttable import CAS_FSTYPE, canon, fstype, is_mounted, mount_ns
-from casstore.client.selection import Selection, select
+from casstore.client.selection import Selection
 from casstore.client.status import (
     StatusWriter,
     log_path,
@@ -65,11 +64,8 @@ TIMEOUT_S = float(DAY)  # entry/attr/negative timeouts: content never changes
 FOLLOW_TIMEOUT_S = 60.0
 FOLLOW_NEGATIVE_S = 10.0
 
-# Kept for callers that still use the old names (casstore.julia, depot_cmd).
-Prepared = Selection
-prepare = select
-__all__ = ["OWNER_ENV", "Prepared", "alive", "canon", "fast_getattr_ok", "fuse_class",
-           "is_mounted", "mount_ns", "prepare", "prune_stale", "read_status", "serve",
+__all__ = ["OWNER_ENV", "alive", "canon", "fast_getattr_ok", "fuse_class",
+           "is_mounted", "mount_ns", "prune_stale", "read_status", "serve",
            "status_path", "unmount"]
 
 
