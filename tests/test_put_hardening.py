@@ -23,7 +23,8 @@ from casstore.format.trees import decode_blob
 from casstore.store.snapshot import Snapshot, _check_entry_name
 from casstore.store.writable import Store, StoreSettings
 
-from helpers import assert_one_line_error, cas, remove_deep
+from helpers import Result, assert_one_line_error, cas, remove_deep
+from other_uid import OtherUidPython
 
 _MUTATOR = r"""
 import os, random, sys
@@ -237,10 +238,9 @@ def test_put_refuses_names_over_255_bytes() -> None:
         _check_entry_name(b"n" * 256, "somewhere/" + "n" * 256)
 
 
-def test_unreadable_path_is_one_line() -> None:
-    """Not click's four-line usage error."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run put as another user")
+def test_unreadable_path_is_one_line(other_uid_cas: OtherUidPython) -> None:
+    """Not click's four-line usage error.  Root reads everything, so the command runs as
+    uid 65534, from a copy of casstore that uid can read wherever the checkout lies."""
     import shutil
     import tempfile
 
@@ -255,13 +255,9 @@ def test_unreadable_path_is_one_line() -> None:
     os.chmod(store, 0o777)
     try:
         for target in (locked, locked / "sub" / "f"):
-            p = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534",
-                                "--clear-groups", sys.executable, "-m", "casstore",
-                                "--store", str(store), "put", str(target)],
-                               capture_output=True, timeout=120, cwd="/")
-            res = type("R", (), {"code": p.returncode, "err": p.stderr.decode(),
-                                 "out": p.stdout.decode()})()
-            assert_one_line_error(res)  # type: ignore[arg-type]
+            p = other_uid_cas.run("--store", str(store), "put", str(target))
+            res = Result(p.returncode, p.stdout.decode(), p.stderr.decode())
+            assert_one_line_error(res)
             assert "Usage" not in res.err and str(locked) in res.err, res.err
     finally:
         os.chmod(locked, 0o755)
