@@ -28,6 +28,16 @@ except ImportError as exc:  # pragma: no cover - only while the module is absent
 from other_uid import OtherUidPython, make_readable_casstore  # noqa: E402
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that runs Julia is slow: ``-m "not slow"`` (the fast tier) leaves out
+    every ``julia`` test without each one having to carry both markers.  ``tryfirst``
+    so the marker is there before ``-m`` deselects."""
+    for item in items:
+        if item.get_closest_marker("julia") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def other_uid_cas() -> Iterator[OtherUidPython]:
     """``python -m casstore`` as uid 65534 from a world-readable copy of the package and
