@@ -29,8 +29,8 @@ from pathlib import Path
 import casstore
 
 NOBODY = 65534
-# What `python -m casstore` needs before it parses a command line; the probe imports it.
-PROBE = "import casstore.cli.main, casstore.store.snapshot; print('ok')"
+# What `python -m casstore put` imports; the probe prints where casstore came from.
+PROBE = "import casstore.cli.main, casstore.store.snapshot; print(casstore.__file__)"
 
 
 class Unavailable(Exception):
@@ -136,7 +136,8 @@ def _candidates() -> list[str]:
 
 def readable_casstore(base: Path, uid: int = NOBODY) -> OtherUidPython:
     """A copy of casstore under ``base`` (a new 0755 folder) and an interpreter that
-    imports it as ``uid``; :class:`Unavailable` with every attempt's error if none does."""
+    imports it (not another installed one) as ``uid``; :class:`Unavailable` with every
+    attempt's error if none does."""
     base.mkdir(mode=0o755, parents=True, exist_ok=True)
     os.chmod(base, 0o755)
     copy_casstore(base)
@@ -149,15 +150,18 @@ def readable_casstore(base: Path, uid: int = NOBODY) -> OtherUidPython:
         cand = OtherUidPython(uid, base, python, env)
         p = subprocess.run([*cand.prefix(), python, "-c", PROBE], capture_output=True,
                            text=True, timeout=120, cwd="/", env=env)
-        if p.returncode == 0 and p.stdout.strip() == "ok":
+        where = Path(p.stdout.strip())
+        if p.returncode == 0 and base in where.parents:
             return cand
-        errors.append(f"{python}: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+        why = p.stderr.strip().splitlines() or [f"imports casstore from {where}"]
+        errors.append(f"{python}: {why[-1]}")
     raise Unavailable(f"uid {uid} cannot run casstore: " + "; ".join(errors))
 
 
 def make_readable_casstore(uid: int = NOBODY) -> tuple[OtherUidPython | None, str, Path]:
     """For the session fixture: (the runner or None, why not, the folder to remove)."""
     base = Path(tempfile.mkdtemp(prefix="cas-other-uid-", dir="/tmp"))
+    os.chmod(base, 0o755)  # mkdtemp makes it 0700
     try:
         return readable_casstore(base / "py", uid), "", base
     except Unavailable as exc:
