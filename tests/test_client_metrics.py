@@ -369,6 +369,7 @@ def _config(kit: Kit, source: str, extra: str) -> None:
                           'metrics_textfile_dir = "prom"\nmetrics_interval = 0.2\n' + extra)
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_mount_writes_metrics_and_logs_with_the_mountpoint(kit: Kit, mounter: Mounter) -> None:
     rnd = random.Random(12)
@@ -433,6 +434,7 @@ def test_mount_writes_metrics_and_logs_with_the_mountpoint(kit: Kit, mounter: Mo
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 @pytest.mark.skipif(not os.path.exists(NGINX), reason="needs nginx")
 def test_http_mount_counts_bytes_per_url_and_cache_hits_on_remount(kit: Kit,
@@ -506,6 +508,7 @@ class SyslogReceiver:
         self.sock.close()
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_logs_go_to_syslog_with_the_mountpoint_on_every_line(kit: Kit,
                                                              mounter: Mounter) -> None:

@@ -23,7 +23,7 @@ from test_julia_mount import EXPECTED_CHECKSUM, published  # noqa: F401 - the fi
 from tests.fuse_fixtures import Mounter, mounted
 from tests.helpers import cas
 
-pytestmark = pytest.mark.fuse
+pytestmark = [pytest.mark.fuse, pytest.mark.slow]
 
 MTIME = 1_700_000_000
 BIG1 = bytes(range(256)) * 8192  # 2 MiB: larger than prefetch_min and than BIG2

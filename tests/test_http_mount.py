@@ -17,8 +17,9 @@ from casstore.fileio.fsutil import alive
 
 from fuse_fixtures import Kit, Mounter, run_cas
 
-pytestmark = pytest.mark.skipif(not os.path.exists(NGINX) or not os.path.exists("/dev/fuse"),
-                                reason="needs nginx and /dev/fuse")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not os.path.exists(NGINX) or not os.path.exists("/dev/fuse"),
+                                 reason="needs nginx and /dev/fuse")]
 
 
 @pytest.fixture

@@ -71,6 +71,7 @@ def _big_file(path: Path, size: int) -> None:
             f.write(rnd.randbytes(1 << 19) + bytes(rnd.choices(b"abcdef \n", k=1 << 19)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pwrite", "shrink"])
 def test_put_of_a_file_changing_underneath_stores_no_corrupt_object(
         tmp_path: Path, mode: str) -> None:
@@ -99,6 +100,7 @@ def test_put_of_a_file_changing_underneath_stores_no_corrupt_object(
     assert outcomes  # three real puts ran against a live writer
 
 
+@pytest.mark.slow
 def test_a_file_that_stops_changing_is_stored_exactly(tmp_path: Path) -> None:
     """After the writer stops, the stored bytes are the file's bytes."""
     src = tmp_path / "big.bin"
@@ -143,6 +145,7 @@ while time.monotonic() < end:
 """
 
 
+@pytest.mark.slow
 def test_concurrent_named_puts_survive_gc_grace_zero(tmp_path: Path) -> None:
     """Pairs of puts with --name while gc --grace 0 runs in a loop: nothing under a
     ref is ever swept (the ref is written before the put releases the store lock)."""
@@ -217,6 +220,7 @@ def _read_deep(root: Path, levels: int) -> bytes:
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_put_and_get_of_a_600_level_folder(tmp_path: Path) -> None:
     """No RecursionError: the walk is iterative."""
     _deep(tmp_path / "src", 600)
@@ -281,6 +285,7 @@ def tiny_fs(tmp_path: Path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_no_free_inodes_is_the_disk_full_error(tmp_path: Path, tiny_fs: Path) -> None:
     """ENOSPC from mkdir/creat (inodes, not bytes) must be NoSpace (exit 9), on put and get."""
     src = tmp_path / "src"

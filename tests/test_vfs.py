@@ -116,6 +116,7 @@ def _check(vfs: VFS, rel: str, want: tuple, rnd: random.Random) -> None:
     assert (b"user.cas.variant" in [k.encode() for k in vfs.xattrs(node, False)]) == want[3]
 
 
+@pytest.mark.slow
 def test_vfs_from_eight_threads(world) -> None:
     """8 threads of random lookups/stat/read/listdir over one VFS: every answer right."""
     vfs, expected = world
@@ -145,6 +146,7 @@ def test_vfs_from_eight_threads(world) -> None:
     assert vfs.cache is not None and vfs.cache.stats["hits"] > 0
 
 
+@pytest.mark.slow
 def test_listdir_merges_in_byte_order(world) -> None:
     vfs, expected = world
     for rel in ("d1/e1", "d2", "d2/deep", ""):
@@ -173,6 +175,7 @@ class MemSource:
         return bytes(bytearray(self.objects[oid]))  # a fresh copy, as decompressing makes
 
 
+@pytest.mark.slow
 def test_big_tree_memory_per_entry() -> None:
     """A 200k-entry tree kept decoded costs little more than its own bytes."""
     n = 200_000
@@ -230,6 +233,7 @@ def _deep_tree(store: Store, depth: int) -> ObjectId:
     return oid
 
 
+@pytest.mark.slow
 def test_ls_recursive_on_a_1500_level_tree(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "store", create=True)
     root = _deep_tree(store, 1500)
