@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from casstore.distribute.transfer import HttpOptions, local_reachable, push
+from casstore.distribute.transfer import local_reachable, push
 from casstore.errors import CasError
 from casstore.format.layout import object_relpath
 from casstore.releases.release import load_secret, load_unverified
 from casstore.server.storeproto import StoreConfig
+from casstore.sources.transport import HTTPSettings
 from casstore.store.publish import publish
 from casstore.store.snapshot import put_paths
 from casstore.store.writable import Store
@@ -156,13 +157,13 @@ def test_push_interrupted_by_server_failure_resumes(pub: dict, tmp_path: Path) -
     with ThreadServer(cfg, [_fault(state)]) as srv:
         with pytest.raises(CasError):
             push(local, srv.url, "bulk", None, token,
-                 opts=HttpOptions(jobs=2, retries=1, backoff=0.01))
+                 settings=HTTPSettings(parallel=2, retries=1, backoff=0.01))
         wait_quiet(srv.url)
         stored = object_files(served)
         assert 0 < len(stored) <= 7
         assert not (served / "releases" / "bulk").exists()  # the release goes last
         state["left"] = None
-        stats = push(local, srv.url, "bulk", None, token, opts=HttpOptions(jobs=4))
+        stats = push(local, srv.url, "bulk", None, token, settings=HTTPSettings(parallel=4))
     need = pub["oids"]["bulk"]
     assert stats.moved == len(need) - len(stored)  # only what was missing
     assert stats.release_written and object_files(served) == need
