@@ -21,6 +21,7 @@ from casstore.format.objects import ObjectId, ObjType
 from casstore.format.trees import Entry, Kind, Storage, encode_tree
 from casstore.sources import LocalSource
 from casstore.sources.knownbad import KnownBad
+from casstore.sources.mem import MemSource
 from casstore.store.snapshot import put_paths
 from casstore.store.writable import Store
 from casstore.view.filecache import FileCache
@@ -158,28 +159,13 @@ def test_listdir_merges_in_byte_order(world) -> None:
 
 
 # -- memory --------------------------------------------------------
-class MemSource:
-    """Objects held in memory by id: enough of an ObjectSource for the reader."""
-
-    def __init__(self) -> None:
-        self.objects: dict[ObjectId, bytes] = {}
-
-    def add(self, raw: bytes) -> ObjectId:
-        oid = ObjectId.of(raw)
-        self.objects[oid] = raw
-        return oid
-
-    def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
-        return bytes(bytearray(self.objects[oid]))  # a fresh copy, as decompressing makes
-
-
 def test_big_tree_memory_per_entry() -> None:
     """A 200k-entry tree kept decoded costs little more than its own bytes."""
     n = 200_000
     src = MemSource()
     raw = encode_tree(Entry(f"file-{i:07d}.jl".encode(), Kind.FILE, 0o644, 0, 0,
                             Storage.INLINE) for i in range(n))
-    tid = src.add(raw)
+    tid = src.put(ObjType.TREE, raw)
     del raw
     reader = TreeReader(src, tree_cache_bytes=1 << 30)
     tracemalloc.start()
