@@ -28,7 +28,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
@@ -117,7 +117,6 @@ class Leg:
     slow: Callable[[], tuple[ObjectSource, Callable[[], int]]] | None = None
     server_refuses_oversized: bool = False  # cas serve answers 500 itself
     root: Path | None = None  # the store folder behind it (None: memory)
-    closers: list[Callable[[], None]] = field(default_factory=list)
 
 
 def _folder_ops(store: Store) -> dict:
