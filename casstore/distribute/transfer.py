@@ -114,7 +114,7 @@ def local_reachable(store: Store, rel: Release) -> list[ObjectId]:
 _RETRY = "temporary; run again to resume"
 
 
-def _raise(f: Fail) -> CasError:
+def _transfer_error(f: Fail) -> CasError:
     return as_error(f, TransferError, ObjectCorrupt, retry=_RETRY)
 
 
@@ -128,7 +128,7 @@ async def get_file(http: Transport, relpath: str, limit: int) -> bytes | None:
     except Fail as f:
         if f.kind == MISSING:
             return None
-        raise _raise(f) from None
+        raise _transfer_error(f) from None
 
 
 async def _send(http: Transport, method: str, relpath: str, limit: int,
@@ -138,7 +138,7 @@ async def _send(http: Transport, method: str, relpath: str, limit: int,
     try:
         return await http.send(method, relpath, limit, **kw)
     except Fail as f:
-        raise _raise(f) from None
+        raise _transfer_error(f) from None
 
 
 def _server_says(body: bytes) -> str:
