@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from casstore.client.config import ClientConfig, load
-from casstore.errors import CasError
-from casstore.fileio.fsutil import private_dir_problem
+from casstore.errors import CasError, UnsafeFolder
+from casstore.fileio.fsutil import require_private_dir
 from casstore.releases.release import Release, SeenRevisions, load_verified, parse_spec
 
 OK, FAIL, SKIP = "OK", "FAIL", "SKIP"
@@ -305,8 +305,13 @@ def check_cache(cfg: ClientConfig, min_free: int) -> Check:
 
 
 def _unsafe(folder: Path, uid: int) -> str:
-    problem = private_dir_problem(os.lstat(folder), uid)
-    return f"{folder} {problem} (cas mount refuses it; chown / chmod go-w)" if problem else ""
+    """The refusal ``cas mount`` would raise for ``folder`` (UnsafeFolder), or ""."""
+    try:
+        require_private_dir(folder, "cache folder", "cas mount refuses it; chown / chmod go-w",
+                            uid)
+    except UnsafeFolder as exc:
+        return str(exc)
+    return ""
 
 
 def _existing_parent(path: Path) -> Path:
@@ -403,8 +408,7 @@ def _julia_missing(st: _State, opts: Options) -> str:
     from casstore.client.selection import choose_level
     from casstore.errors import NotFound
     from casstore.format.trees import Kind
-    from casstore.view.reader import TreeReader
-    from casstore.view.vfs import VFS
+    from casstore.view.release_view import release_vfs
 
     assert st.cfg is not None and st.release is not None
     rel = st.release
@@ -414,8 +418,7 @@ def _julia_missing(st: _State, opts: Options) -> str:
         level = None
     source = open_client_source(st.cfg, st.release_source)
     try:
-        vfs = VFS(TreeReader(source), rel.root_id, rel.variant_ids().get(level or ""))
-        node = vfs.lookup("/" + JULIA)
+        node = release_vfs(rel, level, source).lookup("/" + JULIA)
         if node.entry.kind == Kind.DIR:
             return f"{rel.name}: /{JULIA} is a directory"
     except NotFound:
