@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 
 from casstore.client.config import ClientConfig
+from casstore.client.exporters import Exporters, mount_id
 from casstore.client.follow import PINNED, Follower, FollowPolicy
 from casstore.client.fuse.daemonlog import setup_logging
 from casstore.client.fuse.fastpath import fast_getattr_ok, fuse_class
 from casstore.client.fuse.wiring import Built, attach_metrics, build_fs, switch_fs
-from casstore.client.metrics import Exporters, mount_id
 from casstore.client.mounttable import CAS_FSTYPE, canon, fstype, is_mounted, mount_ns
 from casstore.client.selection import Selection
 from casstore.client.status import (
