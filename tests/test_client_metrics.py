@@ -353,6 +353,7 @@ def test_node_exporter_keeps_apart_mounts_that_differ_only_in_namespace(
         assert "collected before with the same name and label values" in ne.log
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 @needs_promtool
 @needs_node_exporter

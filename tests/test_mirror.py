@@ -202,6 +202,7 @@ def test_unparsable_or_untrusted_document_is_refused(pub: Pub, tmp_path: Path) -
 
 
 # -- order, resume, markers ------------------------------------------------------------------
+@pytest.mark.slow
 def test_releases_and_index_are_written_last(pub: Pub, tmp_path: Path) -> None:
     pub.publish("app", tree(tmp_path, 1), 1)
     pub.publish("tools", tree(tmp_path, 2, big=1 << 20), 1)

@@ -228,6 +228,7 @@ def test_concurrent_pushes_of_overlapping_releases(pub: dict, tmp_path: Path) ->
     assert cas(served, "fsck").code == 0
 
 
+@pytest.mark.slow
 def test_push_pull_and_store_url_go_through_the_client_config(pub: dict, tmp_path: Path) -> None:
     """cas push, cas pull and --store URL reads take the client config's proxy (and
     timeouts): through a dead proxy nothing reaches the server, through a live one
