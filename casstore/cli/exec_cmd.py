@@ -143,7 +143,7 @@ def _serve(ctx: Ctx, cfg: ClientConfig, release: str, mountpoint: Path, arch: st
 
 def _unmount(cfg: ClientConfig, mountpoint: Path) -> None:
     """Unmount and wait for the daemon; lazily if the command left the mount busy."""
-    from casstore.client.fuse.mount import unmount
+    from casstore.client.fuse.unmount import unmount
 
     try:
         unmount(cfg, mountpoint)

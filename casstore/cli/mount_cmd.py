@@ -106,7 +106,7 @@ def umount(ctx: Ctx, mountpoint: Path, config_path: Path | None, lazy: bool) -> 
 
     Refuses (exit 28) anything that is not a casstore FUSE mount (fstype fuse.cas).
     """
-    from casstore.client.fuse.mount import unmount
+    from casstore.client.fuse.unmount import unmount
 
     unmount(_config(config_path), mountpoint, lazy)
     ctx.emit({"unmounted": str(mountpoint)}, f"unmounted {mountpoint}")
@@ -128,7 +128,7 @@ def status(ctx: Ctx, mountpoint: Path | None, config_path: Path | None, all_: bo
     mounted, not mounted (daemon alive, mount gone), dead (a stale status file
     left by a killed daemon: shown, never used) or damaged (an unreadable file).
     """
-    from casstore.client.fuse.mount import read_status
+    from casstore.client.status import read_status
     from casstore.errors import UsageError
 
     if all_ == (mountpoint is not None):
@@ -210,7 +210,7 @@ def reload(ctx: Ctx, mountpoint: Path, config_path: Path | None, timeout: float)
     until the daemon reports a finished check.  Exit 56 if the mount does not
     follow (pinned), 57 if no check finished within --timeout.
     """
-    from casstore.client.fuse.mount import read_status
+    from casstore.client.status import read_status
     from casstore.errors import NotFollowing, ReloadTimeout
 
     cfg = _config(config_path)

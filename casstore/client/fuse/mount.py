@@ -28,7 +28,6 @@ import ctypes
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -37,9 +36,10 @@ from casstore.client.config import ClientConfig
 from casstore.client.follow import Follower
 from casstore.client.fuse.daemonlog import setup_logging
 from casstore.client.fuse.fastpath import fast_getattr_ok, fuse_class
+from casstore.client.fuse.unmount import unmount
 from casstore.client.fuse.wiring import Built, attach_metrics, build_fs, switch_fs
 from casstore.client.metrics import Exporters, mount_id
-from casstore.client.mounttable import CAS_FSTYPE, canon, fstype, is_mounted, mount_ns
+from casstore.client.mounttable import canon, is_mounted, mount_ns
 from casstore.client.selection import Selection
 from casstore.client.status import (
     StatusWriter,
@@ -47,10 +47,9 @@ from casstore.client.status import (
     prune_stale,
     read_status,
     status_path,
-    status_pid,
 )
 from casstore.client.watchdog import OWNER_ENV, OwnerWatchdog, alive, owner_from_env
-from casstore.errors import MountError, NotACasMount
+from casstore.errors import MountError
 from casstore.releases.release import DAY
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
@@ -298,25 +297,3 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise MountError(f"mount point {mountpoint} is not a directory")
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point")
-
-
-def unmount(cfg: ClientConfig, mountpoint: Path, lazy: bool = False,
-            timeout: float = 10.0) -> None:
-    """Unmount a casstore mount, then wait for its daemon to remove its status file
-    and exit.  Anything that is not a casstore FUSE mount is refused."""
-    mountpoint = canon(mountpoint)
-    kind = fstype(mountpoint)
-    if kind is None:
-        raise MountError(f"{mountpoint} is not mounted")
-    if kind != CAS_FSTYPE:
-        raise NotACasMount(f"{mountpoint} is a {kind} mount, not a casstore mount; "
-                           "refusing to unmount it")
-    pid = status_pid(cfg, mountpoint)
-    cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise MountError(f"unmount of {mountpoint} failed: {res.stderr.strip()}")
-    spath = status_path(cfg, mountpoint)
-    deadline = time.monotonic() + timeout
-    while pid and alive(pid) and spath.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
