@@ -132,11 +132,12 @@ def _mount(serve: Callable[[], None]) -> int:
 def _serve(ctx: Ctx, cfg: ClientConfig, release: str, mountpoint: Path, arch: str | None,
            prefetch: bool, record: Path | None) -> None:
     """The mount (in the forked child): pinned, never following, owned by cas exec."""
-    from casstore.cli.mount_cmd import _explicit_store
+    from casstore.cli.mount_cmd import _explicit_store, mounting_text
     from casstore.client.fuse.mount import serve
     from casstore.client.selection import select
 
     p = select(release, cfg, _explicit_store(ctx), arch, None)
+    click.echo(mounting_text(p, mountpoint, None), err=True)  # on stderr: stdout is CMD's
     serve(p, cfg, mountpoint, foreground=False, record_to=record, prefetch=prefetch,
           follow=False, arch=arch)
 

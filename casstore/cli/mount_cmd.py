@@ -6,12 +6,16 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.client.config import ClientConfig, load
+
+if TYPE_CHECKING:
+    from casstore.client.selection import Selection
 
 CONFIG_HELP = "Client config TOML (default: $CAS_CONFIG, else /etc/casstore/client.toml)."
 
@@ -87,13 +91,18 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     info = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "mountpoint": str(canon(mountpoint)),
             "offline": p.offline or None, "following": following}
-    ctx.emit(info, f"mounting {p.release.name} revision {p.release.revision} at "
-                   f"{mountpoint} (variant: {p.level or 'none'}, {p.how})"
-                   + (f", following every {cfg.ttl:g} s" if following else "")
-                   + (f"\n{p.offline}" if p.offline else ""))
+    ctx.emit(info, mounting_text(p, mountpoint, cfg.ttl if following else None))
     record = record_access.resolve() if record_access else None  # the daemon cds to /
     serve(p, cfg, mountpoint, foreground, record_to=record, prefetch=not no_prefetch,
           follow=following, arch=arch)
+
+
+def mounting_text(p: Selection, mountpoint: Path, follow_ttl: float | None) -> str:
+    """The line a mount prints: what is mounted where, and which variant and why."""
+    return (f"mounting {p.release.name} revision {p.release.revision} at {mountpoint} "
+            f"(variant: {p.level or 'none'}, {p.how})"
+            + (f", following every {follow_ttl:g} s" if follow_ttl is not None else "")
+            + (f"\n{p.offline}" if p.offline else ""))
 
 
 @command(cli, "umount")
