@@ -131,15 +131,19 @@ def _mount(serve: Callable[[], None]) -> int:
 
 def _serve(ctx: Ctx, cfg: ClientConfig, release: str, mountpoint: Path, arch: str | None,
            prefetch: bool, record: Path | None) -> None:
-    """The mount (in the forked child): pinned, never following, owned by cas exec."""
+    """The mount (in the forked child): owned by cas exec, so never following."""
     from casstore.cli.mount_cmd import _explicit_store, mounting_text
+    from casstore.client.follow import follow_policy
     from casstore.client.fuse.mount import serve
     from casstore.client.selection import select
+    from casstore.releases.release import parse_spec
 
+    policy = follow_policy(cfg, None, pinned=parse_spec(release)[1] is not None, owned=True,
+                           recording=record is not None)
     p = select(release, cfg, _explicit_store(ctx), arch, None)
     click.echo(mounting_text(p, mountpoint, None), err=True)  # on stderr: stdout is CMD's
     serve(p, cfg, mountpoint, foreground=False, record_to=record, prefetch=prefetch,
-          follow=False, arch=arch)
+          policy=policy, arch=arch)
 
 
 def _unmount(cfg: ClientConfig, mountpoint: Path) -> None:
