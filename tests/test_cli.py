@@ -186,3 +186,32 @@ def test_put_and_get_import_nothing_heavy(tmp_path: Path) -> None:
     for mods in (put, get):
         heavy = {m for m in mods if m.split(".")[0] in HEAVY or m in HEAVY}
         assert not heavy, f"start-up imports {sorted(heavy)}"
+
+
+def test_each_command_is_found_in_its_own_module() -> None:
+    """The lazy group maps every command to the module defining it, so running one
+    command imports only that module (not put's chunker for ``cas umount``)."""
+    from casstore.cli import main as cli_main
+
+    cli_main._register()
+    for name, cmd in cli_main.cli.commands.items():
+        want = cli_main.MODULE_OF.get(name, f"{name}_cmd")
+        assert cmd.callback is not None and cmd.callback.__module__ == f"casstore.cli.{want}", name
+
+
+@pytest.mark.parametrize("argv, heavy", [
+    (["umount", "--help"], ["casstore.store.snapshot", "casstore.client.fuse.mount", "mfusepy",
+                            "aiohttp", "prometheus_client"]),
+    (["status", "--help"], ["casstore.store.snapshot", "mfusepy", "aiohttp"]),
+    (["exec", "--help"], ["casstore.store.snapshot", "aiohttp", "archspec"]),
+])
+def test_short_commands_import_only_what_they_use(argv: list[str], heavy: list[str]) -> None:
+    code = ("import sys\nfrom casstore.cli.main import main\n"
+            f"sys.argv = ['cas', *{argv!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    loaded = set(res.stderr.split())
+    assert "casstore.cli.main" in loaded, res.stderr[-500:]
+    assert not loaded.intersection(heavy), sorted(loaded.intersection(heavy))

@@ -73,9 +73,11 @@ class Repo:
                                            ["body"]))
 
 
-V1 = {"big.bin": BIG1, "same.txt": b"never changes\n" * 40, "lib/keep.jl": b"x = 1\n",
+# same.txt is larger than inline_max (a chunk): its stat identity does not depend
+# on the small files packed beside it, which change.
+V1 = {"big.bin": BIG1, "same.txt": b"never changes\n" * 1300, "lib/keep.jl": b"x = 1\n",
       "small.txt": b"one\n"}
-V2 = {"big.bin": BIG2, "same.txt": b"never changes\n" * 40, "lib/keep.jl": b"x = 1\n",
+V2 = {"big.bin": BIG2, "same.txt": b"never changes\n" * 1300, "lib/keep.jl": b"x = 1\n",
       "small.txt": b"two\n", "added.txt": b"new in 2\n"}
 
 

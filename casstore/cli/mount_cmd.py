@@ -6,12 +6,16 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.client.config import ClientConfig, load
+
+if TYPE_CHECKING:
+    from casstore.client.selection import Selection
 
 CONFIG_HELP = "Client config TOML (default: $CAS_CONFIG, else /etc/casstore/client.toml)."
 
@@ -83,13 +87,18 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     info = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "mountpoint": str(canon(mountpoint)),
             "offline": p.offline or None, "following": policy.follow}
-    ctx.emit(info, f"mounting {p.release.name} revision {p.release.revision} at "
-                   f"{mountpoint} (variant: {p.level or 'none'}, {p.how})"
-                   + (f", following every {policy.ttl:g} s" if policy.follow else "")
-                   + (f"\n{p.offline}" if p.offline else ""))
+    ctx.emit(info, mounting_text(p, mountpoint, policy.ttl if policy.follow else None))
     record = record_access.resolve() if record_access else None  # the daemon cds to /
     serve(p, cfg, mountpoint, foreground, record_to=record, prefetch=not no_prefetch,
           policy=policy, arch=arch)
+
+
+def mounting_text(p: Selection, mountpoint: Path, follow_ttl: float | None) -> str:
+    """The line a mount prints: what is mounted where, and which variant and why."""
+    return (f"mounting {p.release.name} revision {p.release.revision} at {mountpoint} "
+            f"(variant: {p.level or 'none'}, {p.how})"
+            + (f", following every {follow_ttl:g} s" if follow_ttl is not None else "")
+            + (f"\n{p.offline}" if p.offline else ""))
 
 
 @command(cli, "umount")
@@ -102,7 +111,7 @@ def umount(ctx: Ctx, mountpoint: Path, config_path: Path | None, lazy: bool) -> 
 
     Refuses (exit 28) anything that is not a casstore FUSE mount (fstype fuse.cas).
     """
-    from casstore.client.fuse.mount import unmount
+    from casstore.client.fuse.unmount import unmount
 
     unmount(_config(config_path), mountpoint, lazy)
     ctx.emit({"unmounted": str(mountpoint)}, f"unmounted {mountpoint}")
@@ -124,7 +133,7 @@ def status(ctx: Ctx, mountpoint: Path | None, config_path: Path | None, all_: bo
     mounted, not mounted (daemon alive, mount gone), dead (a stale status file
     left by a killed daemon: shown, never used) or damaged (an unreadable file).
     """
-    from casstore.client.fuse.mount import read_status
+    from casstore.client.status import read_status
     from casstore.errors import UsageError
 
     if all_ == (mountpoint is not None):
@@ -206,7 +215,7 @@ def reload(ctx: Ctx, mountpoint: Path, config_path: Path | None, timeout: float)
     until the daemon reports a finished check.  Exit 56 if the mount does not
     follow (pinned), 57 if no check finished within --timeout.
     """
-    from casstore.client.fuse.mount import read_status
+    from casstore.client.status import read_status
     from casstore.errors import NotFollowing, ReloadTimeout
 
     cfg = _config(config_path)
