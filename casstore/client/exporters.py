@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import http.server
 import logging
 import os
 import re
 import signal
 import socket
-import socketserver
 import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from casstore.client.metrics import CONTENT_TYPE, ClientMetrics
+from casstore.client.metrics import ClientMetrics
 from casstore.errors import CasError
 from casstore.fileio.fsutil import alive, atomic_write
+
+if TYPE_CHECKING:
+    from casstore.client.metrics_http import UnixHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -124,64 +125,6 @@ class TextfileExporter:
         self.write()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """``GET`` or ``HEAD`` of ``/metrics`` (or ``/``); other paths 404, other methods
-    405.  Errors are one plain-text line, not http.server's HTML page."""
-
-    server_version = "casstore-client"
-    timeout = 5.0
-    error_content_type = "text/plain; charset=utf-8"
-    error_message_format = "%(code)d %(message)s\n"
-
-    def do_GET(self) -> None:  # noqa: N802 - the http.server name
-        self._metrics(with_body=True)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._metrics(with_body=False)
-
-    def _metrics(self, with_body: bool) -> None:
-        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-            self.send_error(404)
-            return
-        body = self.server.metrics.render().encode()  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if with_body:
-            self.wfile.write(body)
-
-    def _not_allowed(self) -> None:
-        self.send_response(405)
-        body = b"405 only GET and HEAD\n"
-        self.send_header("Allow", "GET, HEAD")
-        self.send_header("Content-Type", self.error_content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
-
-    def address_string(self) -> str:
-        return "unix"  # a unix socket peer has no address
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("metrics socket: " + format, *args)
-
-
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-    def __init__(self, path: str, metrics: ClientMetrics) -> None:
-        self.metrics = metrics
-        super().__init__(path, _Handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, _addr = self.socket.accept()
-        return conn, ("unix", 0)  # BaseHTTPRequestHandler indexes client_address
-
-
 class SocketExporter:
     """Serves the metrics as HTTP ``GET``/``HEAD /metrics`` on a unix socket (mode
     0666: read-only numbers, for ``curl --unix-socket`` or a local scraper)."""
@@ -189,7 +132,7 @@ class SocketExporter:
     def __init__(self, metrics: ClientMetrics, path: Path) -> None:
         self.metrics = metrics
         self.path = Path(path)
-        self.server: _UnixHTTPServer | None = None
+        self.server: UnixHTTPServer | None = None
         self.thread: threading.Thread | None = None
         self._ino: int | None = None
 
@@ -197,9 +140,11 @@ class SocketExporter:
         """Bind and serve; False (and one warning) if the path is taken or unusable."""
         if not self._clear_stale():
             return False
+        from casstore.client.metrics_http import UnixHTTPServer  # only a socket needs it
+
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.server = _UnixHTTPServer(str(self.path), self.metrics)
+            self.server = UnixHTTPServer(str(self.path), self.metrics)
             os.chmod(self.path, 0o666)
             self._ino = os.lstat(self.path).st_ino
         except OSError as exc:

@@ -37,15 +37,15 @@ import platform
 import time
 from collections.abc import Callable, Iterable
 from functools import cache
-from typing import Any
-
-from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.process_collector import ProcessCollector
+from typing import TYPE_CHECKING, Any
 
 from casstore.client.mounttable import mount_ns as current_mount_ns
 from casstore.sources.base import source_layers
 from casstore.sources.counters import ERROR_KINDS, Gauge, SourceCounters
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.process_collector import ProcessCollector
 
 # What render() returns, as an HTTP Content-Type: text format 0.0.4 (what
 # generate_latest writes with its default name escaping; promtool and node_exporter read it).
@@ -92,7 +92,7 @@ class ClientMetrics:
         self.revision = Gauge(revision)
         self.last_check_success_time = Gauge(clock())
         self.mounted = Gauge(1)
-        self._process = ProcessCollector(namespace=PREFIX.rstrip("_"), registry=None)
+        self._process: ProcessCollector | None = None  # made at the first render
         self.source = source
         self.file_cache: Callable[[], dict] | None = None
         self.fuse_errors: Callable[[], Any] | None = None
@@ -121,6 +121,8 @@ class ClientMetrics:
     # -- rendering ---------------------------------------------------------------------
     def render(self) -> str:
         """Prometheus text format 0.0.4 (:data:`CONTENT_TYPE`)."""
+        from prometheus_client.exposition import generate_latest
+
         return generate_latest(self).decode()  # type: ignore[arg-type]
 
     def collect(self) -> Iterable[Metric]:
@@ -150,6 +152,10 @@ class ClientMetrics:
         info = fam.gauge_family("build_info", "Versions of the casstore client serving this "
                                 "mount (value 1)", ["version", "python"])
         fam.add(info, [casstore_version(), platform.python_version()], 1)
+        if self._process is None:  # prometheus_client is imported only to render
+            from prometheus_client.process_collector import ProcessCollector
+
+            self._process = ProcessCollector(namespace=PREFIX.rstrip("_"), registry=None)
         for m in self._process.collect():
             fam.adopt(m)
 
@@ -235,13 +241,17 @@ class _Families:
     """Builds metric families with the mount's labels added to every sample."""
 
     def __init__(self, const: dict[str, str]) -> None:
+        from prometheus_client import metrics_core
+
+        self.core = metrics_core  # imported at the first render, not with this module
         self.const_names = list(const)
         self.const_values = list(const.values())
         self.out: list[Metric] = []
 
     def counter(self, name: str, doc: str, labels: list[str] | None = None,
                 value: float | None = None) -> CounterMetricFamily:
-        m = CounterMetricFamily(PREFIX + name, doc, labels=[*self.const_names, *(labels or [])])
+        m = self.core.CounterMetricFamily(PREFIX + name, doc,
+                                          labels=[*self.const_names, *(labels or [])])
         self.out.append(m)
         if value is not None:
             self.add(m, [], value)
@@ -254,14 +264,15 @@ class _Families:
 
     def gauge_family(self, name: str, doc: str,
                      labels: list[str] | None = None) -> GaugeMetricFamily:
-        m = GaugeMetricFamily(PREFIX + name, doc, labels=[*self.const_names, *(labels or [])])
+        m = self.core.GaugeMetricFamily(PREFIX + name, doc,
+                                        labels=[*self.const_names, *(labels or [])])
         self.out.append(m)
         return m
 
     def adopt(self, m: Metric) -> None:
         """A family from another collector, its samples given this mount's labels."""
         const = dict(zip(self.const_names, self.const_values, strict=True))
-        copy = Metric(m.name, m.documentation, m.type, m.unit)
+        copy = self.core.Metric(m.name, m.documentation, m.type, m.unit)
         copy.samples = [s._replace(labels={**const, **s.labels}) for s in m.samples]
         self.out.append(copy)
 
