@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from casstore.client.replay import Replay
+from casstore.client.replay import Replay, path_objects, split_files
 from casstore.errors import FormatError, ObjectCorrupt
 from casstore.format.layout import object_path
 from casstore.format.objects import ObjectId
@@ -198,7 +198,9 @@ def test_replay_fetches_exactly_the_listed_objects(kit: Kit, tree: ObjectId,
         assert batches and max(batches) <= 2
 
 
-def test_replay_skips_what_whole_file_copies_fetch(kit: Kit, tree: ObjectId) -> None:
+@pytest.mark.parametrize("batch", [True, False])
+def test_replay_skips_what_whole_file_copies_fetch(kit: Kit, tree: ObjectId,
+                                                   batch: bool) -> None:
     _rel, plist = publish_with_lists(kit, tree, ACCESSES)
     vfs = VFS(TreeReader(kit.store), tree)
     big = vfs.lookup("/lib/big.so").entry
@@ -206,17 +208,71 @@ def test_replay_skips_what_whole_file_copies_fetch(kit: Kit, tree: ObjectId) -> 
     warmed = []
 
     def warm(path, oids):
-        if path == "lib/big.so" and big.oid in oids:
-            warmed.append(path)
-            return covered
-        return set()
+        warmed.append(path)
+        return covered if path == "lib/big.so" and big.oid in oids else set()
 
-    source, mem, _batches = replay_source(kit, batch=False)
+    source, mem, _batches = replay_source(kit, batch)
     replay = Replay(lambda: plist, source, warm)
     replay.run()
-    assert warmed == ["lib/big.so"] and replay.summary()["files_warmed"] == 1
+    assert warmed[0] == "lib/big.so" and replay.summary()["files_warmed"] == 1
     assert set(mem.reads) == set(plist.oids()) - covered
+    assert max(mem.reads.values()) == 1
     assert replay.summary()["done"] == len(plist.objects)
+
+
+def test_large_files_go_first_largest_first() -> None:
+    oid = [ObjectId.parse("b3-" + f"{n:064x}") for n in range(8)]
+    # 0: root tree, 1: lib tree, 2: small.jl's pack, 3: a.so (one chunk),
+    # 4: sys.so's manifest, 5-7: sys.so's chunks (7 compresses well)
+    sizes = [900, 700, 3000, 2 << 20, 4000, 1 << 20, 1 << 20, 300]
+    plist = PrefetchList(None, str(oid[0]), None, list(zip(oid, sizes, strict=True)),
+                         [("lib/small.jl", [0, 1, 2]), ("lib/a.so", [0, 1, 3]),
+                          ("lib/sys.so", [0, 1, 4, 5, 6, 7]), ("lib", [0, 1])])
+    lead, others = split_files(plist)
+    assert [p for p, _o in lead] == ["lib/sys.so", "lib/a.so"]
+    assert [p for p, _o in others] == ["lib/small.jl", "lib"]
+    assert path_objects(plist, lead) == [oid[0], oid[1]]  # the trees, no chunk
+
+
+def test_replay_fetches_decodes_and_writes_each_copied_chunk_once(kit: Kit,
+                                                                   tree: ObjectId) -> None:
+    """Through the mount's own pieces: a batch source (an object cache), the
+    FileCache and the warmer: big.so's chunks come from the source once, straight
+    into the whole-file copy, never back out of the object cache."""
+    from casstore.client.fuse.wiring import warmer
+    from casstore.sources.knownbad import KnownBad
+    from casstore.view.filecache import FileCache
+
+    _rel, plist = publish_with_lists(kit, tree, ACCESSES)
+    source, mem, _batches = replay_source(kit, batch=True)
+    hits: list[ObjectId] = []
+    cached = source._cached  # type: ignore[attr-defined]
+
+    def seen(oid, expect):
+        got = cached(oid, expect)
+        if got is not None:
+            hits.append(oid)
+        return got
+
+    source._cached = seen  # type: ignore[attr-defined]
+    bad = KnownBad(source)
+    files = FileCache(bad, kit.base / "filecache", 1 << 30, 1 << 20)
+    vfs = VFS(bad, tree, cache=files)
+    try:
+        replay = Replay(lambda: plist, source, warmer(vfs))
+        replay.run()
+        assert replay.summary()["state"] == "done" and replay.summary()["files_warmed"] == 1
+        copy = next(iter(files.copies.values()))
+        assert copy.thread is not None
+        copy.thread.join(timeout=60)
+        assert copy.complete
+        node = vfs.lookup("/lib/big.so")
+        assert vfs.read(node, 0, node.entry.size) == (kit.base / "tree/lib/big.so").read_bytes()
+        chunks = set(vfs.reader.file_chunk_ids(node.entry))
+        assert len(chunks) > 1 and not chunks & set(hits)
+        assert set(mem.reads) == set(plist.oids()) and max(mem.reads.values()) == 1
+    finally:
+        files.close()
 
 
 def test_a_missing_listed_object_is_counted_not_fatal(kit: Kit, tree: ObjectId) -> None:

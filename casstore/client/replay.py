@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 32  # objects per prefetch() call: one batch of parallel requests
 WORKERS = 16  # fetch() threads when the source has no batch method
+LEAD_BYTES = 1 << 20  # a file whose own objects store this much is copied first
 Warm = Callable[[str, set[ObjectId]], set[ObjectId]]
 
 
@@ -54,8 +56,10 @@ class Replay:
     ``fetch`` (a local, NFS or CVMFS folder: this warms the OS and CVMFS caches).
     ``warm(path, oids)`` is called for each listed path: the FileCache starts its
     whole-file copy of a large file that was read and returns the ids that copy
-    fetches (with a batch source after the batches, else before the fetches,
-    which then skip those ids).  Nothing raised here reaches a reader.
+    fetches, which the batches or fetches then skip, so each of those bytes is
+    fetched, verified and decompressed once, by the copy.  The large files go
+    first, largest first (:func:`split_files`).  Nothing raised here reaches a
+    reader.
     """
 
     def __init__(self, load: Callable[[], PrefetchList | None], source: ObjectSource,
@@ -84,11 +88,11 @@ class Replay:
                 return
             p.total, p.bytes_total, p.state = len(plist.objects), plist.total_bytes(), "running"
             batch_fn = getattr(self.source, "prefetch", None)
-            if batch_fn is not None:  # into the object cache first; copies read from it
-                self._batches(batch_fn, plist)
-                self._warm(plist)
+            if batch_fn is not None:
+                self._replay_batched(batch_fn, plist)
             else:  # whole-file copies fetch their own chunks: fetch only the rest
-                self._fetch_all(plist, self._warm(plist))
+                lead, others = split_files(plist)
+                self._fetch_all(plist, self._warm(lead + others))
             p.state = "done"
             log.info("prefetch: %d of %d objects (%d bytes) in %.2fs, %d errors",
                      p.done, p.total, p.bytes_done, time.monotonic() - t0, p.errors)
@@ -101,8 +105,26 @@ class Replay:
         finally:
             p.seconds = round(time.monotonic() - t0, 3)
 
-    def _batches(self, fn: Callable, plist: PrefetchList) -> None:
-        sizes, oids = dict(plist.objects), plist.oids()
+    def _replay_batched(self, fn: Callable, plist: PrefetchList) -> None:
+        """Large files first, each byte fetched, verified and decompressed once.
+
+        The trees on the large files' paths that other listed paths share go
+        first (one batch round), then their copies start, largest (the sysimage)
+        first; a copy fetches its manifest and chunks straight into the copy, and
+        the batches skip them.  Then the rest of the list in batches, and last the copies of any
+        other large file (those read the batched objects from the cache)."""
+        sizes = dict(plist.objects)
+        lead, others = split_files(plist) if self.warm is not None else ([], [])
+        first = path_objects(plist, lead)
+        self._batches(fn, first, sizes)
+        covered = self._warm(lead) - set(first)
+        for oid in covered & sizes.keys():  # fetched by a whole-file copy
+            self._count(oid, True, sizes)
+        skip = covered | set(first)
+        self._batches(fn, [o for o in plist.oids() if o not in skip], sizes)
+        self._warm(others)
+
+    def _batches(self, fn: Callable, oids: list[ObjectId], sizes: dict) -> None:
         for i in range(0, len(oids), self.batch):
             if self.stop.is_set():
                 return
@@ -150,12 +172,13 @@ class Replay:
         else:
             p.errors += 1
 
-    def _warm(self, plist: PrefetchList) -> set[ObjectId]:
-        """Start whole-file copies; the ids those copies fetch themselves."""
+    def _warm(self, files: list[tuple[str, set[ObjectId]]]) -> set[ObjectId]:
+        """Start whole-file copies, in the order given; the ids those copies fetch
+        themselves."""
         covered: set[ObjectId] = set()
         if self.warm is None:
             return covered
-        for path, oids in plist.file_objects():
+        for path, oids in files:
             if self.stop.is_set():
                 break
             try:
@@ -167,3 +190,26 @@ class Replay:
                 self.progress.files_warmed += 1
                 covered.update(got)
         return covered
+
+
+def split_files(plist: PrefetchList) -> tuple[list[tuple[str, set[ObjectId]]],
+                                              list[tuple[str, set[ObjectId]]]]:
+    """The listed files whose own objects (listed for no other path) store at least
+    ``LEAD_BYTES``, largest first (the sysimage first); and the other files, in
+    first-access order."""
+    refs = Counter(i for _p, idx in plist.files for i in set(idx))
+    own = [sum(plist.objects[i][1] for i in set(idx) if refs[i] == 1)
+           for _p, idx in plist.files]
+    files = plist.file_objects()
+    big = sorted((k for k, n in enumerate(own) if n >= LEAD_BYTES), key=lambda k: -own[k])
+    rest = sorted(set(range(len(files))) - set(big))
+    return [files[k] for k in big], [files[k] for k in rest]
+
+
+def path_objects(plist: PrefetchList, lead: list[tuple[str, set[ObjectId]]]) -> list[ObjectId]:
+    """The objects of ``lead`` that other listed paths need too, in list order: the
+    trees their lookups walk, never a chunk only a whole-file copy reads."""
+    paths = {p for p, _o in lead}
+    refs = Counter(i for _p, idx in plist.files for i in set(idx))
+    want = {i for p, idx in plist.files if p in paths for i in idx if refs[i] > 1}
+    return [plist.objects[i][0] for i in sorted(want)]

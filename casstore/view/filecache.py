@@ -163,6 +163,18 @@ class FileCache:
         self.stats["fallbacks"] += 1
         return None
 
+    def start(self, key: ObjectId, layout: Callable[[], Layout]) -> bool:
+        """Start the whole-file copy of file ``key`` without waiting for any of it
+        (prefetch-list replay); False if the cache folder is unusable."""
+        if key in self.copies:
+            return True
+        try:
+            self._get(key, layout())
+        except OSError as exc:
+            log.warning("cannot cache %s: %s", key, exc)
+            return False
+        return True
+
     def _wait(self, copy: _Copy, need: range) -> bool:
         """Wait (bounded) until the chunks are verified or the prefetch has finished.
 

@@ -70,7 +70,8 @@ def switch_fs(built: Built, sel: Selection,
 
 def warmer(vfs: VFS):
     """``warm(path, oids)`` for :class:`Replay`: start the FileCache's whole-file copy
-    of a listed file that was read (its own id is among ``oids``) and is large."""
+    of a listed file that was read (its own id is among ``oids``) and is large,
+    without waiting for it; the ids the copy fetches itself."""
 
     def warm(path: str, oids: set[ObjectId]) -> set[ObjectId]:
         cache = vfs.cache
@@ -80,7 +81,8 @@ def warmer(vfs: VFS):
         if e.kind != Kind.FILE or e.oid not in oids or not cache.wants(e):
             return set()
         layout = vfs.reader.layout(e)
-        cache.read(e.oid, e.size, 0, 1, lambda: layout)
+        if not cache.start(e.oid, lambda: layout):
+            return set()
         return {e.oid, *layout.oids}
 
     return warm
