@@ -11,6 +11,7 @@ import random
 import stat
 import threading
 import tracemalloc
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -381,6 +382,48 @@ def test_whole_file_copy_fills_several_chunks_at_once(big, fail_one: bool) -> No
         assert source.peak > 1
         assert copy.complete is not fail_one and cache.stats["chunk_errors"] == int(fail_one)
         assert _read_all(vfs, "big.so") == data  # the failed chunk: from the source again
+    finally:
+        cache.close()
+
+
+class _CountingSource:
+    """A local source that counts its chunk fetches."""
+
+    def __init__(self, inner: LocalSource) -> None:
+        self.inner, self.chunks = inner, Counter()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
+        if expect == ObjType.CHUNK:
+            self.chunks[oid] += 1
+        return self.inner.fetch(oid, expect)
+
+
+def test_a_repeated_chunk_is_copied_inside_the_copy_not_fetched_again(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    data = random.Random(9).randbytes(3 << 20) * 4  # the same chunks, four times
+    (src / "big.so").write_bytes(data)
+    store = Store.open(tmp_path / "store", create=True)
+    root = put_paths(store, [src])
+    store.close()
+    local = LocalSource(tmp_path / "store")
+    layout = TreeReader(local).layout(VFS(local, root).lookup("big.so").entry)
+    assert len(set(layout.oids)) < len(layout.oids)
+    source = _CountingSource(local)
+    cache = FileCache(source, tmp_path / "cache", 64 << 20, prefetch_min=1 << 20,  # type: ignore[arg-type]
+                      workers=1)
+    try:
+        vfs = VFS(source, root, cache=cache)  # type: ignore[arg-type]
+        assert vfs.read(vfs.lookup("big.so"), 0, 10) == data[:10]
+        copy = next(iter(cache.copies.values()))
+        assert copy.thread is not None
+        copy.thread.join(30)
+        assert copy.complete
+        assert set(source.chunks) == set(layout.oids) and max(source.chunks.values()) == 1
+        assert _read_all(vfs, "big.so") == data
     finally:
         cache.close()
 

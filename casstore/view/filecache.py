@@ -93,6 +93,7 @@ class _Copy:
     cursor: int = 0  # the lowest chunk not yet settled (verified or failed)
     next: int = 0  # the next chunk a prefetch worker takes
     settled: list[bool] = field(default_factory=list)
+    verified: dict[ObjectId, int] = field(default_factory=dict)  # id -> a verified chunk
     errors: int = 0
     last_use: float = field(default_factory=time.monotonic)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -305,6 +306,8 @@ class FileCache:
                 log.warning("prefetch skipped a chunk: %s", exc)
             with copy.cond:
                 copy.have[i] = ok
+                if ok:
+                    copy.verified.setdefault(copy.oids[i], i)
                 copy.errors += not ok
                 copy.settled[i] = True
                 while copy.cursor < len(copy.settled) and copy.settled[copy.cursor]:
@@ -313,6 +316,8 @@ class FileCache:
 
     def _fill_one(self, copy: _Copy, i: int, oid: ObjectId) -> None:
         lo, hi = copy.span(i)
+        if self._copy_within(copy, oid, lo, hi):
+            return
         if copy.old_fd is not None:
             old = os.pread(copy.old_fd, hi - lo, lo)
             if len(old) == hi - lo and blake3.blake3(old).digest() == oid.digest:
@@ -323,6 +328,28 @@ class FileCache:
             raise FormatError(f"chunk {oid} has {len(data)} bytes, manifest says {hi - lo}")
         os.pwrite(copy.fd, data, lo)
         copy.fetched = True
+
+    def _copy_within(self, copy: _Copy, oid: ObjectId, lo: int, hi: int) -> bool:
+        """A chunk that repeats one already verified in this copy is copied inside
+        the private file (which only this cache writes), not fetched and verified
+        again; False if there is none yet."""
+        with copy.cond:
+            j = copy.verified.get(oid)
+        if j is None:
+            return False
+        src, src_end = copy.span(j)
+        if src_end - src != hi - lo:
+            return False
+        try:
+            pos = 0
+            while pos < hi - lo:
+                n = os.copy_file_range(copy.fd, copy.fd, hi - lo - pos, src + pos, lo + pos)
+                if n <= 0:
+                    raise OSError("copy_file_range made no progress")
+                pos += n
+        except OSError:  # a filesystem without it: through this process
+            os.pwrite(copy.fd, os.pread(copy.fd, hi - lo, src), lo)
+        return True
 
     def _persist(self, copy: _Copy) -> None:
         """Leave a copy for the next mount (it is re-verified when opened then)."""
