@@ -215,3 +215,24 @@ def test_short_commands_import_only_what_they_use(argv: list[str], heavy: list[s
     loaded = set(res.stderr.split())
     assert "casstore.cli.main" in loaded, res.stderr[-500:]
     assert not loaded.intersection(heavy), sorted(loaded.intersection(heavy))
+
+
+def test_the_mount_path_imports_no_metrics_formatter_until_it_renders() -> None:
+    """A mount (or a ``cas exec`` job) without metrics exporters never imports
+    prometheus_client or http.server; the first render does."""
+    code = ("import sys\nimport casstore.cli.exec_cmd, casstore.cli.mount_cmd\n"
+            "import casstore.client.fuse.mount, casstore.client.fuse.ops\n"
+            "from casstore.client.metrics import ClientMetrics\n"
+            "m = ClientMetrics('/mnt', 'app', 3)\n"
+            "before = ' '.join(sorted(sys.modules))\n"
+            "text = m.render()\n"
+            "print(before, file=sys.stderr)\n"
+            "print('prometheus_client' in sys.modules, 'cas_client_revision' in text)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    loaded = set(res.stderr.split())
+    assert "casstore.client.fuse.wiring" in loaded
+    assert not {m for m in loaded if m.split(".")[0] == "prometheus_client"
+                or m in ("http.server", "aiohttp", "casstore.client.metrics_http")}
+    assert res.stdout.split() == ["True", "True"]
