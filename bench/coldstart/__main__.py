@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = publish(stack, a.work, log)
         from bench.coldstart.host import host_info
         from bench.coldstart.scenarios import Bench
-        from casstore import variants
+        from casstore.releases import variants
 
         bench = Bench(stack, a.work, prefix, a.reps, a.writable_reps, a.fleet_ks, log)
         res = bench.run()
