@@ -389,8 +389,8 @@ def test_whole_file_copy_fills_several_chunks_at_once(big, fail_one: bool) -> No
 class _CountingSource:
     """A local source that counts its chunk fetches."""
 
-    def __init__(self, inner: LocalSource) -> None:
-        self.inner, self.chunks = inner, Counter()
+    def __init__(self, inner: LocalSource, delay: float = 0.0) -> None:
+        self.inner, self.chunks, self.delay = inner, Counter(), delay
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
@@ -398,6 +398,7 @@ class _CountingSource:
     def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
         if expect == ObjType.CHUNK:
             self.chunks[oid] += 1
+            threading.Event().wait(self.delay)
         return self.inner.fetch(oid, expect)
 
 
@@ -418,6 +419,32 @@ def test_a_repeated_chunk_is_copied_inside_the_copy_not_fetched_again(tmp_path: 
     try:
         vfs = VFS(source, root, cache=cache)  # type: ignore[arg-type]
         assert vfs.read(vfs.lookup("big.so"), 0, 10) == data[:10]
+        copy = next(iter(cache.copies.values()))
+        assert copy.thread is not None
+        copy.thread.join(30)
+        assert copy.complete
+        assert set(source.chunks) == set(layout.oids) and max(source.chunks.values()) == 1
+        assert _read_all(vfs, "big.so") == data
+    finally:
+        cache.close()
+
+
+def test_a_read_ahead_of_the_copy_fills_its_chunk_into_the_copy(big) -> None:
+    """A read far past the copy's workers fetches its chunk once, into the copy, and
+    is served from it; the workers skip that chunk (no second fetch or verify)."""
+    tmp, root, data = big
+    local = LocalSource(tmp / "store")
+    layout = TreeReader(local).layout(VFS(local, root).lookup("big.so").entry)
+    assert len(layout.oids) >= 3
+    source = _CountingSource(local, delay=0.05)
+    cache = FileCache(source, tmp / "cache", 64 << 20, prefetch_min=1 << 20,  # type: ignore[arg-type]
+                      workers=1)
+    try:
+        vfs = VFS(source, root, cache=cache)  # type: ignore[arg-type]
+        node = vfs.lookup("big.so")
+        last = layout.starts[-1]
+        assert vfs.read(node, last, 4096) == data[last:last + 4096]
+        assert cache.stats["fallbacks"] == 0 and cache.stats["hits"] == 1
         copy = next(iter(cache.copies.values()))
         assert copy.thread is not None
         copy.thread.join(30)

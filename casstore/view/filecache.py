@@ -56,7 +56,6 @@ from casstore.format.trees import Entry, Kind, Storage
 from casstore.sources.base import ObjectSource
 
 log = logging.getLogger(__name__)
-AHEAD_CHUNKS = 4  # reads this many chunks past the prefetches in flight do not wait
 FILL_WORKERS = 4  # chunks of one file fetched, verified and written at once
 _OPEN_OLD = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -90,9 +89,9 @@ class _Copy:
     complete: bool = False  # every chunk verified: reads need no bookkeeping
     done: bool = False
     closed: bool = False
-    cursor: int = 0  # the lowest chunk not yet settled (verified or failed)
-    next: int = 0  # the next chunk a prefetch worker takes
-    settled: list[bool] = field(default_factory=list)
+    next: int = 0  # where prefetch workers look for the next chunk nobody took
+    taken: list[bool] = field(default_factory=list)  # a thread is filling it, or did
+    settled: list[bool] = field(default_factory=list)  # filled: verified, or failed
     verified: dict[ObjectId, int] = field(default_factory=dict)  # id -> a verified chunk
     errors: int = 0
     last_use: float = field(default_factory=time.monotonic)
@@ -177,19 +176,22 @@ class FileCache:
         return True
 
     def _wait(self, copy: _Copy, need: range) -> bool:
-        """Wait (bounded) until the chunks are verified or the prefetch has finished.
+        """Until the chunks are verified (bounded); False if one failed.
 
-        The FUSE loop is single-threaded, so a read far ahead of the prefetch
-        cursor is served directly at once instead of stalling every other request.
-        """
-        deadline = time.monotonic() + self.wait_s
-        ahead = AHEAD_CHUNKS + self.workers
+        A needed chunk no worker has taken yet is filled here, in the reader's
+        thread, into the copy: one fetch and verify, as a direct read would cost,
+        and the bytes are then in the copy for every later read of that chunk."""
         with copy.cond:
-            if need and not copy.have[need.start] and need.start > copy.cursor + ahead:
-                return False
+            mine = [i for i in need if not copy.taken[i]]
+            for i in mine:
+                copy.taken[i] = True
+        for i in mine:
+            self._settle(copy, i)
+        deadline = time.monotonic() + self.wait_s
+        with copy.cond:
             while not all(copy.have[i] for i in need):
                 left = deadline - time.monotonic()
-                if copy.done or left <= 0:
+                if left <= 0 or self.closed or all(copy.settled[i] for i in need):
                     return False
                 copy.cond.wait(left)
         return True
@@ -206,8 +208,10 @@ class FileCache:
             fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".private-")  # O_EXCL|O_NOFOLLOW
             os.unlink(tmp)  # from now on no path leads to the bytes readers get
             path = self.folder / key.hex
+            n = len(layout.oids)
             copy = _Copy(path, layout.size, list(layout.oids), list(layout.starts), fd,
-                         [False] * len(layout.oids), old_fd=self._open_old(path))
+                         [False] * n, old_fd=self._open_old(path), taken=[False] * n,
+                         settled=[False] * n)
             self.copies[key] = copy
             self.stats["prefetches"] += 1
         copy.thread = threading.Thread(target=self._fill, args=(copy,), daemon=True,
@@ -250,7 +254,6 @@ class FileCache:
         # Signals belong to the thread that runs the FUSE loop, never to a worker
         # (threads started below inherit this mask).
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-        copy.settled = [False] * len(copy.oids)
         try:
             helpers = [threading.Thread(target=self._guarded_worker, args=(copy,), daemon=True,
                                         name=f"{threading.current_thread().name}-{n}")
@@ -260,6 +263,8 @@ class FileCache:
             self._guarded_worker(copy)
             for t in helpers:
                 t.join()
+            with copy.cond:  # chunks a reader took are filled in the reader's thread
+                copy.cond.wait_for(lambda: self.closed or all(copy.settled), self.wait_s)
             if self.closed:
                 return
             os.ftruncate(copy.fd, copy.size)
@@ -289,29 +294,39 @@ class FileCache:
                 log.exception("prefetch of %s failed", copy.path.name)
 
     def _fill_worker(self, copy: _Copy) -> None:
-        """Take the next chunk, fill it, mark it settled; until none is left."""
+        """Take the next chunk nobody took, fill it; until none is left."""
         while not self.closed:
             with copy.cond:
                 i = copy.next
+                while i < len(copy.oids) and copy.taken[i]:
+                    i += 1
                 if i >= len(copy.oids):
                     return
-                copy.next += 1
+                copy.next = i + 1
+                copy.taken[i] = True
+            self._settle(copy, i)
+
+    def _settle(self, copy: _Copy, i: int) -> None:
+        """Fill chunk ``i`` (taken by this thread) and record the outcome; a failure
+        leaves it missing, and its reads go to the source."""
+        ok = False
+        try:
+            self._fill_one(copy, i, copy.oids[i])
             ok = True
-            try:
-                self._fill_one(copy, i, copy.oids[i])
-            except CasError as exc:
-                ok = False
-                with self._lock:
-                    self.stats["chunk_errors"] += 1
-                log.warning("prefetch skipped a chunk: %s", exc)
+        except CasError as exc:
+            with self._lock:
+                self.stats["chunk_errors"] += 1
+            log.warning("prefetch skipped a chunk: %s", exc)
+        except Exception:  # noqa: BLE001 - a reader or worker must not die of it
+            if not self.closed:  # at unmount the fd may close under us: expected
+                log.exception("prefetch of %s failed", copy.path.name)
+        finally:
             with copy.cond:
                 copy.have[i] = ok
                 if ok:
                     copy.verified.setdefault(copy.oids[i], i)
                 copy.errors += not ok
                 copy.settled[i] = True
-                while copy.cursor < len(copy.settled) and copy.settled[copy.cursor]:
-                    copy.cursor += 1
                 copy.cond.notify_all()
 
     def _fill_one(self, copy: _Copy, i: int, oid: ObjectId) -> None:
