@@ -57,6 +57,7 @@ from casstore.sources.base import ObjectSource
 
 log = logging.getLogger(__name__)
 FILL_WORKERS = 4  # chunks of one file fetched, verified and written at once
+REPLAY_WORKERS = 16  # the same for a copy a prefetch-list replay starts (nobody waits yet)
 _OPEN_OLD = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -90,6 +91,7 @@ class _Copy:
     done: bool = False
     closed: bool = False
     next: int = 0  # where prefetch workers look for the next chunk nobody took
+    workers: int = FILL_WORKERS  # threads filling this copy
     taken: list[bool] = field(default_factory=list)  # a thread is filling it, or did
     settled: list[bool] = field(default_factory=list)  # filled: verified, or failed
     verified: dict[ObjectId, int] = field(default_factory=dict)  # id -> a verified chunk
@@ -163,13 +165,16 @@ class FileCache:
         self.stats["fallbacks"] += 1
         return None
 
-    def start(self, key: ObjectId, layout: Callable[[], Layout]) -> bool:
+    def start(self, key: ObjectId, layout: Callable[[], Layout],
+              workers: int = REPLAY_WORKERS) -> bool:
         """Start the whole-file copy of file ``key`` without waiting for any of it
-        (prefetch-list replay); False if the cache folder is unusable."""
+        (prefetch-list replay), ``workers`` chunks at a time: over a link the
+        round trips, not the bytes, bound it.  False if the cache folder is
+        unusable."""
         if key in self.copies:
             return True
         try:
-            self._get(key, layout())
+            self._get(key, layout(), workers)
         except OSError as exc:
             log.warning("cannot cache %s: %s", key, exc)
             return False
@@ -197,7 +202,7 @@ class FileCache:
         return True
 
     # -- prefetch ----------------------------------------------------------------
-    def _get(self, key: ObjectId, layout: Layout) -> _Copy:
+    def _get(self, key: ObjectId, layout: Layout, workers: int | None = None) -> _Copy:
         with self._lock:
             copy = self.copies.get(key)
             if copy is not None:
@@ -211,7 +216,7 @@ class FileCache:
             n = len(layout.oids)
             copy = _Copy(path, layout.size, list(layout.oids), list(layout.starts), fd,
                          [False] * n, old_fd=self._open_old(path), taken=[False] * n,
-                         settled=[False] * n)
+                         settled=[False] * n, workers=max(1, workers or self.workers))
             self.copies[key] = copy
             self.stats["prefetches"] += 1
         copy.thread = threading.Thread(target=self._fill, args=(copy,), daemon=True,
@@ -257,7 +262,7 @@ class FileCache:
         try:
             helpers = [threading.Thread(target=self._guarded_worker, args=(copy,), daemon=True,
                                         name=f"{threading.current_thread().name}-{n}")
-                       for n in range(1, min(self.workers, len(copy.oids)))]
+                       for n in range(1, min(copy.workers, len(copy.oids)))]
             for t in helpers:
                 t.start()
             self._guarded_worker(copy)
