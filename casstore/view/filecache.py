@@ -268,8 +268,10 @@ class FileCache:
             self._guarded_worker(copy)
             for t in helpers:
                 t.join()
-            with copy.cond:  # chunks a reader took are filled in the reader's thread
-                copy.cond.wait_for(lambda: self.closed or all(copy.settled), self.wait_s)
+            with copy.cond:  # chunks a reader took are filled in the reader's thread;
+                # until they are settled the copy is not done, so never evicted
+                # (its fd closed) under that reader's write
+                copy.cond.wait_for(lambda: self.closed or all(copy.settled))
             if self.closed:
                 return
             os.ftruncate(copy.fd, copy.size)
@@ -429,6 +431,8 @@ class FileCache:
         """Stop the prefetch threads, then close their files (never under a writer)."""
         self.closed = True
         for copy in list(self.copies.values()):
+            with copy.cond:  # a fill waiting for a reader's chunk stops waiting
+                copy.cond.notify_all()
             if copy.thread is not None:
                 copy.thread.join(timeout=10)
             with self._lock:
