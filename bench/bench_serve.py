@@ -105,8 +105,7 @@ def make_store(root: Path, sets: dict[str, tuple[int, int, int]]) -> dict[str, l
         for name, (count, lo, hi) in sets.items():
             paths = []
             for _ in range(count):
-                oid, entry = store.put_raw(ObjType.CHUNK, rnd.randbytes(rnd.randint(lo, hi)))
-                store.index.add([(oid, entry)])
+                oid = store.put_raw(ObjType.CHUNK, rnd.randbytes(rnd.randint(lo, hi)))
                 paths.append("/" + object_relpath(oid))
             rnd.shuffle(paths)
             out[name] = paths

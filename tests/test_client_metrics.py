@@ -120,7 +120,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 def put_objects(store: Store, sizes: list[int], seed: int = 1) -> list[ObjectId]:
     rnd = random.Random(seed)
-    return [store.put_raw(ObjType.CHUNK, rnd.randbytes(n))[0] for n in sizes]
+    return [store.put_raw(ObjType.CHUNK, rnd.randbytes(n)) for n in sizes]
 
 
 @pytest.fixture

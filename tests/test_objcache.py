@@ -49,7 +49,7 @@ def store(tmp_path: Path) -> Store:
 
 def _objects(store: Store, n: int, size: int = 10_000) -> list[ObjectId]:
     # random bytes do not compress: stored size ~ size + 16
-    return [store.put_raw(ObjType.CHUNK, os.urandom(size))[0] for _ in range(n)]
+    return [store.put_raw(ObjType.CHUNK, os.urandom(size)) for _ in range(n)]
 
 
 def _cached(folder: Path) -> set[str]:

@@ -130,8 +130,8 @@ def test_fsck_names_a_tree_reference_to_a_chunk_typed_object(tmp_path: Path) -> 
     """The poisoned state itself (a directory entry pointing at a chunk-typed object)."""
     s = Store.init(tmp_path / "store")
     try:
-        sub, _ = s.put_raw(ObjType.TREE, encode_tree([]))
-        top, e = s.put_raw(ObjType.TREE, encode_tree([Entry(b"d", Kind.DIR, 0o755, 0, 0,
+        sub = s.put_raw(ObjType.TREE, encode_tree([]))
+        top = s.put_raw(ObjType.TREE, encode_tree([Entry(b"d", Kind.DIR, 0o755, 0, 0,
                                                             None, sub)]))
         s.set_ref("main", top)
     finally:
@@ -166,17 +166,16 @@ def test_has_and_lookup_come_from_the_index_without_touching_files(tmp_path: Pat
 def test_put_records_a_verified_marker_that_matches_the_file(tmp_path: Path) -> None:
     s = Store.init(tmp_path / "store")
     try:
-        oid, entry = s.put_raw(ObjType.CHUNK, b"z" * 30_000)
-        assert entry is not None
-        s.index.add([(oid, entry)])
+        oid = s.put_raw(ObjType.CHUNK, b"z" * 30_000)  # recorded in the index by the store
         st = object_path(s.root, oid).stat()
         assert s.lookup(oid).verified_ctime == st.st_ctime_ns
         # the file changes behind the store's back: the marker no longer matches,
         # so the next reuse decodes it (and repairs it)
         path = object_path(s.root, oid)
         path.write_bytes(b"garbage")
-        oid2, entry2 = s.put_raw(ObjType.CHUNK, b"z" * 30_000)
-        assert oid2 == oid and entry2 is not None
+        oid2 = s.put_raw(ObjType.CHUNK, b"z" * 30_000)
+        assert oid2 == oid
+        assert s.lookup(oid).verified_ctime == path.stat().st_ctime_ns  # the repair, recorded
         assert decode(oid, path.read_bytes()) == (ObjType.CHUNK, b"z" * 30_000)
     finally:
         s.close()

@@ -128,9 +128,7 @@ class StoreService:
         if store.verified_present(oid):
             return False
         with store.lock():
-            oid, entry = store.put_raw(kind, raw, oid)
-            if entry is not None:
-                store.index.add([(oid, entry)])
+            store.put_raw(kind, raw, oid)
         return True
 
     def put_release(self, name: str, revision: int, doc: bytes) -> bool:

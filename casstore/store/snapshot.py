@@ -47,11 +47,9 @@ from casstore.format.trees import (
     encode_blob,
     encode_tree,
 )
-from casstore.store.index import IndexEntry
 from casstore.store.writable import Store
 
 Progress = Callable[[int], None]
-_INDEX_BATCH = 512
 _WINDOW = 32 << 20  # bytes read per pread window (at least 4 * chunk_max is used)
 _READ_TRIES = 3  # a file that keeps changing is read at most this often, then refused
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -112,34 +110,22 @@ class Snapshot:
         self.s = store.settings
         self.progress = progress or (lambda n: None)
         self.pool = ThreadPoolExecutor(max_workers=workers or _default_workers())
-        self.new: list[tuple[ObjectId, IndexEntry]] = []
-        self.new_bytes = 0
         self.window = max(_WINDOW, 4 * self.s.chunk_max, 1 << 16)
         self._bufs: list[bytearray] = []
 
     def __enter__(self) -> Snapshot:
+        self._batch = self.store.batched_index()
+        self._batch.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.pool.shutdown(wait=True)
-        self.flush()
-
-    def flush(self) -> None:
-        if self.new:
-            self.store.index.add(self.new)
-            self.new = []
-
-    def _record(self, oid: ObjectId, entry: IndexEntry | None) -> None:
-        if entry is not None:
-            self.new.append((oid, entry))
-            self.new_bytes += entry.stored_size
-            if len(self.new) >= _INDEX_BATCH:
-                self.flush()
+        try:
+            self.pool.shutdown(wait=True)
+        finally:
+            self._batch.__exit__(None, None, None)
 
     def put_meta(self, kind: ObjType, raw: bytes) -> ObjectId:
-        oid, entry = self.store.put_raw(kind, raw)
-        self._record(oid, entry)
-        return oid
+        return self.store.put_raw(kind, raw)
 
     # -- files -------------------------------------------------------------------
     def put_file_at(self, dir_fd: int | None, name: bytes, label: str,
@@ -259,9 +245,7 @@ class Snapshot:
 
     def _drain(self, inflight: list[tuple[int, Future]], refs: list[ChunkRef]) -> None:
         for i, fut in inflight:
-            oid, entry = fut.result()
-            self._record(oid, entry)
-            refs[i] = ChunkRef(oid, refs[i].length)
+            refs[i] = ChunkRef(fut.result(), refs[i].length)
             self.progress(refs[i].length)
         inflight.clear()
 

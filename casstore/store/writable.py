@@ -53,6 +53,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "casstore.json"
 # Writers store a payload raw when zstd does not make it smaller (FORMAT §3.2).
 log = logging.getLogger(__name__)
+INDEX_BATCH = 512  # index entries per LMDB write transaction inside batched_index()
 _INDEX_OPEN = threading.Lock()  # LMDB refuses to open one environment twice per process
 
 
@@ -143,6 +144,9 @@ class Store:
         self.settings = settings
         self.tmp = self.root / "tmp"
         self._index: Index | None = None
+        self._pending: list[tuple[ObjectId, IndexEntry]] = []
+        self._pending_lock = threading.Lock()
+        self._batching = 0
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -271,8 +275,34 @@ class Store:
         return (stat.S_ISREG(st.st_mode) and st.st_ctime_ns == entry.verified_ctime
                 and st.st_size == entry.stored_size)
 
+    @contextmanager
+    def batched_index(self) -> Iterator[None]:
+        """Record the index entries of puts in this block a few hundred per LMDB write
+        transaction instead of one each (``cas put`` stores thousands of objects);
+        whatever is still buffered is recorded on the way out, even on error."""
+        with self._pending_lock:
+            self._batching += 1
+        try:
+            yield
+        finally:
+            with self._pending_lock:
+                self._batching -= 1
+                items, self._pending = self._pending, []
+            if items:
+                self.index.add(items)
+
+    def _record(self, oid: ObjectId, entry: IndexEntry) -> None:
+        """The one place a write reaches the index (FORMAT §8)."""
+        items: list[tuple[ObjectId, IndexEntry]] = []
+        with self._pending_lock:
+            self._pending.append((oid, entry))
+            if not self._batching or len(self._pending) >= INDEX_BATCH:
+                items, self._pending = self._pending, []
+        if items:
+            self.index.add(items)
+
     def put_raw(self, kind: ObjType, raw: bytes | memoryview,
-                oid: ObjectId | None = None) -> tuple[ObjectId, IndexEntry | None]:
+                oid: ObjectId | None = None) -> ObjectId:
         """Store an object, or reuse a present copy once it is proven good.
 
         A present file is trusted without reading it only while the index's
@@ -280,10 +310,19 @@ class Store:
         corrupt, unreadable or (for a tree or blob) wrong-typed file is replaced
         atomically by the good copy being put (FORMAT §3.3: the one case where an
         object file is rewritten).  Every reuse refreshes the file's mtime, so gc's
-        grace period protects objects a new tree reuses.  The returned entry (a new
-        object, a repair, or a refreshed marker) must be recorded in the index.
+        grace period protects objects a new tree reuses.  The new entry (a new
+        object, a repair, or a refreshed marker) goes into the index here
+        (see :meth:`batched_index`).
         """
         oid = oid or ObjectId.of(raw)
+        entry = self._put_file(kind, raw, oid)
+        if entry is not None:
+            self._record(oid, entry)
+        return oid
+
+    def _put_file(self, kind: ObjType, raw: bytes | memoryview,
+                  oid: ObjectId) -> IndexEntry | None:
+        """put_raw's file work; the entry to record, or None if nothing changed."""
         path = object_path(self.root, oid)
         known = self.index.get(oid)
         for _attempt in range(4):
@@ -292,19 +331,19 @@ class Store:
             except FileNotFoundError:
                 entry = self._write_object(kind, raw, path, replace=False)
                 if entry is not None:
-                    return oid, entry
+                    return entry
                 continue  # a concurrent writer stored it first: check its copy
             if known is None or not self._trusted(known, st, kind, len(raw)):
                 known = self._check_present(kind, oid, path, len(raw))
                 if known is None:
-                    return oid, self._write_object(kind, raw, path, replace=True)
+                    return self._write_object(kind, raw, path, replace=True)
             try:
                 os.utime(path)  # gc's grace period counts from the last reuse
                 st = os.lstat(path)
             except FileNotFoundError:
                 known = None
                 continue
-            return oid, IndexEntry(known.kind, len(raw), st.st_size, st.st_ctime_ns)
+            return IndexEntry(known.kind, len(raw), st.st_size, st.st_ctime_ns)
         raise StoreError(f"object {oid} keeps changing under {path}; is another "
                          "program writing to the store?")
 
