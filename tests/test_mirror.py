@@ -224,13 +224,13 @@ def test_releases_and_index_are_written_last(pub: Pub, tmp_path: Path) -> None:
     # a tree is written only after all of its children
     pos = {w: i for i, w in enumerate(writes)}
     src = LocalSource(pub.store.root)
-    from casstore.store.maintenance import children
+    from casstore.format.trees import children
     for w in writes:
         if w.startswith("objects/") and not w.endswith(CATALOG_MARKER):
             oid = ObjectId.parse("b3-" + w[8:10] + w[11:])
             kind, raw = decode(oid, src.read_stored(oid))
-            for child, _k, _n in children(kind, raw):
-                rel = f"objects/{child.hex[:2]}/{child.hex[2:]}"
+            for child in children(kind, raw):
+                rel = f"objects/{child.oid.hex[:2]}/{child.oid.hex[2:]}"
                 assert pos[rel] < pos[w], (rel, w)
 
 

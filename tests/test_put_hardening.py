@@ -127,7 +127,7 @@ def test_windowed_reads_cut_exactly_like_one_pass(tmp_path: Path) -> None:
 _GC_LOOP = r"""
 import random, sys, time
 from casstore.errors import CasError
-from casstore.store.maintenance import gc
+from casstore.store.gc import gc
 from casstore.store.writable import Store
 store = Store.open(sys.argv[1])
 rnd = random.Random(1)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from casstore.errors import FormatError
-from casstore.format.objects import ID_BYTES, ObjectId
+from casstore.format.objects import ID_BYTES, ObjectId, ObjType
 
 TREE_MAGIC = b"CASTREE1"
 BLOB_MAGIC = b"CASBLOB1"
@@ -248,3 +248,43 @@ def decode_blob(raw: bytes) -> tuple[int, list[ChunkRef]]:
     if sum(c.length for c in chunks) != total or any(c.length == 0 for c in chunks):
         raise FormatError("blob manifest chunk lengths do not add up")
     return total, chunks
+
+
+# What a reference demands of its target's size: ("exact", n) or ("within", end).
+Need = tuple[str, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    """One reference a tree or blob manifest holds: the object, the type the
+    reference needs it to have, the size it demands, and the entry name (trees)."""
+
+    oid: ObjectId
+    kind: ObjType
+    need: Need
+    name: bytes = b""
+
+
+def children(kind: ObjType, raw: bytes) -> list[Child]:
+    """The objects one decoded tree or blob manifest refers to (a chunk has none).
+
+    The one definition of the object graph's edges: every walk over reachable
+    objects (fsck, gc, publish, push, pull, mirror) takes its children from here.
+    """
+    if kind == ObjType.BLOB:
+        return [Child(c.oid, ObjType.CHUNK, ("exact", c.length)) for c in decode_blob(raw)[1]]
+    if kind != ObjType.TREE:
+        return []
+    out: list[Child] = []
+    for e in decode_tree(raw):
+        if e.kind == Kind.DIR:
+            out.append(Child(e.oid, ObjType.TREE, None, e.name))  # type: ignore[arg-type]
+        elif e.kind != Kind.FILE or e.oid is None:
+            continue
+        elif e.storage == Storage.CHUNK:
+            out.append(Child(e.oid, ObjType.CHUNK, ("exact", e.size), e.name))
+        elif e.storage == Storage.PACKED:
+            out.append(Child(e.oid, ObjType.CHUNK, ("within", e.offset + e.size), e.name))
+        elif e.storage == Storage.BLOB:
+            out.append(Child(e.oid, ObjType.BLOB, ("exact", e.size), e.name))
+    return out
