@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from casstore.errors import CasError, StoreError
+from casstore.store.progress import Progress, no_progress
 
 F = TypeVar("F", bound=Callable[..., Any])
 INTERNAL_EXIT = 70  # EX_SOFTWARE: not a CasError, so not a user mistake
@@ -66,10 +67,10 @@ class Ctx:
             click.echo(text if text is not None else str(data))
 
     @contextmanager
-    def progress(self, total: int, desc: str) -> Iterator[Callable[[int], None]]:
+    def progress(self, total: int, desc: str) -> Iterator[Progress]:
         """A tqdm bar on a terminal; silent when piped, quiet or in --json mode."""
         if self.quiet or self.as_json or not sys.stderr.isatty():
-            yield lambda n: None
+            yield no_progress
             return
         from tqdm import tqdm
 

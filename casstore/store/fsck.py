@@ -17,7 +17,7 @@ from casstore.format.objects import HEADER, ObjectId, ObjType, decode, is_object
 from casstore.format.trees import decode_blob, decode_tree
 from casstore.store.index import IndexEntry
 from casstore.store.mark import Known, mark
-from casstore.store.progress import Progress
+from casstore.store.progress import Progress, no_progress
 from casstore.store.roots import listdir, ref_roots
 from casstore.store.writable import Store, read_object_file
 
@@ -37,7 +37,7 @@ def fsck(store: Store, tick: Progress | None = None, rebuild_index: bool = False
     being replaced; a plain check shares the lock with puts (gc cannot sweep under it).
     """
     with store.lock(exclusive=rebuild_index):
-        return _fsck(store, tick or (lambda n: None), rebuild_index)
+        return _fsck(store, tick or no_progress, rebuild_index)
 
 
 def _fsck(store: Store, tick: Progress, rebuild_index: bool) -> FsckReport:

@@ -19,22 +19,18 @@ calls), so neither Python's recursion limit nor PATH_MAX bounds the depth.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from casstore.errors import (
     FileChanged,
     NameTooLong,
-    NoSpace,
-    StoreError,
     UnsupportedFile,
 )
+from casstore.fileio.fsutil import os_errors
 from casstore.format.chunking import chunk_spans
 from casstore.format.objects import ObjectId, ObjType
 from casstore.format.trees import (
@@ -47,9 +43,9 @@ from casstore.format.trees import (
     encode_blob,
     encode_tree,
 )
+from casstore.store.progress import Progress, no_progress
 from casstore.store.writable import Store
 
-Progress = Callable[[int], None]
 _WINDOW = 32 << 20  # bytes read per pread window (at least 4 * chunk_max is used)
 _READ_TRIES = 3  # a file that keeps changing is read at most this often, then refused
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -62,26 +58,6 @@ def _default_workers() -> int:
     another that compresses, and on a shared node more runnable threads hold their
     share of the CPU.  Memory stays bounded by the two read windows."""
     return min(32, max(4, 2 * (os.cpu_count() or 2)))
-
-
-@contextmanager
-def os_errors(label: str) -> Iterator[None]:
-    """Turn OSErrors into one-line CasErrors naming ``label``; disk full is NoSpace.
-
-    ENOSPC also means "no free inodes" (mkdir, creat), and EDQUOT a quota: both
-    get the disk-full exit code wherever a put writes.
-    """
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpace(f"no space left on device (or no free inodes) "
-                          f"while storing {label}") from None
-        if exc.errno == errno.EMFILE:
-            raise StoreError(f"{label}: too many open files (directory nesting deeper "
-                             "than the open-file limit, see ulimit -n)") from None
-        where = exc.filename if isinstance(exc.filename, str) else label
-        raise StoreError(f"{where}: {exc.strerror or exc}") from None
 
 
 def _fmt(label: str | bytes) -> str:
@@ -108,7 +84,7 @@ class Snapshot:
                  workers: int | None = None) -> None:
         self.store = store
         self.s = store.settings
-        self.progress = progress or (lambda n: None)
+        self.progress = progress or no_progress
         self.pool = ThreadPoolExecutor(max_workers=workers or _default_workers())
         self.window = max(_WINDOW, 4 * self.s.chunk_max, 1 << 16)
         self._bufs: list[bytearray] = []
