@@ -372,3 +372,30 @@ def test_workers_share_the_socket_and_sum_metrics(pub: dict, tmp_path: Path) -> 
     for pid in kids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
             f"/proc/{pid}/status").read_text()
+
+
+@pytest.mark.parametrize("how", ["truncated", "fifo"])
+def test_a_damaged_index_is_an_error_answer_not_a_dead_server(pub: dict, tmp_path: Path,
+                                                              how: str) -> None:
+    """The first authenticated POST /objects/missing opens the index: a truncated data.mdb
+    killed the real process with SIGBUS, a FIFO hung it.  Now it answers 500, logs one
+    line naming --rebuild-index for the operator, and keeps serving reads."""
+    store, _cfg = serve_copy(pub, tmp_path)
+    auth = {"Authorization": f"Bearer {token_for(store)}"}
+    data = store / "index" / "data.mdb"
+    assert data.stat().st_size >= 8192
+    if how == "truncated":
+        data.write_bytes(data.read_bytes()[:5000])
+    else:
+        data.unlink()
+        os.mkfifo(data)
+    with ProcessServer(store, tmp_path / "serve.log") as srv:
+        s, _h, body = raw(srv.url, "POST", "/objects/missing",
+                          json.dumps({"ids": [str(pub["oids"][0])]}).encode(), auth)
+        assert s == 500, (s, body)
+        oid = pub["oids"][0]
+        assert raw(srv.url, "GET", path_of(oid))[0] == 200
+        assert srv.proc.poll() is None
+    assert srv.proc.returncode == 0
+    log = (tmp_path / "serve.log").read_text()
+    assert "data.mdb" in log and "--rebuild-index" in log, log

@@ -206,3 +206,40 @@ def test_bad_casstore_json_is_a_one_line_error(tmp_path: Path, doc: object) -> N
         res = cas(store, *args)
         assert_one_line_error(res)
         assert res.code == 3, res
+
+
+def _damage_index(store: Path, how: str) -> None:
+    data = store / "index" / "data.mdb"
+    if how == "truncated":  # keep the first 5,000 of its 32,768 bytes
+        data.write_bytes(data.read_bytes()[:5000])
+    elif how == "fifo":
+        data.unlink()
+        os.mkfifo(data)
+    elif how == "garbage-meta":
+        raw = bytearray(data.read_bytes())
+        raw[16:20] = b"\0\0\0\0"  # LMDB's magic on meta page 0
+        data.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("how", ["truncated", "fifo", "garbage-meta"])
+def test_a_damaged_index_file_is_one_line_naming_rebuild_index(tmp_path: Path,
+                                                              how: str) -> None:
+    """LMDB would map a truncated data.mdb (SIGBUS, exit 135) and block on a FIFO; every
+    command that opens the index refuses it first, and --rebuild-index recovers."""
+    store = tmp_path / "store"
+    (tmp_path / "f").write_bytes(random.Random(5).randbytes(40_000))
+    cas(store, "init", check=True)
+    oid = cas(store, "put", str(tmp_path / "f"), check=True).out.strip()
+    assert (store / "index" / "data.mdb").stat().st_size == 32768
+    _damage_index(store, how)
+    for args in (("stat",), ("put", str(tmp_path / "f"))):
+        res = cas(store, *args, timeout=60)
+        assert_one_line_error(res)
+        assert "--rebuild-index" in res.err and "data.mdb" in res.err, res
+        assert res.code == 30, res
+    res = cas(store, "fsck", timeout=60)
+    assert res.code == 1 and "--rebuild-index" in res.out and "data.mdb" in res.out, res
+    assert "Traceback" not in res.err
+    cas(store, "fsck", "--rebuild-index", check=True, timeout=60)
+    assert cas(store, "put", str(tmp_path / "f"), check=True).out.strip() == oid
+    assert cas(store, "fsck", check=True).code == 0
