@@ -243,3 +243,28 @@ def test_a_damaged_index_file_is_one_line_naming_rebuild_index(tmp_path: Path,
     cas(store, "fsck", "--rebuild-index", check=True, timeout=60)
     assert cas(store, "put", str(tmp_path / "f"), check=True).out.strip() == oid
     assert cas(store, "fsck", check=True).code == 0
+
+
+def test_put_replaces_a_folder_planted_at_an_object_path(tmp_path: Path) -> None:
+    """FORMAT §3.3: anything at an object path that is not a regular file is damage the
+    next put of the same data repairs; a folder, too (a rename cannot replace one)."""
+    store = tmp_path / "store"
+    data = random.Random(8).randbytes(60_000)
+    (tmp_path / "f").write_bytes(data)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("not the store's")
+    oid = cas(store, "put", str(tmp_path / "f"), check=True).out.strip()
+    path = _chunk_of(store, data)
+    path.unlink()
+    (path / "sub").mkdir(parents=True)
+    (path / "sub" / "x").write_text("planted")
+    os.symlink(outside, path / "link")
+    assert cas(store, "fsck").code == 1
+    res = cas(store, "put", str(tmp_path / "f"))
+    assert res.code == 0 and res.out.strip() == oid, res
+    assert path.is_file() and not path.is_symlink()
+    assert decode(ObjectId.parse(oid), path.read_bytes()) == (ObjType.CHUNK, data)
+    assert (outside / "keep").read_text() == "not the store's"
+    assert os.listdir(store / "tmp") == []
+    assert cas(store, "fsck").code == 0

@@ -18,7 +18,9 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import stat
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casstore.errors import CasError, NotFound, ObjectCorrupt, ObjectMissing, StoreError
-from casstore.fileio.fsutil import atomic_write
+from casstore.fileio.fsutil import TMP_PREFIX, atomic_write, os_error
 from casstore.fileio.safeio import read_regular_stat
 from casstore.format import release_index
 from casstore.format.layout import (
@@ -378,11 +380,29 @@ class Store:
             path.parent.mkdir(exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create {path.parent}: {exc.strerror}") from None
+        if replace:
+            self._move_folder_aside(path)
         if not atomic_write(path, stored, self.tmp, durable=self.settings.durable,
                             replace=replace):
             return None
         st = os.lstat(path)
         return IndexEntry(kind, len(raw), len(stored), st.st_ctime_ns)
+
+    def _move_folder_aside(self, path: Path) -> None:
+        """A folder planted at an object path is damage like any other non-file (FORMAT
+        §3.3), but a rename cannot replace a folder: move it into ``tmp/`` (same file
+        system, atomic), then delete it there, never following a link inside it."""
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return
+            aside = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.tmp))
+            os.rename(path, aside / "planted")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise os_error(exc, path) from None
+        log.warning("replaced a folder planted at object path %s", path)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def iter_object_ids(self) -> Iterator[ObjectId]:
         """Every well-named object file in the store (the ground truth, not the index).
