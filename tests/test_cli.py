@@ -135,3 +135,23 @@ def test_put_and_get_import_nothing_heavy(tmp_path: Path) -> None:
     for mods in (put, get):
         heavy = {m for m in mods if m.split(".")[0] in HEAVY or m in HEAVY}
         assert not heavy, f"start-up imports {sorted(heavy)}"
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b"b3-" + b"0" * 64 + b" " * 3000])
+def test_a_damaged_ref_is_named_as_damaged(tmp_path: Path, content: bytes) -> None:
+    """Not "'r1' is not an object id, ref or release": the ref exists and is damaged,
+    so the error says that, names its file and points at fsck."""
+    store = tmp_path / "store"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "x").write_text("x\n")
+    cas(store, "put", str(tmp_path / "src"), "--name", "r1", check=True)
+    assert cas(store, "cat", "r1/x", check=True).out == "x\n"
+    (store / "refs" / "r1").write_bytes(content)
+    res = cas(store, "cat", "r1/x")
+    assert_one_line_error(res)
+    assert "damaged" in res.err or "too large" in res.err, res.err
+    assert "refs/r1" in res.err and "cas fsck" in res.err and "not an object id, ref" \
+        not in res.err, res.err
+    res = cas(store, "cat", "r2/x")
+    assert_one_line_error(res)
+    assert "'r2' is not an object id, ref or release" in res.err
