@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,7 @@ def test_missing_store_is_clear(tmp_path: Path) -> None:
 
 def test_store_from_environment(tmp_path: Path, tree: Path) -> None:
     env = {"CAS_STORE": str(tmp_path / "envstore")}
+    cas(None, "init", env=env, check=True)
     oid = cas(None, "put", str(tree), env=env, check=True).out.strip()
     assert (tmp_path / "envstore" / "casstore.json").exists()
     assert cas(None, "ls", oid, env=env, check=True).out
@@ -127,6 +129,7 @@ def _imported(*args: str) -> set[str]:
 def test_put_and_get_import_nothing_heavy(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x" * 100_000)
     store = str(tmp_path / "store")
+    cas(Path(store), "init", check=True)
     put = _imported("--store", store, "put", str(tmp_path / "f"))
     assert "casstore.store.snapshot" in put  # the parse works: put's own module is listed
     oid = cas(Path(store), "put", str(tmp_path / "f"), check=True).out.strip()
@@ -155,3 +158,28 @@ def test_a_damaged_ref_is_named_as_damaged(tmp_path: Path, content: bytes) -> No
     res = cas(store, "cat", "r2/x")
     assert_one_line_error(res)
     assert "'r2' is not an object id, ref or release" in res.err
+
+
+@pytest.mark.parametrize("args", [("put", "SRC"), ("put", "SRC", "--name", "r"),
+                                  ("fsck",), ("gc",), ("stat",)])
+def test_a_store_typo_creates_nothing(tmp_path: Path, tree: Path, args: tuple) -> None:
+    """Only ``cas init`` creates a store: any other command on a missing one is a
+    one-line error that names the path and says how to create it."""
+    typo = tmp_path / "stroe"
+    res = cas(typo, *[str(tree) if a == "SRC" else a for a in args], init=False)
+    assert_one_line_error(res)
+    assert str(typo) in res.err and "cas init" in res.err, res.err
+    assert not os.path.lexists(typo)
+
+
+def test_a_store_typo_creates_nothing_for_pull_registry_or_depot(tmp_path: Path) -> None:
+    typo = tmp_path / "stroe"
+    spec = tmp_path / "depot.toml"
+    spec.write_text("[julia]\nversion = \"1.5.3\"\n")
+    for args in (("pull", "http://127.0.0.1:9/", "app", "--trusted-key", "0" * 64),
+                 ("registry", "build", str(tmp_path), "--key", str(tmp_path / "k")),
+                 ("depot", "build", str(spec), "--out", str(tmp_path / "o"))):
+        res = cas(typo, *args, init=False)
+        assert_one_line_error(res)
+        assert str(typo) in res.err and "cas init" in res.err, (args, res.err)
+        assert not os.path.lexists(typo)

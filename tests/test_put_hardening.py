@@ -253,11 +253,13 @@ def test_unreadable_path_is_one_line() -> None:
     store = base / "store"
     store.mkdir()
     os.chmod(store, 0o777)
+    nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+              sys.executable, "-m", "casstore", "--store", str(store)]
     try:
+        subprocess.run(nobody + ["init"], capture_output=True, timeout=120, cwd="/",
+                       check=True)
         for target in (locked, locked / "sub" / "f"):
-            p = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534",
-                                "--clear-groups", sys.executable, "-m", "casstore",
-                                "--store", str(store), "put", str(target)],
+            p = subprocess.run(nobody + ["put", str(target)],
                                capture_output=True, timeout=120, cwd="/")
             res = type("R", (), {"code": p.returncode, "err": p.stderr.decode(),
                                  "out": p.stdout.decode()})()

@@ -97,7 +97,7 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
         raise UsageError("--release needs --key to sign it")
     out = out or Path("build") / spec.stem
     log = _log(ctx.quiet or ctx.as_json)
-    store = ctx.open_store(create=True)
+    store = ctx.open_store()
     trusted = [parse_public(k) for k in trusted_keys]
     if key:
         trusted.append(load_secret(key).verify_key.encode().hex())

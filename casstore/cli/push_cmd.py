@@ -91,7 +91,7 @@ def pull(ctx: Ctx, url: str, spec: str, keys: tuple[str, ...], jobs: int) -> Non
     name, rev = parse_spec(spec)
     url = _check_url(url)
     trusted = [parse_public(k) for k in keys] if keys else load(None).trusted()
-    store = ctx.open_store(create=True)
+    store = ctx.open_store()
     try:
         with ctx.progress(None, f"pull {name}") as bar:
             stats = do_pull(store, url, name, rev, trusted,

@@ -153,11 +153,14 @@ class Store:
     # -- opening -----------------------------------------------------------------
     @classmethod
     def open(cls, root: Path, *, create: bool = False) -> Store:
+        """Open the store at ``root``; only ``create`` (``cas init``) makes a new one, so
+        a mistyped ``--store`` is an error, never a fresh empty store."""
         root = Path(root)
         cfg = root / CONFIG_FILE
-        if not cfg.exists():
+        if not os.path.lexists(cfg):
             if not create:
-                raise StoreError(f"no store at {root} (run 'cas init' or 'cas put' first)")
+                raise StoreError(f"no store at {root}: 'cas init' creates one (with the "
+                                 "same --store or $CAS_STORE)")
             return cls.init(root)
         source = LocalSource(root)  # checks the format document (bounded read)
         try:
