@@ -8,9 +8,10 @@ only in what they do at each object (read a file, ask a server, check a
 destination), so that is the caller's *visit*; the walk owns the order, the
 de-duplication and the parallelism.
 
-* **Breadth-first, one level at a time.**  Iterative (a tree thousands of levels
-  deep costs no stack), and each level's visits are independent, so they run on a
-  thread pool (``jobs``) or as concurrent tasks (:func:`walk_async`).
+* **Breadth-first, one level at a time** (:func:`walk`).  Iterative (a tree
+  thousands of levels deep costs no stack), and each level's visits are independent,
+  so they can run on a thread pool (``jobs``).  :func:`walk_async` keeps ``jobs``
+  coroutine visits running without waiting for a level to finish (pull's fetches).
 * **Each (object, role) once.**  Ids do not cover the type, so a chunk's bytes can
   equal a tree's encoding: an id met as a chunk and as a tree is visited in each
   role (FORMAT §3.3); met twice in one role, it is visited once.
@@ -121,27 +122,26 @@ def walk(starts: Iterable[Node], visit: Visit[T], *, jobs: int = 1) -> Iterator[
 
 async def walk_async(starts: Iterable[Node], visit: Callable[[Node], Awaitable[Sequence[Node]]],
                      *, jobs: int = 8) -> int:
-    """:func:`walk` for visits that are coroutines (at most ``jobs`` at a time); returns
-    how many visits ran.  The first failure cancels the level's other visits."""
+    """:func:`walk` for visits that are coroutines: up to ``jobs`` run at once, a new one
+    starting as soon as any finishes (no barrier between levels: over a network the
+    slowest fetch of a level would hold up the next).  Returns how many visits ran.
+    The first failure cancels the visits still running and propagates."""
     frontier = _Frontier(starts)
-    gate = asyncio.Semaphore(max(1, jobs))
+    running: set[asyncio.Future[Sequence[Node]]] = set()
     count = 0
-
-    async def one(node: Node) -> Sequence[Node]:
-        async with gate:
-            return await visit(node)
-
-    while level := frontier.take():
-        tasks = [asyncio.ensure_future(one(n)) for n in level]
-        try:
-            for kids in await asyncio.gather(*tasks):
-                frontier.add(kids)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        count += len(level)
+    try:
+        while frontier.level or running:
+            while frontier.level and len(running) < max(1, jobs):
+                running.add(asyncio.ensure_future(visit(frontier.level.pop())))
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                frontier.add(task.result())
+                count += 1
+    except BaseException:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        raise
     return count
 
 
