@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from casstore.errors import FormatError, ObjectCorrupt, ObjectMissing, UnsafeCache
+from casstore.errors import FormatError, ObjectCorrupt, ObjectMissing, UnsafeFolder
 from casstore.format.objects import ObjectId, ObjType
 from casstore.sources import ObjectCache
 from casstore.sources.mem import MemSource
@@ -187,7 +187,7 @@ def test_refuses_group_or_other_writable_folder(tmp_path: Path, store: Store, mo
     folder = tmp_path / "c"
     folder.mkdir()
     os.chmod(folder, mode)
-    with pytest.raises(UnsafeCache, match="writable by group or others"):
+    with pytest.raises(UnsafeFolder, match="writable by group or others"):
         ObjectCache(store.source, folder, 1 << 20)
 
 
@@ -197,7 +197,7 @@ def test_refuses_folder_of_another_user(tmp_path: Path, store: Store) -> None:
     folder = tmp_path / "c"
     folder.mkdir(mode=0o700)
     os.chown(folder, 12345, 12345)
-    with pytest.raises(UnsafeCache, match="owned by uid 12345"):
+    with pytest.raises(UnsafeFolder, match="owned by uid 12345"):
         ObjectCache(store.source, folder, 1 << 20)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from casstore.errors import CacheUnsafe, NotFound
+from casstore.errors import NotFound, UnsafeFolder
 from casstore.format.objects import ObjectId, ObjType
 from casstore.format.trees import Entry, Kind, Storage, encode_tree
 from casstore.sources import LocalSource
@@ -331,7 +331,7 @@ def test_cache_folder_writable_by_others_is_refused(tmp_path: Path, mode: int) -
     folder = tmp_path / "cache"
     folder.mkdir()
     os.chmod(folder, mode)
-    with pytest.raises(CacheUnsafe):
+    with pytest.raises(UnsafeFolder):
         FileCache(KnownBad(MemSource()), folder, 1 << 20)
 
 
