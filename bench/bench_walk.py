@@ -14,7 +14,9 @@ given as ``--baseline``), both on that store:
   folder (start-up included);
 * in-process: the push walk (``local_reachable``) alone, timed inside the child.
 
-Results go to <out>.json and <out>.md.
+Every command starts after ``sync`` (the previous one's writes are not charged to
+it), and the two sides alternate which goes first.  Results go to <out>.json and
+<out>.md.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def run(code: Path, args: list[str], *, inline: str | None = None) -> tuple[floa
     env.pop("CAS_DEBUG", None)
     cmd = [sys.executable, "-c", inline, *args] if inline else \
         [sys.executable, "-m", "casstore", *args]
+    os.sync()  # the previous command's dirty pages (a mirror writes ~100 MB) are not ours
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/", timeout=3600)
     wall = time.perf_counter() - t
@@ -107,9 +110,10 @@ def main() -> None:
         res: dict[str, dict[str, list[float]]] = {s: {} for s in sides}
         objects = 0
         loads = []
-        for _ in range(a.repeat):
+        for i in range(a.repeat):
             loads.append(round(os.getloadavg()[0], 2))
-            for side, code in sides.items():
+            order = list(sides.items())
+            for side, code in (order if i % 2 == 0 else order[::-1]):  # neither always first
                 r = res[side]
                 r.setdefault("cas fsck (process)", []).append(
                     run(code, ["--store", str(store), "fsck"])[0])

@@ -12,6 +12,7 @@ import enum
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from casstore.errors import FormatError
 from casstore.format.objects import ID_BYTES, ObjectId, ObjType
@@ -268,10 +269,10 @@ def decode_blob(raw: bytes) -> tuple[int, list[ChunkRef]]:
 Need = tuple[str, int] | None
 
 
-@dataclass(frozen=True, slots=True)
-class Child:
+class Child(NamedTuple):
     """One reference a tree or blob manifest holds: the object, the type the
-    reference needs it to have, the size it demands, and the entry name (trees)."""
+    reference needs it to have, the size it demands, and the entry name (trees).
+    A tuple: a walk makes one per entry of every tree."""
 
     oid: ObjectId
     kind: ObjType

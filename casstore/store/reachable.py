@@ -28,7 +28,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from casstore.format.objects import ObjectId, ObjType
 from casstore.format.trees import Need, children
@@ -36,37 +36,52 @@ from casstore.format.trees import Need, children
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    """One reference on the walk: the object, the type the reference needs, the size
-    it demands, the root it was reached from (``via``), the referring object
-    (``parent``: "root", or "tree b3-..."), and its path below that root."""
+class Node(NamedTuple):
+    """One reference on the walk: the object, the type the reference needs, the root it
+    was reached from (``via``), the size it demands, the referring node (``up``; None
+    for a root) and the entry name there.  A tuple, and ``parent`` and ``path`` are
+    only spelled out when a message needs them: a walk makes one per tree entry."""
 
     oid: ObjectId
     kind: ObjType
     via: str
     need: Need = None
-    parent: str = "root"
-    path: str = ""
+    up: Node | None = None
+    name: bytes = b""
 
     @property
     def key(self) -> tuple[bytes, bool]:
         """De-duplication key: the id, and whether it is read as a chunk or a node."""
         return self.oid.digest, self.kind != ObjType.CHUNK
 
+    @property
+    def parent(self) -> str:
+        """The referring object, as messages name it ("root", or "tree b3-...")."""
+        up = self.up
+        return "root" if up is None else f"{up.kind.name.lower()} {up.oid}"
+
+    @property
+    def path(self) -> str:
+        """The path below the root (``via/a/b``); a blob's chunks share its path."""
+        names: list[str] = []
+        node: Node | None = self
+        while node is not None and node.up is not None:
+            if node.name:
+                names.append(node.name.decode(errors="replace"))
+            node = node.up
+        return "/".join([self.via, *reversed(names)])
+
     def expand(self, raw: bytes, kind: ObjType | None = None) -> list[Node]:
         """The children of this object, given its verified raw bytes (as ``kind``, when
         the stored type differs from the one referenced)."""
-        kind = kind or self.kind
-        parent = f"{kind.name.lower()} {self.oid}"
-        return [Node(c.oid, c.kind, self.via, c.need, parent,
-                     f"{self.path}/{c.name.decode(errors='replace')}" if c.name else self.path)
-                for c in children(kind, raw)]
+        via = self.via
+        return [Node(c.oid, c.kind, via, c.need, self, c.name)
+                for c in children(kind or self.kind, raw)]
 
 
 def roots(tops: Iterable[tuple[str, ObjectId]]) -> list[Node]:
     """The walk's starting points: labelled root trees."""
-    return [Node(oid, ObjType.TREE, label, path=label) for label, oid in tops]
+    return [Node(oid, ObjType.TREE, label) for label, oid in tops]
 
 
 @dataclass(frozen=True, slots=True)
