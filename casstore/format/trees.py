@@ -286,20 +286,35 @@ def children(kind: ObjType, raw: bytes) -> list[Child]:
     The one definition of the object graph's edges: every walk over reachable
     objects (fsck, gc, publish, push, pull, mirror) takes its children from here.
     """
+    return [Child._make(t) for t in edges(kind, raw)]
+
+
+def edges(kind: ObjType, raw: bytes) -> list[tuple[ObjectId, ObjType, Need, bytes]]:
+    """:func:`children` as plain ``(oid, kind, need, name)`` tuples, for a walk that
+    wraps each in its own node (one object per tree entry instead of two)."""
     if kind == ObjType.BLOB:
-        return [Child(c.oid, ObjType.CHUNK, ("exact", c.length)) for c in decode_blob(raw)[1]]
+        return [(c.oid, ObjType.CHUNK, ("exact", c.length), b"") for c in decode_blob(raw)[1]]
     if kind != ObjType.TREE:
         return []
-    out: list[Child] = []
+    out: list[tuple[ObjectId, ObjType, Need, bytes]] = []
+    add = out.append
     for e in decode_tree(raw):
-        if e.kind == Kind.DIR:
-            out.append(Child(e.oid, ObjType.TREE, None, e.name))  # type: ignore[arg-type]
-        elif e.kind != Kind.FILE or e.oid is None:
+        how = _EDGE.get((e.kind, e.storage))
+        if how is None or e.oid is None:
             continue
-        elif e.storage == Storage.CHUNK:
-            out.append(Child(e.oid, ObjType.CHUNK, ("exact", e.size), e.name))
-        elif e.storage == Storage.PACKED:
-            out.append(Child(e.oid, ObjType.CHUNK, ("within", e.offset + e.size), e.name))
-        elif e.storage == Storage.BLOB:
-            out.append(Child(e.oid, ObjType.BLOB, ("exact", e.size), e.name))
+        ckind, need = how
+        if need is None:
+            add((e.oid, ckind, None, e.name))
+        else:
+            add((e.oid, ckind, (need, e.size if need == "exact" else e.offset + e.size),
+                 e.name))
     return out
+
+
+# (entry kind, storage) -> (child type, what the entry demands of its size)
+_EDGE: dict[tuple[Kind, Storage | None], tuple[ObjType, str | None]] = {
+    (Kind.DIR, None): (ObjType.TREE, None),
+    (Kind.FILE, Storage.CHUNK): (ObjType.CHUNK, "exact"),
+    (Kind.FILE, Storage.PACKED): (ObjType.CHUNK, "within"),
+    (Kind.FILE, Storage.BLOB): (ObjType.BLOB, "exact"),
+}

@@ -3,7 +3,7 @@
 fsck and gc (marking), publish (completeness before signing), push (what to
 offer), pull (what to fetch) and mirror (what to copy, and ``--check``) all walk
 the same graph: root and variant trees, down through trees and blob manifests to
-chunks, with the edges of :func:`casstore.format.trees.children`.  They differ
+chunks, with the edges of :func:`casstore.format.trees.children` (``edges``).  They differ
 only in what they do at each object (read a file, ask a server, check a
 destination), so that is the caller's *visit*; the walk owns the order, the
 de-duplication and the parallelism.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
 from casstore.format.objects import ObjectId, ObjType
-from casstore.format.trees import Need, children
+from casstore.format.trees import Need, edges
 
 T = TypeVar("T")
 
@@ -75,8 +75,8 @@ class Node(NamedTuple):
         """The children of this object, given its verified raw bytes (as ``kind``, when
         the stored type differs from the one referenced)."""
         via = self.via
-        return [Node(c.oid, c.kind, via, c.need, self, c.name)
-                for c in children(kind or self.kind, raw)]
+        return [Node(oid, k, via, need, self, name)
+                for oid, k, need, name in edges(kind or self.kind, raw)]
 
 
 def roots(tops: Iterable[tuple[str, ObjectId]]) -> list[Node]:
