@@ -298,6 +298,7 @@ class _Builder:
         before concurrent validations read it)."""
         preload = self.work / "preload.jl"
         if not preload.is_file():
+            self.work.mkdir(parents=True, exist_ok=True)
             preload.write_text("".join(f"using {n}\n" for n in self.plan.precompile))
         return preload
 
