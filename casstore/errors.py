@@ -350,6 +350,13 @@ class JobError(JuliaError):
     exit_code = 49
 
 
+class ComposeRefused(JuliaError):
+    """Builders' part releases are missing, untrusted or built from other inputs,
+    so no composed release is signed."""
+
+    exit_code = 67
+
+
 class JuliaTimeout(JuliaError):
     """A Julia process ran past its time limit and was killed (keeps code 20)."""
 
