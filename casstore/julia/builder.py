@@ -256,7 +256,8 @@ class _Builder:
         scratch = self.scratch(f"pc-{v.name}")
         code = "for p in ARGS; Base.require(Main, Symbol(p)); end"
         argv = si.julia_argv(self.spec.layout, "-e", code, *names)
-        env = {**self.env, "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}"}
+        env = {**self.env, **self.spec.layout.precompile_env(v.cpu_target),
+               "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}"}
         proc = run_bound(tree, argv, env, readonly=True, timeout=JULIA_RUN_TIMEOUT)
         if proc.returncode != 0:
             _tail_to_log(proc.stderr, log)
