@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -195,6 +196,7 @@ class _Builder:
         self.work = out_dir / ".work"
         self.env = _julia_env(spec)
         self._trace: Path | None = None
+        self._trace_lock = threading.Lock()
         self.trace_result: si.TraceResult | None = None
         self.timings: dict[str, float] = {}
 
@@ -208,8 +210,14 @@ class _Builder:
         """Run the workload once with --trace-compile (shared by all variants).
 
         A crashed trace run is not fatal (see sysimage.py): its outcome is kept in
-        `trace_result` for the log, the cache sidecar and meta.json.
+        `trace_result` for the log, the cache sidecar and meta.json.  Locked: a
+        level whose cached overlay vanished after the build checked for it asks for
+        the trace from its own thread.
         """
+        with self._trace_lock:
+            return self._run_trace()
+
+    def _run_trace(self) -> Path:
         if self._trace is None:
             path = self.work / "trace.jl"
             with _stage("trace workload", self.timings, self.log):
