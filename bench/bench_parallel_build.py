@@ -89,10 +89,12 @@ def report(runs: list[dict], diffs: list[str], spec: Path) -> str:
                                     "mtimes) and overlay paths are identical"
                                     if not diffs else f"NO, differs in {diffs}"), "",
               "The machine is shared (2 cores, other developers' work running): the load "
-              "columns say how much of it these builds had.  With other work on both cores a "
-              "second job gains only the share of CPU the scheduler gives it, so the speed-up "
-              "on a quiet machine is larger (bounded by 2x and by the serial trace, staging "
-              "and validation stages)."]
+              "columns say how much of it these builds had.  When the CPU is saturated by "
+              "other work, a second job gains only what more CPU the scheduler gives it; "
+              "the per-stage times show whether it did (two sysimage stages each taking "
+              "twice the serial stage's time means the two builds shared the CPU one had "
+              "alone).  On an idle 2-core machine the bound is 2x less the serial trace, "
+              "staging and validation stages; that case is not measured here."]
     return "\n".join(lines) + "\n"
 
 
