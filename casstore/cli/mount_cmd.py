@@ -43,10 +43,13 @@ def _explicit_store(ctx: Ctx) -> str | None:
               help="Do not replay the release's prefetch list on mount.")
 @click.option("--record-access", type=click.Path(path_type=Path), hidden=True,
               help="Write the paths served to FILE at unmount (cas depot build).")
+@click.option("--fsname", hidden=True,
+              help="The mount's source in the mount table (mount.fuse.cas: as mount(8) "
+                   "was given it, so `mount -a` finds an fstab line already mounted).")
 @pass_ctx
 def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
           arch: str | None, revision: int | None, follow: bool | None, foreground: bool,
-          no_prefetch: bool, record_access: Path | None) -> None:
+          no_prefetch: bool, record_access: Path | None, fsname: str | None) -> None:
     """Mount signed release RELEASE read-only at MOUNTPOINT.
 
     \b
@@ -93,7 +96,7 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
                    + (f"\n{p.offline}" if p.offline else ""))
     record = record_access.resolve() if record_access else None  # the daemon cds to /
     serve(p, cfg, mountpoint, foreground, record_to=record, prefetch=not no_prefetch,
-          follow=following, arch=arch)
+          follow=following, arch=arch, fsname=fsname)
 
 
 @command(cli, "umount")

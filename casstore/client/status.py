@@ -154,9 +154,17 @@ def all_mounts(cfg: ClientConfig) -> list[dict]:
     for ns, (pid, found) in sorted(cas_mounts_everywhere().items()):
         for mp, src in found:
             if (ns, mp) not in known:
-                rows.append({"mountpoint": mp, "mount_ns": ns, "release": src.partition(":")[2],
+                rows.append({"mountpoint": mp, "mount_ns": ns, "release": _release_of(src),
                              "state": "mounted", "status_file": None, "seen_via_pid": pid})
     return rows
+
+
+def _release_of(source: str) -> str:
+    """The release named by a mount table source: ``cas:NAME`` (``cas mount``), or
+    ``NAME``, ``:NAME`` or ``cas:NAME`` as mount(8) was given it; ``@N`` dropped."""
+    for prefix in (":", "cas:"):
+        source = source.removeprefix(prefix)
+    return source.partition("@")[0]
 
 
 def _status_row(path: Path) -> dict:

@@ -167,14 +167,15 @@ def _make_follower(p: Selection, cfg: ClientConfig, built: Built, arch: str | No
 
 def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
           record_to: Path | None = None, prefetch: bool = True, follow: bool = False,
-          arch: str | None = None) -> None:
+          arch: str | None = None, fsname: str | None = None) -> None:
     """Mount and run the FUSE loop until unmounted or signalled.
 
     ``prefetch``: replay the release's prefetch list for the chosen level once the
     mount exists (concurrently with the first reads).  ``record_to``: note every
     path served and write the record there at unmount (``cas depot build``).
     ``follow``: check for new revisions every ``cfg.ttl`` and on SIGHUP, and switch
-    to them (:mod:`casstore.client.follow`); ``arch`` is the forced level to keep."""
+    to them (:mod:`casstore.client.follow`); ``arch`` is the forced level to keep.
+    ``fsname``: the source shown in the mount table (default ``cas:NAME``)."""
     from casstore.client.fuse.ops import CasOps
 
     mountpoint = canon(mountpoint)
@@ -245,7 +246,7 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
     try:
         fuse_class()(ops, str(mountpoint), foreground=foreground, nothreads=True,
                      allow_other=True, default_permissions=True, **_fuse_options(follow),
-                     fsname=f"cas:{p.release.name}", subtype="cas")
+                     fsname=fsname or f"cas:{p.release.name}", subtype="cas")
     except RuntimeError as exc:
         # libfuse also reports a loop ended by SIGTERM/SIGINT as an error: that is a
         # clean stop once the kernel had initialised the mount.
