@@ -367,6 +367,21 @@ class VariantRefused(CasError):
     errno = _errno.EACCES
 
 
+class MountBusy(MountError):
+    """``cas umount``: files on the mount are in use (``--lazy`` detaches anyway)."""
+
+    exit_code = 64
+    errno = _errno.EBUSY
+
+
+class UnmountIncomplete(MountError):
+    """``cas umount``: the mount is gone here but its daemon lives on, because another
+    mount namespace holds a copy of the mount, or (``--lazy``) files are still open."""
+
+    exit_code = 65
+    errno = _errno.EBUSY
+
+
 class NotACasMount(MountError):
     """``cas umount`` was pointed at something that is not a casstore FUSE mount."""
 

@@ -107,12 +107,17 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
 def umount(ctx: Ctx, mountpoint: Path, config_path: Path | None, lazy: bool) -> None:
     """Unmount a casstore mount and wait for its daemon to exit.
 
-    Refuses (exit 28) anything that is not a casstore FUSE mount (fstype fuse.cas).
+    \b
+    Succeeds only once the daemon has exited.  Exit 28: not a casstore FUSE mount
+    (fstype fuse.cas), refused.  Exit 64: busy (use --lazy).  Exit 65: unmounted here
+    but the daemon lives on; the message names what holds it (another mount
+    namespace's copy of the mount and its PIDs, or open files after --lazy).
     """
     from casstore.client.fuse.mount import unmount
 
-    unmount(_config(config_path), mountpoint, lazy)
-    ctx.emit({"unmounted": str(mountpoint)}, f"unmounted {mountpoint}")
+    pid = unmount(_config(config_path), mountpoint, lazy)
+    ctx.emit({"unmounted": str(mountpoint), "daemon_pid": pid},
+             f"unmounted {mountpoint}" + (f" (daemon {pid} exited)" if pid else ""))
 
 
 @command(cli, "status")
@@ -129,7 +134,8 @@ def status(ctx: Ctx, mountpoint: Path | None, config_path: Path | None, all_: bo
     With --all (and no MOUNTPOINT): one line per mount, with its mount namespace,
     daemon PID, owner PID (the `cas exec` that owns it, else -) and state:
     mounted, not mounted (daemon alive, mount gone), dead (a stale status file
-    left by a killed daemon: shown, never used) or damaged (an unreadable file).
+    left by a killed daemon: shown, never used), damaged (an unreadable file), or
+    copy (a namespace's copy of a mount whose daemon runs in another namespace).
     """
     from casstore.client.fuse.mount import read_status
     from casstore.errors import UsageError
@@ -174,12 +180,21 @@ def _status_all(ctx: Ctx, cfg: ClientConfig) -> None:
         str(r.get("revision") or "-"), str(r.get("variant") or "-"),
         f"{r.get('mount_ns')}{' (this)' if r.get('mount_ns') == here else ''}",
         str(r.get("pid") or "-"), str(r.get("owner") or "-"),
-        r["state"] + ("" if r.get("status_file", "") is not None else " (no status file)"),
+        _state_text(r),
     ) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in table)
     ctx.emit(rows, text if rows else "no casstore mounts")
+
+
+def _state_text(row: dict) -> str:
+    if row["state"] == "copy":
+        return f"copy (of the mount of daemon {row.get('pid')} in {row.get('daemon_ns')})"
+    return row["state"] + ("" if row.get("status_file", "") is not None else
+                           " (no status file)")
+
+
 def _ago(t: float | None) -> str:
     return "never" if not t else f"{max(0.0, time.time() - t):.0f} s ago"
 

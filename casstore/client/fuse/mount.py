@@ -39,7 +39,17 @@ from casstore.client.fuse.daemonlog import setup_logging
 from casstore.client.fuse.fastpath import fast_getattr_ok, fuse_class
 from casstore.client.fuse.wiring import Built, attach_metrics, build_fs, switch_fs
 from casstore.client.metrics import Exporters, mount_id
-from casstore.client.mounttable import CAS_FSTYPE, canon, fstype, is_mounted, mount_ns
+from casstore.client.mounttable import (
+    CAS_FSTYPE,
+    canon,
+    fstype,
+    fuse_daemon,
+    is_mounted,
+    mount_dev,
+    mount_ns,
+    namespaces_holding,
+    open_on,
+)
 from casstore.client.selection import Selection
 from casstore.client.status import (
     StatusWriter,
@@ -50,7 +60,7 @@ from casstore.client.status import (
     status_pid,
 )
 from casstore.client.watchdog import OWNER_ENV, OwnerWatchdog, alive, owner_from_env
-from casstore.errors import MountError, NotACasMount
+from casstore.errors import MountBusy, MountError, NotACasMount, UnmountIncomplete
 from casstore.releases.release import DAY
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
@@ -302,9 +312,17 @@ def check_mountpoint(mountpoint: Path) -> None:
 
 
 def unmount(cfg: ClientConfig, mountpoint: Path, lazy: bool = False,
-            timeout: float = 10.0) -> None:
-    """Unmount a casstore mount, then wait for its daemon to remove its status file
-    and exit.  Anything that is not a casstore FUSE mount is refused."""
+            timeout: float = 10.0) -> int | None:
+    """Unmount a casstore mount and return once its daemon has exited (its PID, or
+    None if no daemon could be seen).  Anything that is not a casstore FUSE mount is
+    refused.
+
+    The daemon is found through the kernel, whatever config mounted it: the process
+    whose ``/dev/fuse`` descriptor serves the mount's connection (else the status
+    file's PID).  It exits only when no mount namespace holds the mount any more, so
+    if it still runs after ``timeout``, UnmountIncomplete names what holds it: the
+    other namespaces with a copy of the mount (and their processes), or, after a lazy
+    detach, the processes with files open on it."""
     mountpoint = canon(mountpoint)
     kind = fstype(mountpoint)
     if kind is None:
@@ -312,12 +330,39 @@ def unmount(cfg: ClientConfig, mountpoint: Path, lazy: bool = False,
     if kind != CAS_FSTYPE:
         raise NotACasMount(f"{mountpoint} is a {kind} mount, not a casstore mount; "
                            "refusing to unmount it")
-    pid = status_pid(cfg, mountpoint)
+    dev = mount_dev(mountpoint)
+    pid = (fuse_daemon(dev) if dev else None) or status_pid(cfg, mountpoint) or None
     cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
-        raise MountError(f"unmount of {mountpoint} failed: {res.stderr.strip()}")
-    spath = status_path(cfg, mountpoint)
+        why = res.stderr.strip()
+        if "busy" in why:
+            raise MountBusy(f"{mountpoint} is busy (files open or a working directory on "
+                            "it); close them, or detach now with 'cas umount --lazy' (the "
+                            "daemon then exits when the last one closes)")
+        raise MountError(f"unmount of {mountpoint} failed: {why}")
     deadline = time.monotonic() + timeout
-    while pid and alive(pid) and spath.exists() and time.monotonic() < deadline:
+    while pid and alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    if pid and alive(pid):
+        raise UnmountIncomplete(_still_held(mountpoint, pid, dev))
+    return pid
+
+
+def _still_held(mountpoint: Path, pid: int, dev: str | None) -> str:
+    """Why the daemon ``pid`` of the mount (device ``dev``) still runs, for the user."""
+    head = f"{mountpoint} is unmounted here, but its daemon (pid {pid}) still runs: "
+    held = namespaces_holding(dev) if dev else {}
+    if held:
+        parts = [f"mount namespace {ns} has it at {where} (pids "
+                 f"{', '.join(map(str, pids[:8]))}{', ...' if len(pids) > 8 else ''})"
+                 for ns, (where, pids) in sorted(held.items())]
+        first_ns = sorted(held)[0]
+        return (head + "; ".join(parts) + f". Unmount it there (nsenter -t "
+                f"{held[first_ns][1][0]} -m umount {held[first_ns][0]}) or end those "
+                "processes; 'cas status --all' lists such copies")
+    users = open_on(dev) if dev else []
+    if users:
+        return head + (f"files on it are still open (pids {', '.join(map(str, users[:8]))}); "
+                       "it exits when they are closed")
+    return head + "nothing else holds the mount that this user can see"
