@@ -27,8 +27,10 @@ def _cas(*args: str) -> list[str]:
 
 
 def _global_args(ctx: Ctx) -> list[str]:
+    """--store goes on to the inner `cas mount`; $CAS_STORE reaches it through the
+    environment, where the config's 'source' wins over it (mount_cmd._explicit_store)."""
     given = click.get_current_context().find_root().params.get("store")
-    return ["--store", str(ctx.store_spec)] if given or os.environ.get("CAS_STORE") else []
+    return ["--store", str(ctx.store_spec)] if given else []
 
 
 @command(cli, "exec", context_settings={"ignore_unknown_options": True})

@@ -20,11 +20,27 @@ def _config(path: Path | None) -> ClientConfig:
     return load(path)
 
 
-def _explicit_store(ctx: Ctx) -> str | None:
-    """--store or $CAS_STORE wins over the config's 'source'; the XDG default does not.
-    Kept as given (a string), so an http(s) URL reaches open_source intact."""
-    given = click.get_current_context().find_root().params.get("store")
-    return ctx.store_spec if given or os.environ.get("CAS_STORE") else None
+def _explicit_store(ctx: Ctx, cfg: ClientConfig | None) -> str | None:
+    """Where a mount's objects come from, if not the config's 'source': ``--store``
+    always wins (given on this command line); ``$CAS_STORE`` only when the config
+    names no source, so an exported variable meant for `cas put` never replaces a
+    node's configured server.  The XDG default never does.  Kept as given (a
+    string), so an http(s) URL reaches open_source intact."""
+    if click.get_current_context().find_root().params.get("store"):
+        return ctx.store_spec
+    if cfg is not None and cfg.source is not None:
+        return None
+    return os.environ.get("CAS_STORE") or None
+
+
+def config_source(path: Path | None) -> ClientConfig | None:
+    """The config, or None if it does not load (``cas doctor`` reports that itself)."""
+    from casstore.errors import CasError
+
+    try:
+        return load(path)
+    except CasError:
+        return None
 
 
 @command(cli, "mount")
@@ -77,7 +93,7 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     from casstore.releases.release import parse_spec
 
     cfg = _config(config_path)
-    store = _explicit_store(ctx)
+    store = _explicit_store(ctx, cfg)
     p = select(release, cfg, store, arch, revision)
     pinned = revision is not None or parse_spec(release)[1] is not None
     following = (cfg.follow if follow is None else follow) and not pinned \
@@ -90,8 +106,10 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     info = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "mountpoint": str(canon(mountpoint)),
             "offline": p.offline or None, "following": following}
+    info["source"] = str(p.source_path)
     ctx.emit(info, f"mounting {p.release.name} revision {p.release.revision} at "
-                   f"{mountpoint} (variant: {p.level or 'none'}, {p.how})"
+                   f"{mountpoint} from {p.source_path} (variant: {p.level or 'none'}, "
+                   f"{p.how})"
                    + (f", following every {cfg.ttl:g} s" if following else "")
                    + (f"\n{p.offline}" if p.offline else ""))
     record = record_access.resolve() if record_access else None  # the daemon cds to /
