@@ -370,7 +370,7 @@ class VariantRefused(CasError):
 class MountBusy(MountError):
     """``cas umount``: files on the mount are in use (``--lazy`` detaches anyway)."""
 
-    exit_code = 64
+    exit_code = 29
     errno = _errno.EBUSY
 
 
@@ -378,7 +378,7 @@ class UnmountIncomplete(MountError):
     """``cas umount``: the mount is gone here but its daemon lives on, because another
     mount namespace holds a copy of the mount, or (``--lazy``) files are still open."""
 
-    exit_code = 65
+    exit_code = 33
     errno = _errno.EBUSY
 
 

@@ -68,7 +68,7 @@ def daemon(kit: Kit) -> Iterator[tuple[Kit, Path, int]]:
 @needs_ns
 def test_umount_names_the_namespace_holding_a_copy(daemon) -> None:
     """A namespace made after the mount holds a copy: ``cas umount`` (without --config,
-    so the daemon is found through the kernel) exits 65 naming that namespace and its
+    so the daemon is found through the kernel) exits 33 naming that namespace and its
     PID, the daemon lives on, ``cas status --all`` lists the copy once; once the
     namespace's process ends, the daemon exits."""
     k, mp, pid = daemon

@@ -33,7 +33,7 @@ def _global_args(ctx: Ctx) -> list[str]:
     return ["--store", str(ctx.store_spec)] if given else []
 
 
-@command(cli, "exec", context_settings={"ignore_unknown_options": True})
+@command(cli, "exec", json_option=False, context_settings={"ignore_unknown_options": True})
 @click.argument("release")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--mountpoint", type=click.Path(path_type=Path), default=Path("/depot"),

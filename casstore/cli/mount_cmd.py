@@ -87,12 +87,13 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     and switches to it; open files keep their revision.  NAME@N or --revision N
     pins the mount (no following); so do cas exec's private per-job mounts.
     """
-    from casstore.client.fuse.mount import canon, serve
+    from casstore.client.fuse.mount import canon, preflight, serve
     from casstore.client.selection import select
     from casstore.client.watchdog import owner_from_env
     from casstore.releases.release import parse_spec
 
-    cfg = _config(config_path)
+    preflight()
+    cfg = load(config_path, required=True)
     store = _explicit_store(ctx, cfg)
     p = select(release, cfg, store, arch, revision)
     pinned = revision is not None or parse_spec(release)[1] is not None
@@ -127,7 +128,7 @@ def umount(ctx: Ctx, mountpoint: Path, config_path: Path | None, lazy: bool) -> 
 
     \b
     Succeeds only once the daemon has exited.  Exit 28: not a casstore FUSE mount
-    (fstype fuse.cas), refused.  Exit 64: busy (use --lazy).  Exit 65: unmounted here
+    (fstype fuse.cas), refused.  Exit 29: busy (use --lazy).  Exit 33: unmounted here
     but the daemon lives on; the message names what holds it (another mount
     namespace's copy of the mount and its PIDs, or open files after --lazy).
     """

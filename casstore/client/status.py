@@ -145,7 +145,8 @@ def all_mounts(cfg: ClientConfig) -> list[dict]:
     or ``damaged`` (the file does not parse).  Then every ``fuse.cas`` mount found
     in any namespace that has no status file here is added with ``status_file: None``
     and ``state``: ``copy`` when its daemon runs in another namespace (a copy of a
-    mount taken by a namespace created after it; it keeps the daemon alive), else
+    mount taken by a namespace created after it; it keeps the daemon alive), ``no
+    daemon`` (root found no process serving it: its reads fail, ENOTCONN), else
     ``mounted`` (another config's mount, or a daemon that lost its file).
     """
     rows, known = [], set()
@@ -171,6 +172,8 @@ def _judge_unlisted(ns: str, dev: str) -> dict:
     daemon_ns = ns_of(daemon) if daemon else None
     if daemon_ns is not None and daemon_ns != ns:
         return {"state": "copy", "pid": daemon, "daemon_ns": daemon_ns}
+    if daemon is None and os.geteuid() == 0:  # root sees every daemon's descriptors
+        return {"state": "no daemon", "pid": None}
     return {"state": "mounted", "pid": daemon}
 
 

@@ -75,7 +75,7 @@ FOLLOW_TIMEOUT_S = 60.0
 FOLLOW_NEGATIVE_S = 10.0
 
 __all__ = ["OWNER_ENV", "alive", "canon", "fast_getattr_ok", "fuse_class",
-           "is_mounted", "mount_ns", "prune_stale", "read_status", "serve",
+           "is_mounted", "mount_ns", "preflight", "prune_stale", "read_status", "serve",
            "status_path", "unmount"]
 
 
@@ -302,6 +302,35 @@ def _save_record(recorder, path: Path) -> None:
         log.info("wrote %d accessed paths to %s", len(recorder.accesses()), path)
     except OSError as exc:
         log.error("cannot write the access record %s: %s", path, exc)
+
+
+FUSE_DEVICE = Path("/dev/fuse")
+FUSE_CONF = Path("/etc/fuse.conf")
+
+
+def preflight() -> None:
+    """What mounting needs from the host, checked before anything else so the error
+    names the fix: a usable /dev/fuse, and root (the mount serves every user of the
+    node: ``allow_other``), unless fuse.conf grants ``user_allow_other``."""
+    if os.geteuid() != 0 and not _user_allow_other():
+        raise MountError("mounting needs root: the mount serves every user of the node "
+                         "(allow_other); run it as root (sudo cas mount ...), or from "
+                         "/etc/fstab with mount(8); 'user_allow_other' in /etc/fuse.conf "
+                         "lets other users mount")
+    if not os.access(FUSE_DEVICE, os.R_OK | os.W_OK):
+        why = ("does not exist" if not FUSE_DEVICE.exists()
+               else "cannot be opened for reading and writing by this user")
+        raise MountError(f"{FUSE_DEVICE} {why}: load the fuse module (modprobe fuse) or "
+                         "install fuse3; in a container, pass the device (e.g. docker run "
+                         "--device /dev/fuse --cap-add SYS_ADMIN)")
+
+
+def _user_allow_other() -> bool:
+    try:
+        lines = FUSE_CONF.read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split("#")[0].strip() == "user_allow_other" for line in lines)
 
 
 def check_mountpoint(mountpoint: Path) -> None:
