@@ -167,9 +167,11 @@ def fuse_daemon(dev: str) -> int | None:
     return None
 
 
-def namespaces_holding(dev: str) -> dict[str, tuple[str, list[int]]]:
-    """Every mount namespace whose table has a mount of device ``dev``: ``{ns: (mount
-    point there, [pids in that namespace])}``.  One table read per namespace."""
+def namespaces_holding(dev: str, mountpoint: Path) -> dict[str, tuple[str, list[int]]]:
+    """Every mount namespace whose table has the mount of device ``dev`` at
+    ``mountpoint``: ``{ns: (mount point, [pids in that namespace])}``.  One table
+    read per namespace.  The path must match too: once a FUSE connection is gone its
+    number (the device's minor) is soon reused by another mount."""
     pids: dict[str, list[int]] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -182,7 +184,8 @@ def namespaces_holding(dev: str) -> dict[str, tuple[str, list[int]]]:
             table = _mountinfo(pid)
             if table is None:
                 continue
-            where = [mp for d, mp, kind, _src in table if d == dev and kind == CAS_FSTYPE]
+            where = [mp for d, mp, kind, _src in table
+                     if d == dev and kind == CAS_FSTYPE and mp == str(mountpoint)]
             if where:
                 out[ns] = (where[0], sorted(members))
             break

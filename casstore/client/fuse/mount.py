@@ -370,18 +370,41 @@ def unmount(cfg: ClientConfig, mountpoint: Path, lazy: bool = False,
                             "it); close them, or detach now with 'cas umount --lazy' (the "
                             "daemon then exits when the last one closes)")
         raise MountError(f"unmount of {mountpoint} failed: {why}")
-    deadline = time.monotonic() + timeout
-    while pid and alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if pid and alive(pid):
-        raise UnmountIncomplete(_still_held(mountpoint, pid, dev))
+    if not _exited(pid, timeout):
+        held = namespaces_holding(dev, mountpoint) if dev else {}
+        users = open_on(dev) if dev and lazy else []
+        # Nothing holds it: the daemon is only slow to finish (e.g. a server that
+        # stopped answering), so give it longer before calling it stuck.
+        if held or users or not _exited(pid, SHUTDOWN_S):
+            raise UnmountIncomplete(_still_held(mountpoint, pid, held, users))
     return pid
 
 
-def _still_held(mountpoint: Path, pid: int, dev: str | None) -> str:
-    """Why the daemon ``pid`` of the mount (device ``dev``) still runs, for the user."""
+SHUTDOWN_S = 60.0  # how long a daemon nothing holds may take to exit
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a foreground daemon's parent may not have reaped it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return alive(pid)
+
+
+def _exited(pid: int | None, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while pid and _running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _still_held(mountpoint: Path, pid: int, held: dict[str, tuple[str, list[int]]],
+                users: list[int]) -> str:
+    """Why the daemon ``pid`` of the mount still runs, for the user."""
     head = f"{mountpoint} is unmounted here, but its daemon (pid {pid}) still runs: "
-    held = namespaces_holding(dev) if dev else {}
     if held:
         parts = [f"mount namespace {ns} has it at {where} (pids "
                  f"{', '.join(map(str, pids[:8]))}{', ...' if len(pids) > 8 else ''})"
@@ -390,8 +413,8 @@ def _still_held(mountpoint: Path, pid: int, dev: str | None) -> str:
         return (head + "; ".join(parts) + f". Unmount it there (nsenter -t "
                 f"{held[first_ns][1][0]} -m umount {held[first_ns][0]}) or end those "
                 "processes; 'cas status --all' lists such copies")
-    users = open_on(dev) if dev else []
     if users:
         return head + (f"files on it are still open (pids {', '.join(map(str, users[:8]))}); "
                        "it exits when they are closed")
-    return head + "nothing else holds the mount that this user can see"
+    return head + (f"nothing holds the mount that this user can see, yet it has not "
+                   f"exited within {SHUTDOWN_S:g} s (see its log)")
