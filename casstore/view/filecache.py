@@ -34,6 +34,7 @@ private copies are bounded by ``max_bytes``; least recently used copies go first
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import os
 import signal
@@ -69,7 +70,8 @@ class Layout(Protocol):
 
 def secure_dir(path: Path) -> Path:
     """Create ``path`` 0700 if missing; refuse a folder others could write or own."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # a FIFO or file there: refused below
+        os.makedirs(path, mode=0o700, exist_ok=True)
     problem = private_dir_problem(os.lstat(path), os.geteuid())
     if problem:
         raise CacheUnsafe(f"cache folder {path} {problem}; fix it (chown, chmod go-w) "
