@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from net_fixtures import NGINX, Nginx
 
+from casstore.errors import UnsafeCache
 from casstore.fileio.fsutil import alive
 
 from fuse_fixtures import Kit, Mounter, run_cas
@@ -127,3 +128,21 @@ def test_boot_offline_mounts_the_last_verified_release(kit: Kit, mounter: Mounte
     res = run_cas("mount", "--config", str(kit.config), "app", str(kit.base / "offline"))
     assert res.returncode == 55, res.stderr
     assert res.stderr.startswith("cas: error:") and "Traceback" not in res.stderr
+
+
+def test_objects_cache_as_a_symlink_is_refused(kit: Kit, served) -> None:
+    """``cache_dir/objects`` planted as a symlink to another private folder of the
+    daemon's user: the mount is refused (unsafe cache, one line) and nothing is
+    written where the link points."""
+    elsewhere = kit.base / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (kit.base / "cache").mkdir(mode=0o700)
+    (kit.base / "cache" / "objects").symlink_to(elsewhere)
+    mp = kit.base / "m"
+    mp.mkdir()
+    res = run_cas("mount", "--config", str(kit.config), "app", str(mp))
+    assert res.returncode == UnsafeCache.exit_code, res.stderr
+    assert "not a directory" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert list(elsewhere.iterdir()) == []
+    with open("/proc/self/mounts") as f:
+        assert str(mp) not in f.read()
