@@ -113,7 +113,8 @@ def test_bad_depot_spec_is_one_line(tmp_path: Path) -> None:
 # Modules a short `cas put` / `cas get` must not import: each costs start-up on every
 # command (bench/bench_store.py measures whole processes against tar/zstd).
 HEAVY = ("prometheus_client", "aiohttp", "mfusepy", "nacl", "casstore.client.metrics",
-         "casstore.sources.http", "casstore.sources.objcache")
+         "casstore.client.exporters", "casstore.sources.http", "casstore.sources.transport",
+         "casstore.sources.objcache")
 
 
 def _imported(*args: str) -> set[str]:

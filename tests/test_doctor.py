@@ -4,7 +4,7 @@ Each asserts the check's ``FAIL`` line, that no other check fails (later checks
 that depend on it say ``SKIP``), and exit status 58.  The releases carry a stand-in
 ``julia/bin/julia`` (a shell script) so the julia check runs everywhere in seconds;
 the all-OK run at the end uses the real Julia of the example depot the Julia tests
-build.  The checks themselves are the model in ``casstore/client/doctor.py``, tested
+build.  The checks themselves are the model in ``casstore/client/doctor*.py``, tested
 directly where no exit status is involved.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import test_julia_mount
 
-from casstore.client import doctor
+from casstore.client import doctor, doctor_checks
 from casstore.errors import DoctorFailed
 from casstore.releases.release import Release, load_secret, sign
 
@@ -227,12 +227,12 @@ def test_model_without_the_cli(rel: Kit) -> None:
     cache = rel.base / "cache"
     cache.mkdir()
     os.chmod(cache, 0o770)
-    cfg = doctor.load(rel.config)
-    bad = doctor.check_cache(cfg, 0)
+    cfg = doctor_checks.load(rel.config)
+    bad = doctor_checks.check_cache(cfg, 0)
     assert bad.status == "FAIL" and "mode 0770" in bad.detail
     os.chmod(cache, 0o700)
-    assert doctor.check_cache(cfg, 0).status == "OK"
-    assert doctor.check_cache(cfg, 1 << 60).status == "FAIL"
+    assert doctor_checks.check_cache(cfg, 0).status == "OK"
+    assert doctor_checks.check_cache(cfg, 1 << 60).status == "FAIL"
 
 
 @pytest.mark.julia

@@ -22,6 +22,7 @@ from test_julia_mount import EXPECTED_CHECKSUM, published  # noqa: F401 - the fi
 
 from tests.fuse_fixtures import Mounter, mounted
 from tests.helpers import cas
+from tests.metrics_helpers import parse, values
 
 pytestmark = pytest.mark.fuse
 
@@ -163,11 +164,12 @@ def test_publish_during_reads_switch_by_cas_reload(mounts) -> None:
 
 
 def _gauge(repo: Repo, name: str) -> float | None:
-    """A ``cas_client_NAME`` value from the mount's .prom file (None: not written yet)."""
+    """A ``cas_client_NAME`` value from the mount's .prom file (None: not written yet),
+    read with prometheus_client's parser."""
     for prom in (repo.base / "metrics").glob("casstore_*.prom"):
-        for line in prom.read_text().splitlines():
-            if line.startswith(f"cas_client_{name}{{"):
-                return float(line.rsplit(" ", 1)[1])
+        found = values(parse(prom.read_text()), f"cas_client_{name}")
+        if found:
+            return found[0][1]
     return None
 
 

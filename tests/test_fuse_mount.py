@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from casstore.errors import UnsafeFolder
 from casstore.format.objects import ObjectId
 from casstore.format.trees import Storage
 from casstore.view.reader import TreeReader, root_entry
@@ -240,7 +241,7 @@ def test_mount_refuses_a_cache_folder_others_can_write(kit: Kit, tree) -> None:
     os.chmod(cache, 0o777)
     (kit.base / "m").mkdir()
     res = run_cas("mount", "--config", str(kit.config), "depot", str(kit.base / "m"))
-    assert res.returncode == 26, res.stderr
+    assert res.returncode == UnsafeFolder.exit_code == 21, res.stderr
     assert res.stderr.startswith("cas: error:") and "writable by group or others" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not mounted(kit.base / "m")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from casstore.errors import VariantRefused
+from casstore.errors import UnsafeFolder, VariantRefused
 from casstore.releases.variants import choose
 
 from fuse_fixtures import Kit, Mounter, run_cas
@@ -173,7 +173,7 @@ def test_cache_files_folder_replaced_by_a_non_folder_is_the_unsafe_cache_error(
         files.symlink_to(kit.base / "nowhere")
     (kit.base / "m").mkdir()
     res = run_cas("mount", "--config", str(kit.config), "plain", str(kit.base / "m"))
-    assert res.returncode == 26, res.stderr
+    assert res.returncode == UnsafeFolder.exit_code, res.stderr
     assert "not a directory" in res.stderr and "File exists" not in res.stderr
     assert len(res.stderr.splitlines()) == 1
     assert not (kit.base / "nowhere").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from net_fixtures import NGINX, Nginx
 
-from casstore.errors import UnsafeCache
+from casstore.errors import UnsafeFolder
 from casstore.fileio.fsutil import alive
 
 from fuse_fixtures import Kit, Mounter, run_cas
@@ -141,7 +141,7 @@ def test_objects_cache_as_a_symlink_is_refused(kit: Kit, served) -> None:
     mp = kit.base / "m"
     mp.mkdir()
     res = run_cas("mount", "--config", str(kit.config), "app", str(mp))
-    assert res.returncode == UnsafeCache.exit_code, res.stderr
+    assert res.returncode == UnsafeFolder.exit_code, res.stderr
     assert "not a directory" in res.stderr and len(res.stderr.splitlines()) == 1
     assert list(elsewhere.iterdir()) == []
     with open("/proc/self/mounts") as f:

@@ -25,6 +25,7 @@ from casstore.format.objects import HEADER_SIZE, ObjectId, ObjType, encode
 from casstore.sources import LocalSource, ObjectCache, open_source, stored_type
 from casstore.sources.base import ObjectSource
 from casstore.sources.knownbad import KnownBad
+from casstore.sources.mem import MemSource
 from casstore.store.writable import Store
 
 from helpers import assert_one_line_error, cas
@@ -196,7 +197,7 @@ def test_interface_is_complete() -> None:
     assert set(_METHODS) == {"read_stored", "fetch", "read_head", "stored_size", "read_ref",
                              "read_format", "release_names", "release_revisions",
                              "read_release", "close"}
-    for cls in (LocalSource, KnownBad, ObjectCache, Store):
+    for cls in (LocalSource, KnownBad, ObjectCache, Store, MemSource):
         missing = [m for m in _METHODS if m != "close" and not callable(getattr(cls, m, None))]
         assert not missing, (cls, missing)
 

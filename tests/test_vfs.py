@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from casstore.errors import CacheUnsafe, NotFound
+from casstore.errors import NotFound, UnsafeFolder
 from casstore.format.objects import ObjectId, ObjType
 from casstore.format.trees import Entry, Kind, Storage, encode_tree
 from casstore.sources import LocalSource
 from casstore.sources.knownbad import KnownBad
+from casstore.sources.mem import MemSource
 from casstore.store.snapshot import put_paths
 from casstore.store.writable import Store
 from casstore.view.filecache import FileCache
@@ -158,28 +159,13 @@ def test_listdir_merges_in_byte_order(world) -> None:
 
 
 # -- memory --------------------------------------------------------
-class MemSource:
-    """Objects held in memory by id: enough of an ObjectSource for the reader."""
-
-    def __init__(self) -> None:
-        self.objects: dict[ObjectId, bytes] = {}
-
-    def add(self, raw: bytes) -> ObjectId:
-        oid = ObjectId.of(raw)
-        self.objects[oid] = raw
-        return oid
-
-    def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
-        return bytes(bytearray(self.objects[oid]))  # a fresh copy, as decompressing makes
-
-
 def test_big_tree_memory_per_entry() -> None:
     """A 200k-entry tree kept decoded costs little more than its own bytes."""
     n = 200_000
     src = MemSource()
     raw = encode_tree(Entry(f"file-{i:07d}.jl".encode(), Kind.FILE, 0o644, 0, 0,
                             Storage.INLINE) for i in range(n))
-    tid = src.add(raw)
+    tid = src.put(ObjType.TREE, raw)
     del raw
     reader = TreeReader(src, tree_cache_bytes=1 << 30)
     tracemalloc.start()
@@ -206,15 +192,15 @@ def test_tree_cache_is_bounded_by_bytes() -> None:
 
     src = MemSource()
     n = SMALL_DIR + 1000  # compact form
-    ids = [src.add(encode_tree(Entry(f"n{i}-{j}".encode(), Kind.FILE, 0o644, 0, 0,
-                                     Storage.INLINE) for j in range(n)))
+    ids = [src.put(ObjType.TREE, encode_tree(Entry(f"n{i}-{j}".encode(), Kind.FILE, 0o644,
+                                                   0, 0, Storage.INLINE) for j in range(n)))
            for i in range(20)]
     reader = TreeReader(src, tree_cache_bytes=400_000)
     for tid in ids:
         assert len(reader.dir(tid)) == n
     assert 0 < reader.trees.weight <= 400_000
-    small = reader.dir(src.add(encode_tree(Entry(f"s{j}".encode(), Kind.FILE, 0o644, 0, 0,
-                                                 Storage.INLINE) for j in range(100))))
+    small = reader.dir(src.put(ObjType.TREE, encode_tree(
+        Entry(f"s{j}".encode(), Kind.FILE, 0o644, 0, 0, Storage.INLINE) for j in range(100))))
     assert small.nbytes > 100 * 300  # kept decoded, and weighed as such
 
 
@@ -345,12 +331,12 @@ def test_cache_folder_writable_by_others_is_refused(tmp_path: Path, mode: int) -
     folder = tmp_path / "cache"
     folder.mkdir()
     os.chmod(folder, mode)
-    with pytest.raises(CacheUnsafe):
-        FileCache(KnownBad(MemSource()), folder, 1 << 20)  # type: ignore[arg-type]
+    with pytest.raises(UnsafeFolder):
+        FileCache(KnownBad(MemSource()), folder, 1 << 20)
 
 
 def test_cache_folder_is_created_private(tmp_path: Path) -> None:
-    cache = FileCache(MemSource(), tmp_path / "new" / "cache", 1 << 20)  # type: ignore[arg-type]
+    cache = FileCache(MemSource(), tmp_path / "new" / "cache", 1 << 20)
     cache.close()
     for p in (tmp_path / "new" / "cache", tmp_path / "new" / "cache" / "files"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o700

@@ -87,6 +87,7 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     and switches to it; open files keep their revision.  NAME@N or --revision N
     pins the mount (no following); so do cas exec's private per-job mounts.
     """
+    from casstore.client.follow import follow_policy
     from casstore.client.fuse.mount import canon, preflight, serve
     from casstore.client.selection import select
     from casstore.client.watchdog import owner_from_env
@@ -95,27 +96,22 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     preflight()
     cfg = load(config_path, required=True)
     store = _explicit_store(ctx, cfg)
+    policy = follow_policy(cfg, follow,
+                           pinned=revision is not None or parse_spec(release)[1] is not None,
+                           owned=bool(owner_from_env()), recording=record_access is not None)
     p = select(release, cfg, store, arch, revision)
-    pinned = revision is not None or parse_spec(release)[1] is not None
-    following = (cfg.follow if follow is None else follow) and not pinned \
-        and not owner_from_env() and record_access is None
-    if follow and pinned:
-        from casstore.errors import UsageError
-
-        raise UsageError("--follow with a pinned revision (NAME@N or --revision): "
-                         "a pinned mount never moves")
     info = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "mountpoint": str(canon(mountpoint)),
-            "offline": p.offline or None, "following": following}
-    info["source"] = str(p.source_path)
+            "offline": p.offline or None, "following": policy.follow,
+            "source": str(p.source_path)}
     ctx.emit(info, f"mounting {p.release.name} revision {p.release.revision} at "
                    f"{mountpoint} from {p.source_path} (variant: {p.level or 'none'}, "
                    f"{p.how})"
-                   + (f", following every {cfg.ttl:g} s" if following else "")
+                   + (f", following every {policy.ttl:g} s" if policy.follow else "")
                    + (f"\n{p.offline}" if p.offline else ""))
     record = record_access.resolve() if record_access else None  # the daemon cds to /
     serve(p, cfg, mountpoint, foreground, record_to=record, prefetch=not no_prefetch,
-          follow=following, arch=arch, fsname=fsname)
+          policy=policy, arch=arch, fsname=fsname)
 
 
 @command(cli, "umount")

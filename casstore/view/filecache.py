@@ -12,7 +12,7 @@ and is told a file's chunk layout by its caller (:mod:`casstore.view.vfs`); it k
 nothing of readers or trees.
 
 Trust (the daemon runs as root): the cache folder is not
-trusted.  It is created 0700 and the cache refuses to start (:class:`CacheUnsafe`)
+trusted.  It is created 0700 and the cache refuses to start (:class:`UnsafeFolder`)
 if it is not a directory of ours that others cannot write.  Verified bytes live
 only in a *private* file: created with ``O_EXCL | O_NOFOLLOW`` under a random
 name and unlinked at once, so no path leads to the inode readers are served
@@ -34,7 +34,6 @@ private copies are bounded by ``max_bytes``; least recently used copies go first
 from __future__ import annotations
 
 import bisect
-import contextlib
 import logging
 import os
 import signal
@@ -49,8 +48,8 @@ from typing import Protocol
 
 import blake3
 
-from casstore.errors import CacheUnsafe, CasError, FormatError
-from casstore.fileio.fsutil import private_dir_problem
+from casstore.errors import CasError, FormatError
+from casstore.fileio.fsutil import make_private_dir
 from casstore.format.objects import ObjectId, ObjType
 from casstore.format.trees import Entry, Kind, Storage
 from casstore.sources.base import ObjectSource
@@ -70,13 +69,8 @@ class Layout(Protocol):
 
 def secure_dir(path: Path) -> Path:
     """Create ``path`` 0700 if missing; refuse a folder others could write or own."""
-    with contextlib.suppress(FileExistsError):  # a FIFO or file there: refused below
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    problem = private_dir_problem(os.lstat(path), os.geteuid())
-    if problem:
-        raise CacheUnsafe(f"cache folder {path} {problem}; fix it (chown, chmod go-w) "
-                          "or choose another cache_dir")
-    return path
+    return make_private_dir(Path(path), "cache folder",
+                            "fix it (chown, chmod go-w) or choose another cache_dir")
 
 
 @dataclass
