@@ -75,7 +75,8 @@ def switch_fs(built: Built, sel: Selection,
     try:
         new.names(new.lookup("/"))  # decodes the root tree and the overlay's
     except CasError:
-        built.bad.forget([sel.release.root_id, *([sel.overlay] if sel.overlay else [])])
+        overlay = sel.release.variant_ids().get(sel.level) if sel.level else None
+        built.bad.forget([sel.release.root_id, *([overlay] if overlay else [])])
         raise
     return built.fs.switch(new, detach)
 
