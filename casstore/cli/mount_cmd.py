@@ -6,12 +6,16 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.client.config import ClientConfig, load
+
+if TYPE_CHECKING:
+    from casstore.client.selection import Selection
 
 CONFIG_HELP = "Client config TOML (default: $CAS_CONFIG, else /etc/casstore/client.toml)."
 
@@ -104,14 +108,19 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
             "variant_choice": p.how, "mountpoint": str(canon(mountpoint)),
             "offline": p.offline or None, "following": policy.follow,
             "source": str(p.source_path)}
-    ctx.emit(info, f"mounting {p.release.name} revision {p.release.revision} at "
-                   f"{mountpoint} from {p.source_path} (variant: {p.level or 'none'}, "
-                   f"{p.how})"
-                   + (f", following every {policy.ttl:g} s" if policy.follow else "")
-                   + (f"\n{p.offline}" if p.offline else ""))
+    ctx.emit(info, mounting_text(p, mountpoint, policy.ttl if policy.follow else None))
     record = record_access.resolve() if record_access else None  # the daemon cds to /
     serve(p, cfg, mountpoint, foreground, record_to=record, prefetch=not no_prefetch,
           policy=policy, arch=arch, fsname=fsname)
+
+
+def mounting_text(p: Selection, mountpoint: Path, follow_ttl: float | None) -> str:
+    """The line a mount prints: what is mounted where, from which source, and which
+    variant and why."""
+    return (f"mounting {p.release.name} revision {p.release.revision} at {mountpoint} "
+            f"from {p.source_path} (variant: {p.level or 'none'}, {p.how})"
+            + (f", following every {follow_ttl:g} s" if follow_ttl is not None else "")
+            + (f"\n{p.offline}" if p.offline else ""))
 
 
 @command(cli, "umount")
@@ -128,7 +137,7 @@ def umount(ctx: Ctx, mountpoint: Path, config_path: Path | None, lazy: bool) -> 
     but the daemon lives on; the message names what holds it (another mount
     namespace's copy of the mount and its PIDs, or open files after --lazy).
     """
-    from casstore.client.fuse.mount import unmount
+    from casstore.client.fuse.unmount import unmount
 
     pid = unmount(_config(config_path), mountpoint, lazy)
     ctx.emit({"unmounted": str(mountpoint), "daemon_pid": pid},
@@ -152,7 +161,7 @@ def status(ctx: Ctx, mountpoint: Path | None, config_path: Path | None, all_: bo
     left by a killed daemon: shown, never used), damaged (an unreadable file), or
     copy (a namespace's copy of a mount whose daemon runs in another namespace).
     """
-    from casstore.client.fuse.mount import read_status
+    from casstore.client.status import read_status
     from casstore.errors import UsageError
 
     if all_ == (mountpoint is not None):
@@ -243,7 +252,7 @@ def reload(ctx: Ctx, mountpoint: Path, config_path: Path | None, timeout: float)
     until the daemon reports a finished check.  Exit 56 if the mount does not
     follow (pinned), 57 if no check finished within --timeout.
     """
-    from casstore.client.fuse.mount import read_status
+    from casstore.client.status import read_status
     from casstore.errors import NotFollowing, ReloadTimeout
 
     cfg = _config(config_path)

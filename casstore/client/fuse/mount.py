@@ -30,7 +30,6 @@ import ctypes
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -40,18 +39,9 @@ from casstore.client.exporters import Exporters, mount_id
 from casstore.client.follow import PINNED, Follower, FollowPolicy
 from casstore.client.fuse.daemonlog import setup_logging
 from casstore.client.fuse.fastpath import fast_getattr_ok, fuse_class
+from casstore.client.fuse.unmount import unmount
 from casstore.client.fuse.wiring import Built, attach_metrics, build_fs, switch_fs
-from casstore.client.mounttable import (
-    CAS_FSTYPE,
-    canon,
-    fstype,
-    fuse_daemon,
-    is_mounted,
-    mount_dev,
-    mount_ns,
-    namespaces_holding,
-    open_on,
-)
+from casstore.client.mounttable import canon, is_mounted, mount_ns
 from casstore.client.selection import Selection
 from casstore.client.status import (
     StatusWriter,
@@ -59,10 +49,9 @@ from casstore.client.status import (
     prune_stale,
     read_status,
     status_path,
-    status_pid,
 )
 from casstore.client.watchdog import OWNER_ENV, OwnerWatchdog, alive, owner_from_env
-from casstore.errors import MountBusy, MountError, NotACasMount, UnmountIncomplete
+from casstore.errors import MountError
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 log = logging.getLogger(__name__)
@@ -277,6 +266,16 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
             built.replay.thread.join(timeout=10)
         spath.unlink(missing_ok=True)  # after the record: unmount() waits for this
     log.info("unmounted %s", mountpoint)
+    if not foreground:
+        _exit_daemon()
+
+
+def _exit_daemon() -> None:
+    """End a daemonised mount at once: its state is on disk and its files are closed,
+    and tearing down the interpreter's modules would only cost CPU (about 0.3 s on
+    a loaded node) after ``cas umount`` has returned, beside the next job."""
+    logging.shutdown()
+    os._exit(0)
 
 
 def _before_daemonising(p: Selection) -> None:
@@ -334,83 +333,3 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise MountError(f"mount point {mountpoint} is not a directory")
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point")
-
-
-def unmount(cfg: ClientConfig, mountpoint: Path, lazy: bool = False,
-            timeout: float = 10.0) -> int | None:
-    """Unmount a casstore mount and return once its daemon has exited (its PID, or
-    None if no daemon could be seen).  Anything that is not a casstore FUSE mount is
-    refused.
-
-    The daemon is found through the kernel, whatever config mounted it: the process
-    whose ``/dev/fuse`` descriptor serves the mount's connection (else the status
-    file's PID).  It exits only when no mount namespace holds the mount any more, so
-    if it still runs after ``timeout``, UnmountIncomplete names what holds it: the
-    other namespaces with a copy of the mount (and their processes), or, after a lazy
-    detach, the processes with files open on it."""
-    mountpoint = canon(mountpoint)
-    kind = fstype(mountpoint)
-    if kind is None:
-        raise MountError(f"{mountpoint} is not mounted")
-    if kind != CAS_FSTYPE:
-        raise NotACasMount(f"{mountpoint} is a {kind} mount, not a casstore mount; "
-                           "refusing to unmount it")
-    dev = mount_dev(mountpoint)
-    pid = (fuse_daemon(dev) if dev else None) or status_pid(cfg, mountpoint) or None
-    cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        why = res.stderr.strip()
-        if "busy" in why:
-            raise MountBusy(f"{mountpoint} is busy (files open or a working directory on "
-                            "it); close them, or detach now with 'cas umount --lazy' (the "
-                            "daemon then exits when the last one closes)")
-        raise MountError(f"unmount of {mountpoint} failed: {why}")
-    if not _exited(pid, timeout):
-        held = namespaces_holding(dev, mountpoint) if dev else {}
-        users = open_on(dev) if dev and lazy else []
-        # Nothing holds it: the daemon is only slow to finish (e.g. a server that
-        # stopped answering), so give it longer before calling it stuck.
-        if held or users or not _exited(pid, SHUTDOWN_S):
-            raise UnmountIncomplete(_still_held(mountpoint, pid, held, users))
-    return pid
-
-
-SHUTDOWN_S = 60.0  # how long a daemon nothing holds may take to exit
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a foreground daemon's parent may not have reaped it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return alive(pid)
-
-
-def _exited(pid: int | None, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while pid and _running(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _still_held(mountpoint: Path, pid: int, held: dict[str, tuple[str, list[int]]],
-                users: list[int]) -> str:
-    """Why the daemon ``pid`` of the mount still runs, for the user."""
-    head = f"{mountpoint} is unmounted here, but its daemon (pid {pid}) still runs: "
-    if held:
-        parts = [f"mount namespace {ns} has it at {where} (pids "
-                 f"{', '.join(map(str, pids[:8]))}{', ...' if len(pids) > 8 else ''})"
-                 for ns, (where, pids) in sorted(held.items())]
-        first_ns = sorted(held)[0]
-        return (head + "; ".join(parts) + f". Unmount it there (nsenter -t "
-                f"{held[first_ns][1][0]} -m umount {held[first_ns][0]}) or end those "
-                "processes; 'cas status --all' lists such copies")
-    if users:
-        return head + (f"files on it are still open (pids {', '.join(map(str, users[:8]))}); "
-                       "it exits when they are closed")
-    return head + (f"nothing holds the mount that this user can see, yet it has not "
-                   f"exited within {SHUTDOWN_S:g} s (see its log)")
