@@ -5,7 +5,11 @@ after the response has been sent, so the byte count and latency include the body
 (a middleware returns before a file body is sent).  Each app has its own
 registry, so several servers in one process (the tests) do not share counters.
 Route labels are the route patterns (``/objects/{xx}/{rest}``), never request
-text, so a scanner cannot blow up the number of series.
+text, so a scanner cannot blow up the number of series.  Requests that aiohttp's
+parser rejects (bad request line, too many headers, TLS bytes) never reach the app;
+they are counted under the route ``rejected``, so every answered request is counted.
+The exposition is Prometheus text format 0.0.4, the version docs/HTTP.md names and
+``promtool check metrics`` reads.
 """
 
 from __future__ import annotations
@@ -16,19 +20,22 @@ import os
 from aiohttp import web
 from aiohttp.web_log import AccessLogger
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     multiprocess,
 )
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 disable_created_metrics()
 
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-           10.0, 30.0)
+# A cached object or tarball is answered in tens to hundreds of microseconds: the
+# buckets start at 50 µs so that the histogram tells those apart.
+BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+           0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BUILD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class Metrics:
@@ -52,6 +59,34 @@ class Metrics:
         self._series: dict[tuple[str, str, int], tuple] = {}
         self.releases = Counter("cas_releases_accepted", "Release documents accepted by PUT",
                                 registry=self.registry)
+        self.refused = Counter("cas_http_connections_refused", "Connections closed at once "
+                               "(per-client or total connection cap reached)", ["reason"],
+                               registry=self.registry)
+        self._tarball = {kind: Counter(f"cas_pkg_tarball_{kind}", text, registry=self.registry)
+                         for kind, text in (
+                             ("hits", "Pkg tarball requests answered from the cache"),
+                             ("builds", "Pkg tarballs made and checked from the store"),
+                             ("evictions", "Cached Pkg tarballs removed to stay in bounds"),
+                             ("altered", "Cached Pkg tarballs found altered and rebuilt"))}
+        self._tarball_bytes = {kind: Counter(f"cas_pkg_tarball_{kind}_bytes", text,
+                                             registry=self.registry)
+                               for kind, text in (
+                                   ("builds", "Bytes of the Pkg tarballs made"),
+                                   ("evictions", "Bytes of the cached Pkg tarballs removed"))}
+        self.cache_bytes = Gauge("cas_pkg_tarball_cache_bytes", "Bytes in the tarball cache "
+                                 "as this process last saw it", registry=self.registry,
+                                 multiprocess_mode="max")
+        self.build_seconds = Histogram("cas_pkg_tarball_build_duration_seconds",
+                                       "Time to make and check one Pkg tarball",
+                                       buckets=BUILD_BUCKETS, registry=self.registry)
+
+    def tarball_event(self, kind: str, size: int) -> None:
+        """Called by the tarball cache (from any thread) for a hit, build, evict, alter."""
+        name = {"hit": "hits", "build": "builds", "evict": "evictions",
+                "altered": "altered"}[kind]
+        self._tarball[name].inc()
+        if name in self._tarball_bytes:
+            self._tarball_bytes[name].inc(size)
 
     def record(self, request: web.BaseRequest, response: web.StreamResponse,
                seconds: float) -> None:
@@ -88,26 +123,39 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
 def _route(request: web.BaseRequest) -> str:
-    match = getattr(request, "match_info", None)
-    route = getattr(match, "route", None)
-    resource = getattr(route, "resource", None)
+    """The route pattern; ``rejected`` for a request the parser refused (it was never
+    routed), ``unmatched`` for one outside every route."""
+    match = request.get(MATCH_KEY)
+    if match is None:
+        try:
+            match = request.match_info  # type: ignore[attr-defined]
+        except (AssertionError, AttributeError):  # never routed
+            match = None
+    if match is None:
+        return "rejected"
+    resource = getattr(match.route, "resource", None)
     if resource is None:
         return "unmatched"
     return resource.canonical
 
 
+MATCH_KEY = "cas_match"  # a request re-routed after path normalisation keeps its match here
+
+
 class MetricsAccessLogger(AccessLogger):
-    """Records every answered request in the app's metrics; logs it too when the
+    """Records every answered request in the metrics of the runner's app (requests
+    the parser rejected have no app of their own); logs it too when the
     ``aiohttp.access`` logger is enabled for INFO (``cas serve --access-log``)."""
+
+    metrics: Metrics | None = None  # set on the subclass made for each runner
 
     @property
     def enabled(self) -> bool:
         return True
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        app = getattr(request, "app", None)
-        if app is not None and METRICS in app:
-            app[METRICS].record(request, response, time)
+        if self.metrics is not None:
+            self.metrics.record(request, response, time)
         if self.logger.isEnabledFor(logging.INFO):
             super().log(request, response, time)
 
@@ -119,7 +167,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     else:
         registry = request.app[METRICS].registry
     body = generate_latest(registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST,
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4,
                                             "Cache-Control": "no-store"})
 
 
@@ -130,8 +178,32 @@ def add_metrics(app: web.Application) -> Metrics:
     return metrics
 
 
-def make_runner(app: web.Application, access_log: bool = False) -> web.AppRunner:
-    """An AppRunner whose access logger feeds ``/metrics`` (and logs if asked)."""
+KEEPALIVE_TIMEOUT = 15.0  # s: an idle connection, or one that has not sent whole headers
+
+
+def make_runner(app: web.Application, access_log: bool = False,
+                keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                shutdown_timeout: float = 60.0) -> web.AppRunner:
+    """An AppRunner whose access logger feeds ``/metrics`` (and logs if asked).
+
+    aiohttp arms the keep-alive timer when a connection opens and after each response,
+    and only a complete request head stops it, so ``keepalive_timeout`` is also the
+    deadline for sending the headers: a silent or dribbling client is closed then.
+    """
     logger = logging.getLogger("aiohttp.access")
     logger.setLevel(logging.INFO if access_log else logging.WARNING)
-    return web.AppRunner(app, access_log_class=MetricsAccessLogger, access_log=logger)
+    logging.getLogger("aiohttp.server").addFilter(_one_line)
+    counted = type("AppAccessLogger", (MetricsAccessLogger,), {"metrics": app.get(METRICS)})
+    return web.AppRunner(app, access_log_class=counted, access_log=logger,
+                         keepalive_timeout=keepalive_timeout, shutdown_timeout=shutdown_timeout)
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """aiohttp logs a traceback for each request its parser rejects: keep one line."""
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {str(exc)[:200]!r}"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+    return True

@@ -14,6 +14,7 @@ from aiohttp import web
 from casstore.errors import StoreError
 from casstore.format.names import check_ref_name
 from casstore.format.objects import ObjectId
+from casstore.server.metrics import MATCH_KEY
 
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
 _HEX62 = re.compile(r"^[0-9a-f]{62}$")
@@ -48,3 +49,8 @@ def parse_revision_file(file: str) -> int:
     if not m or int(m.group(1)) < 1:
         raise BadRequest("malformed release file name (12 digits, then .release)")
     return int(m.group(1))
+
+
+def params(request: web.Request) -> dict[str, str]:
+    """The path parameters, also of a request routed after merging slashes."""
+    return request.get(MATCH_KEY) or request.match_info

@@ -30,7 +30,14 @@ from casstore.format.layout import (
 )
 from casstore.server.filesend import file_response, open_checked
 from casstore.server.httpcache import IMMUTABLE, REVALIDATE, cache_control, http_date, not_modified
-from casstore.server.params import BadRequest, parse_name, parse_oid, parse_revision_file, text
+from casstore.server.params import (
+    BadRequest,
+    params,
+    parse_name,
+    parse_oid,
+    parse_revision_file,
+    text,
+)
 from casstore.server.storeservice import STORE, StoreService
 
 log = logging.getLogger(__name__)
@@ -40,7 +47,7 @@ _OBJECT_404 = {"Cache-Control": "public, max-age=10"}
 
 async def get_object(request: web.Request) -> web.StreamResponse:
     try:
-        oid = parse_oid(request.match_info["xx"], request.match_info["rest"])
+        oid = parse_oid(params(request)["xx"], params(request)["rest"])
     except BadRequest as exc:
         return text(400, str(exc))
     svc: StoreService = request.app[STORE]
@@ -86,8 +93,8 @@ async def get_names_index(request: web.Request) -> web.StreamResponse:
 
 async def get_release_file(request: web.Request) -> web.StreamResponse:
     try:
-        name = parse_name(request.match_info["name"])
-        file = request.match_info["file"]
+        name = parse_name(params(request)["name"])
+        file = params(request)["file"]
         if file == "_index.json":
             return small_file(request, revisions_index_relpath(name), MAX_RELEASE_INDEX,
                               REVALIDATE, "application/json")
@@ -100,7 +107,7 @@ async def get_release_file(request: web.Request) -> web.StreamResponse:
 
 async def get_ref(request: web.Request) -> web.StreamResponse:
     try:
-        name = parse_name(request.match_info["name"])
+        name = parse_name(params(request)["name"])
     except BadRequest as exc:
         return text(400, str(exc))
     return small_file(request, ref_relpath(name), MAX_REF, request.app[STORE].cfg.max_age,

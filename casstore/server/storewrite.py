@@ -18,7 +18,14 @@ from casstore.errors import CasError, ObjectCorrupt, TokenError
 from casstore.format.layout import MAX_BATCH, MAX_RELEASE_DOC
 from casstore.format.objects import ObjectId
 from casstore.server.metrics import METRICS
-from casstore.server.params import BadRequest, parse_name, parse_oid, parse_revision_file, text
+from casstore.server.params import (
+    BadRequest,
+    params,
+    parse_name,
+    parse_oid,
+    parse_revision_file,
+    text,
+)
 from casstore.server.storeservice import STORE, Refused, StoreService
 
 log = logging.getLogger(__name__)
@@ -96,7 +103,7 @@ async def post_missing(request: web.Request) -> web.Response:
 
 async def put_object(request: web.Request) -> web.Response:
     try:
-        oid = parse_oid(request.match_info["xx"], request.match_info["rest"])
+        oid = parse_oid(params(request)["xx"], params(request)["rest"])
     except BadRequest as exc:
         return text(400, str(exc))
     if (denied := authorize(request)) is not None:
@@ -123,8 +130,8 @@ async def put_object(request: web.Request) -> web.Response:
 
 async def put_release(request: web.Request) -> web.Response:
     try:
-        name = parse_name(request.match_info["name"])
-        rev = parse_revision_file(request.match_info["file"])
+        name = parse_name(params(request)["name"])
+        rev = parse_revision_file(params(request)["file"])
     except BadRequest as exc:
         return text(400, str(exc))
     if (denied := authorize(request)) is not None:
