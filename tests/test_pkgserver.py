@@ -196,6 +196,45 @@ def test_altered_cached_tarball_is_rebuilt_not_served(built: dict, tmp_path: Pat
     assert "was altered on disk" in caplog.text
 
 
+def test_planted_fifo_or_symlink_at_a_cached_name_is_rebuilt(built: dict, tmp_path: Path,
+                                                             caplog) -> None:
+    url = f"/package/{DF['uuid']}/{DF['tree_sha1']}"
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(b"not a tarball")
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c")) as srv:
+        good = http(srv.url + url)[2]
+        for plant in (os.mkfifo, lambda p: p.symlink_to(decoy)):
+            [cached] = list((tmp_path / "c").iterdir())
+            cached.unlink()
+            plant(cached)
+            code, _h, body = http(srv.url + url)  # a hang fails on urllib's timeout
+            assert (code, body) == (200, good)
+            assert cached.is_file() and not cached.is_symlink()
+        builds = srv.app[PKG].cache.builds
+    assert builds == 3
+    assert "not a regular file" in caplog.text
+
+
+def test_tarball_conditional_requests_range_and_metrics(built: dict, tmp_path: Path) -> None:
+    url = f"/package/{DF['uuid']}/{DF['tree_sha1']}"
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c")) as srv:
+        _s, h, body = serve_helpers.raw(srv.url, "GET", url)
+        etag, modified = h["etag"], h["last-modified"]
+        assert etag == f'"{DF["tree_sha1"]}"'
+        s304, h304, b304 = serve_helpers.raw(srv.url, "GET", url, headers={"If-None-Match": etag})
+        s_ims = serve_helpers.raw(srv.url, "GET", url, headers={"If-Modified-Since": modified})[0]
+        s206, h206, b206 = serve_helpers.raw(srv.url, "GET", url, headers={"Range": "bytes=10-19"})
+        s_head, h_head, b_head = serve_helpers.raw(srv.url, "HEAD", url)
+        hits = serve_helpers.metric(srv.url, "cas_pkg_tarball_hits_total")
+        builds = serve_helpers.metric(srv.url, "cas_pkg_tarball_builds_total")
+        built_bytes = serve_helpers.metric(srv.url, "cas_pkg_tarball_builds_bytes_total")
+    assert (s304, b304, h304["etag"]) == (304, b"", etag)
+    assert s_ims == 304
+    assert (s206, b206, h206["content-range"]) == (206, body[10:20], f"bytes 10-19/{len(body)}")
+    assert (s_head, b_head, int(h_head["content-length"])) == (200, b"", len(body))
+    assert (builds, built_bytes, hits) == (1, len(body), 4)
+
+
 def _corrupt_first_pack(store: Path, tree: ObjectId) -> None:
     reader = TreeReader(Store.open(store))
     for _path, e in reader.walk(root_entry(tree)):

@@ -83,10 +83,14 @@ def serve() -> None:
               type=click.IntRange(1, 1 << 20),
               help="Open connections one client address may hold (per worker); more are "
                    "closed at once.")
+@click.option("--idle-timeout", default=15.0, show_default=True,
+              type=click.FloatRange(0.5, 3600),
+              help="Seconds a connection may stay idle, or take to send a request's headers.")
 @pass_ctx
 def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
         registries: tuple[str, ...], cache_dir: Path | None, cache_size: str, max_age: int,
-        tokens: Path | None, access_log: bool, workers: int | None, per_client: int) -> None:
+        tokens: Path | None, access_log: bool, workers: int | None, per_client: int,
+        idle_timeout: float) -> None:
     """Serve STORE (see `cas serve --help` and docs/HTTP.md)."""
     from casstore.server import workers as wk
 
@@ -129,8 +133,9 @@ def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
         click.echo(f"cas serve: listening on {wk.address(sock)}")
         sys.stdout.flush()
 
+    limits = wk.Limits(per_client=per_client, idle_timeout=idle_timeout)
     if not wk.serve(make_app, sock, workers, access_log, _loop_factory(), ready, metrics_dir,
-                    per_client):
+                    limits):
         raise ServeError("worker processes kept dying at start; the server stopped")
 
 

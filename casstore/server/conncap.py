@@ -7,7 +7,11 @@ here: a connection past its client's cap, or past the total cap (kept below the
 descriptor limit so that accepting, logging and opening files keep working), is
 closed at once; the others are handed to aiohttp's own protocol unchanged.  Slow
 clients are closed by aiohttp's keep-alive timer, which also bounds the time to
-send a request head (see :func:`casstore.server.metrics.make_runner`).
+send a request head (see :func:`casstore.server.metrics.handler_args`).
+
+Connections are served by :class:`QuietHandler`, aiohttp's handler whose answer to a
+request its parser rejects is the status line's phrase only: aiohttp's own echoes the
+offending request text, body included, back in the error page.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import logging
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
+
+from aiohttp import web
 
 log = logging.getLogger(__name__)
 FD_RESERVE = 256  # descriptors kept for the store, the log, the tarball cache
@@ -106,3 +113,20 @@ class CappedProtocol(asyncio.Protocol):
 def capped(caps: Caps, make: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
     """A protocol factory for ``loop.create_server`` that applies ``caps``."""
     return lambda: CappedProtocol(caps, make)
+
+
+class QuietHandler(web.RequestHandler):
+    """aiohttp's connection handler; parser errors answer without echoing the request."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status != HTTPStatus.INTERNAL_SERVER_ERROR:
+            message = f"{status} {HTTPStatus(status).phrase}\n"
+        return super().handle_error(request, status, exc, message)
+
+
+def handler_factory(server: web.Server, loop: asyncio.AbstractEventLoop,
+                    args: dict) -> Callable[[], asyncio.Protocol]:
+    """Makes a :class:`QuietHandler` per connection for ``server`` (an AppRunner's)."""
+    return lambda: QuietHandler(server, loop=loop, **args)

@@ -18,6 +18,7 @@ import logging
 import os
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_log import AccessLogger
 from prometheus_client import (
     CollectorRegistry,
@@ -181,10 +182,10 @@ def add_metrics(app: web.Application) -> Metrics:
 KEEPALIVE_TIMEOUT = 15.0  # s: an idle connection, or one that has not sent whole headers
 
 
-def make_runner(app: web.Application, access_log: bool = False,
-                keepalive_timeout: float = KEEPALIVE_TIMEOUT,
-                shutdown_timeout: float = 60.0) -> web.AppRunner:
-    """An AppRunner whose access logger feeds ``/metrics`` (and logs if asked).
+def handler_args(app: web.Application, access_log: bool = False,
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> dict:
+    """The connection handler's settings: an access logger feeding the app's
+    ``/metrics`` (and logging if asked), and the keep-alive deadline.
 
     aiohttp arms the keep-alive timer when a connection opens and after each response,
     and only a complete request head stops it, so ``keepalive_timeout`` is also the
@@ -194,15 +195,28 @@ def make_runner(app: web.Application, access_log: bool = False,
     logger.setLevel(logging.INFO if access_log else logging.WARNING)
     logging.getLogger("aiohttp.server").addFilter(_one_line)
     counted = type("AppAccessLogger", (MetricsAccessLogger,), {"metrics": app.get(METRICS)})
-    return web.AppRunner(app, access_log_class=counted, access_log=logger,
-                         keepalive_timeout=keepalive_timeout, shutdown_timeout=shutdown_timeout)
+    return {"access_log_class": counted, "access_log": logger,
+            "keepalive_timeout": keepalive_timeout}
+
+
+def make_runner(app: web.Application, access_log: bool = False,
+                keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                shutdown_timeout: float = 60.0) -> web.AppRunner:
+    """An AppRunner with :func:`handler_args`."""
+    return web.AppRunner(app, shutdown_timeout=shutdown_timeout,
+                         **handler_args(app, access_log, keepalive_timeout))
 
 
 def _one_line(record: logging.LogRecord) -> bool:
-    """aiohttp logs a traceback for each request its parser rejects: keep one line."""
+    """aiohttp logs a traceback, with the request text, for each request its parser
+    rejects: keep one line naming the error (a warning: the client's fault)."""
     if record.exc_info and record.exc_info[1] is not None:
         exc = record.exc_info[1]
-        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {str(exc)[:200]!r}"
+        text = str(getattr(exc, "message", "") or exc).strip()
+        first = text.splitlines()[0] if text else ""
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {first[:120]}"
         record.args = None
         record.exc_info = None
         record.exc_text = None

@@ -262,7 +262,7 @@ async def _content(request: web.Request, kind: str, uuid: str, sha1: str) -> web
         log.error("cannot make the tarball of %s %s: %s", kind, sha1, exc)
         return _failed(500, "cannot make the tarball")
     svc.remember(kind, uuid, sha1, tree)
-    opened = svc.cache.open_verified(key)
+    opened = svc.cache.open_verified(key, count=False)
     if opened is None:  # altered or evicted between the build and now
         return _failed(503, "busy, retry", **{"Retry-After": "1"})
     return _send(request, sha1, *opened)

@@ -127,10 +127,11 @@ class TarballCache:
             return None
         return fd, st
 
-    def open_verified(self, key: Key) -> tuple[int, os.stat_result] | None:
+    def open_verified(self, key: Key, count: bool = True) -> tuple[int, os.stat_result] | None:
         """An open descriptor of the cached tarball of ``key`` when it is known intact
         (checked before, unchanged since): no hashing, safe to call from the event loop.
-        None when it must be built or checked first (:meth:`get`)."""
+        None when it must be built or checked first (:meth:`get`).  ``count``: report
+        a hit (not when :meth:`get` just reported the build or hit)."""
         with self._lock:
             c = self._lru.get(key)
             if c is not None:
@@ -142,7 +143,8 @@ class TarballCache:
             return None
         fd, st = opened
         if self._verified.get(c.path) == _state(st) and st.st_size == c.size:
-            self.event("hit", st.st_size)
+            if count:
+                self.event("hit", st.st_size)
             return fd, st
         os.close(fd)
         return None

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -40,6 +41,14 @@ GRACE = 3.0  # s for requests in flight after SIGTERM
 STOP_DEADLINE = 4.5  # s after SIGTERM when a process ends regardless
 CRASH_WINDOW = 5.0  # s: a worker dying this soon after its start counts as a crash loop
 MAX_QUICK_DEATHS = 5
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-worker connection limits (see :mod:`casstore.server.conncap`)."""
+
+    per_client: int = 256  # open connections of one client address
+    idle_timeout: float = 15.0  # s idle, or to send a request head
 
 
 def default_workers() -> int:
@@ -84,17 +93,20 @@ def _hard_deadline() -> None:
 
 
 async def _worker(make_app: Callable[[], web.Application], sock: socket.socket,
-                  access_log: bool, per_client: int) -> None:
-    from casstore.server.conncap import Caps, capped
-    from casstore.server.metrics import METRICS, make_runner
+                  access_log: bool, limits: Limits) -> None:
+    from casstore.server.conncap import Caps, capped, handler_factory
+    from casstore.server.metrics import METRICS, handler_args
 
     app = make_app()
-    runner = make_runner(app, access_log, shutdown_timeout=GRACE)
+    args = handler_args(app, access_log, limits.idle_timeout)
+    runner = web.AppRunner(app, shutdown_timeout=GRACE, **args)
     await runner.setup()
     metrics = app[METRICS]
-    caps = Caps(per_client=per_client, refused=lambda why: metrics.refused.labels(why).inc())
+    caps = Caps(per_client=limits.per_client, refused=lambda why: metrics.refused.labels(why).inc())
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(capped(caps, runner.server), sock=sock,
+    assert runner.server is not None  # set by setup()
+    make = handler_factory(runner.server, loop, args)
+    server = await loop.create_server(capped(caps, make), sock=sock,
                                       backlog=4096)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -111,13 +123,13 @@ async def _worker(make_app: Callable[[], web.Application], sock: socket.socket,
 
 
 def run_worker(make_app: Callable[[], web.Application], sock: socket.socket, access_log: bool,
-               loop_factory: Callable | None, per_client: int) -> None:
+               loop_factory: Callable | None, limits: Limits) -> None:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_worker(make_app, sock, access_log, per_client))
+        runner.run(_worker(make_app, sock, access_log, limits))
 
 
 def _fork_worker(make_app: Callable[[], web.Application], sock: socket.socket,
-                 access_log: bool, loop_factory: Callable | None, per_client: int) -> int:
+                 access_log: bool, loop_factory: Callable | None, limits: Limits) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -125,7 +137,7 @@ def _fork_worker(make_app: Callable[[], web.Application], sock: socket.socket,
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        run_worker(make_app, sock, access_log, loop_factory, per_client)
+        run_worker(make_app, sock, access_log, loop_factory, limits)
     except BaseException:  # noqa: BLE001 - logged by the worker's loggers
         code = 1
     finally:
@@ -135,11 +147,12 @@ def _fork_worker(make_app: Callable[[], web.Application], sock: socket.socket,
 
 def serve(make_app: Callable[[], web.Application], sock: socket.socket, workers: int,
           access_log: bool, loop_factory: Callable | None, ready: Callable[[], None],
-          metrics_dir: str | None, per_client: int = 256) -> bool:
+          metrics_dir: str | None, limits: Limits | None = None) -> bool:
     """Serve until SIGTERM or SIGINT; False if it stopped because workers kept dying."""
+    limits = limits or Limits()
     if workers <= 1:
         ready()
-        run_worker(make_app, sock, access_log, loop_factory, per_client)
+        run_worker(make_app, sock, access_log, loop_factory, limits)
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(0)  # never wait on a thread stuck in a read (see _hard_deadline)
@@ -149,7 +162,7 @@ def serve(make_app: Callable[[], web.Application], sock: socket.socket, workers:
     quick_deaths: list[float] = []
 
     def start_one() -> None:
-        pid = _fork_worker(make_app, sock, access_log, loop_factory, per_client)
+        pid = _fork_worker(make_app, sock, access_log, loop_factory, limits)
         children[pid] = time.monotonic()
 
     try:
