@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from email.utils import formatdate
+from functools import lru_cache
 
 from aiohttp import hdrs, web
 
@@ -26,7 +27,12 @@ def cache_control(max_age: int) -> str:
 
 def http_date(seconds: float) -> str:
     """An IMF-fixdate (``Last-Modified``)."""
-    return formatdate(int(seconds), usegmt=True)
+    return _http_date(int(seconds))
+
+
+@lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    return formatdate(seconds, usegmt=True)
 
 
 def etag_matches(header: str | None, etag: str) -> bool:

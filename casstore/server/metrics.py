@@ -126,14 +126,12 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 def _route(request: web.BaseRequest) -> str:
     """The route pattern; ``rejected`` for a request the parser refused (it was never
     routed), ``unmatched`` for one outside every route."""
-    match = request.get(MATCH_KEY)
-    if match is None:
-        try:
-            match = request.match_info  # type: ignore[attr-defined]
-        except (AssertionError, AttributeError):  # never routed
-            match = None
-    if match is None:
+    try:
+        match = request.match_info  # type: ignore[attr-defined]
+    except (AssertionError, AttributeError):  # never routed
         return "rejected"
+    if match.http_exception is not None:
+        match = request.get(MATCH_KEY, match)  # routed after merging slashes
     resource = getattr(match.route, "resource", None)
     if resource is None:
         return "unmatched"

@@ -52,5 +52,7 @@ def parse_revision_file(file: str) -> int:
 
 
 def params(request: web.Request) -> dict[str, str]:
-    """The path parameters, also of a request routed after merging slashes."""
-    return request.get(MATCH_KEY) or request.match_info
+    """The path parameters, also of a request routed after merging slashes (whose own
+    match is the 404 one)."""
+    match = request.match_info
+    return match if match.http_exception is None else request[MATCH_KEY]
