@@ -235,6 +235,19 @@ def test_tarball_conditional_requests_range_and_metrics(built: dict, tmp_path: P
     assert (builds, built_bytes, hits) == (1, len(body), 4)
 
 
+def test_slow_build_answers_503_then_serves_the_finished_tarball(built: dict,
+                                                                tmp_path: Path) -> None:
+    url = f"/package/{DF['uuid']}/{DF['tree_sha1']}"
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c", build_timeout=0.001)) as srv:
+        code, headers, _b = http(srv.url + url)
+        deadline = time.monotonic() + 120
+        while srv.app[PKG].cache.builds == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        again = http(srv.url + url)[0]
+    assert (code, headers.get("Retry-After")) == (503, "10")
+    assert again == 200
+
+
 def _corrupt_first_pack(store: Path, tree: ObjectId) -> None:
     reader = TreeReader(Store.open(store))
     for _path, e in reader.walk(root_entry(tree)):

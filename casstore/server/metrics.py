@@ -14,8 +14,10 @@ The exposition is Prometheus text format 0.0.4, the version docs/HTTP.md names a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from bisect import bisect_left
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -61,6 +63,8 @@ class Metrics:
         self.uploaded_bytes = Counter("cas_objects_received_bytes", "Stored bytes of the "
                                       "objects received by PUT", registry=self.registry)
         self._series: dict[tuple[str, str, int], tuple] = {}
+        self._pending: dict[tuple[str, str, int], list] = {}
+        self._flush_soon = False
         self.releases = Counter("cas_releases_accepted", "Release documents accepted by PUT",
                                 registry=self.registry)
         self.refused = Counter("cas_http_connections_refused", "Connections closed at once "
@@ -84,32 +88,86 @@ class Metrics:
                                        "Time to make and check one Pkg tarball",
                                        buckets=BUILD_BUCKETS, registry=self.registry)
 
-    def tarball_event(self, kind: str, size: int) -> None:
-        """Called by the tarball cache (from any thread) for a hit, build, evict, alter."""
+    def tarball_event(self, kind: str, value: float) -> None:
+        """Called by the tarball cache (from any thread): a hit, build, evict or altered
+        file with its size, a build's ``build_seconds``, or the cache's ``total`` bytes."""
+        if kind == "total":
+            self.cache_bytes.set(value)
+            return
+        if kind == "build_seconds":
+            self.build_seconds.observe(value)
+            return
         name = {"hit": "hits", "build": "builds", "evict": "evictions",
                 "altered": "altered"}[kind]
         self._tarball[name].inc()
         if name in self._tarball_bytes:
-            self._tarball_bytes[name].inc(size)
+            self._tarball_bytes[name].inc(value)
 
     def record(self, request: web.BaseRequest, response: web.StreamResponse,
                seconds: float) -> None:
-        route, status = _route(request), response.status
-        key = (route, request.method, status)
+        """Count one answered request.  Added up here and handed to prometheus-client
+        once per event-loop pass (:meth:`flush`): its updates are locked, and in
+        multiprocess mode written to a shared file, about 20-30 µs per request when
+        done one by one, which is a third of a small object's whole cost."""
+        key = (_route(request), request.method, response.status)
+        p = self._pending.get(key)
+        if p is None:
+            p = self._pending[key] = [0, 0, 0.0, [0] * (len(BUCKETS) + 1)]
+        p[0] += 1
+        p[1] += body_bytes(request, response)
+        p[2] += seconds
+        p[3][bisect_left(BUCKETS, seconds)] += 1
+        if not self._flush_soon:
+            self._flush_soon = True
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (never in the server): now
+                self.flush()
+
+    def flush(self) -> None:
+        """Hand the requests counted since the last pass to prometheus-client."""
+        pending, self._pending, self._flush_soon = self._pending, {}, False
+        for key, (n, nbytes, total, buckets) in pending.items():
+            requests, sent, errors, latency = self._series_of(key)
+            requests.inc(n)
+            sent.inc(nbytes)
+            if errors is not None:
+                errors.inc(n)
+            _observe_many(latency, buckets, total)
+
+    def _series_of(self, key: tuple[str, str, int]) -> tuple:
+        """The labelled children of a (route, method, status); ``.labels()`` is a locked
+        lookup, so once per label set."""
         series = self._series.get(key)
-        if series is None:  # .labels() is a locked lookup: once per label set, not per request
+        if series is None:
+            route, method, status = key
             kind = "server" if status >= 500 else "client"
             series = self._series[key] = (
-                self.requests.labels(route, request.method, str(status)),
+                self.requests.labels(route, method, str(status)),
                 self.bytes_sent.labels(route),
                 self.errors.labels(route, kind) if status >= 400 else None,
                 self.latency.labels(route))
-        requests, sent, errors, latency = series
-        requests.inc()
-        sent.inc(body_bytes(request, response))
-        if errors is not None:
-            errors.inc()
-        latency.observe(seconds)
+        return series
+
+
+def _observe_many(child: Histogram, counts: list[int], total: float) -> None:
+    """Add per-bucket counts and their sum to a histogram child at once.
+
+    prometheus-client has no public bulk observe, so this adds to the child's bucket
+    and sum values (``_buckets``, ``_sum``: stable for years, and pyproject pins the
+    minor version).  Without them it falls back to one ``observe`` per request at
+    the bucket's bound (the sum is then approximate).
+    """
+    buckets, acc = getattr(child, "_buckets", None), getattr(child, "_sum", None)
+    if buckets is None or acc is None or len(buckets) != len(counts):
+        for bound, n in zip((*BUCKETS, BUCKETS[-1] * 2), counts, strict=True):
+            for _ in range(n):
+                child.observe(bound)
+        return
+    acc.inc(total)
+    for value, n in zip(buckets, counts, strict=True):
+        if n:
+            value.inc(n)
 
 
 def body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
@@ -168,6 +226,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = request.app[METRICS].registry
+    request.app[METRICS].flush()
     body = generate_latest(registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE,
                                             "Cache-Control": "no-store"})

@@ -99,8 +99,15 @@ class PkgService:
             fut = asyncio.ensure_future(loop.run_in_executor(self.pool, lambda: self.cache.get(
                 self.reader, tree, sha1, check=self.cfg.check_tree_hash)))
             self._builds[key] = fut
-            fut.add_done_callback(lambda _f: self._builds.pop(key, None))
+            fut.add_done_callback(lambda f: self._built(key, f))
         await asyncio.wait_for(asyncio.shield(fut), self.cfg.build_timeout)
+
+    def _built(self, key: tuple[str, str], fut: asyncio.Future) -> None:
+        """Forget a finished build; its error was answered to whoever still waited (a
+        build all waiters gave up on logs its error here, once)."""
+        self._builds.pop(key, None)
+        if not fut.cancelled() and (exc := fut.exception()) is not None:
+            log.debug("tarball build for %s ended: %s", key[1], exc)
 
     # -- releases ----------------------------------------------------------------
     def _names(self) -> list[str]:
@@ -245,6 +252,10 @@ async def _content(request: web.Request, kind: str, uuid: str, sha1: str) -> web
     key = (tree.hex, sha1)
     if key in svc.mismatched:  # content never changes: refuse again without rebuilding
         return _failed(500, "content does not match its hash")
+    opened = svc.cache.open_verified(key)  # made and checked already (another request)
+    if opened is not None:
+        svc.remember(kind, uuid, sha1, tree)
+        return _send(request, sha1, *opened)
     try:
         await svc.build(tree, sha1)
     except TimeoutError:

@@ -24,6 +24,7 @@ import re
 import stat
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 _NAME_RE = re.compile(r"^([0-9a-f]{64})-([0-9a-f]{40})-([0-9a-f]{64})\.tar\.gz$")
 Key = tuple[str, str]  # (store tree hex, git tree sha1)
 MAX_TARBALL = 64 << 30  # a sanity bound on a cached file, far above any package
-Event = Callable[[str, int], None]  # ("hit" | "build" | "evict" | "altered", bytes)
+# ("hit" | "build" | "evict" | "altered", bytes), ("build_seconds", s), ("total", bytes)
+Event = Callable[[str, float], None]
 
 
 @dataclass
@@ -70,7 +72,8 @@ class TarballCache:
     """Thread-safe; builds run in the caller's thread (the server uses a pool).
 
     ``event`` (if given) is told of every hit, build, eviction and altered file, with
-    the file's size, for the server's metrics.
+    the file's size, of each build's duration and of the folder's total after a build,
+    for the server's metrics.
     """
 
     def __init__(self, folder: Path, max_bytes: int, event: Event | None = None) -> None:
@@ -185,6 +188,7 @@ class TarballCache:
         return True
 
     def _build(self, reader: TreeReader, tree: ObjectId, sha1: str, check: bool) -> Cached:
+        started = time.monotonic()
         fd, name = tempfile.mkstemp(prefix=f"tmp-{tree.hex[:16]}-", dir=self.folder)
         tmp = Path(name)
         try:
@@ -210,7 +214,10 @@ class TarballCache:
             self._verified[final] = _state(st)
             self._lru[(tree.hex, sha1)] = c
             self._evict()
+            total = self.total
         self.event("build", c.size)
+        self.event("build_seconds", time.monotonic() - started)
+        self.event("total", total)
         return c
 
     def _evict(self) -> None:
