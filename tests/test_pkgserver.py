@@ -286,10 +286,14 @@ def test_cache_is_bounded_lru_and_survives_restart(built: dict, tmp_path: Path) 
     assert len(os.pread(fd, st.st_size + 1, 0)) == st.st_size
     os.close(fd)
 
-    (folder / "tmp-1-2-3").write_bytes(b"half a tarball")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid no process has now
+    (folder / f"tmp-{dead.pid}-2-3").write_bytes(b"half a tarball of a dead build")
+    (folder / f"tmp-{os.getpid()}-4-5").write_bytes(b"a build in progress (another worker)")
     restarted = TarballCache(folder, 1 << 30)
     assert restarted.get(reader, df_tree, DF["tree_sha1"]).path.read_bytes() == first
-    assert restarted.builds == 0 and not (folder / "tmp-1-2-3").exists()
+    assert restarted.builds == 0 and not (folder / f"tmp-{dead.pid}-2-3").exists()
+    assert (folder / f"tmp-{os.getpid()}-4-5").exists()
 
 
 def test_corrupt_store_object_gives_500_and_nothing_cached(built: dict, tmp_path: Path,
@@ -355,6 +359,18 @@ def test_cas_serve_process_serves_and_stops_on_sigterm(built: dict, tmp_path: Pa
         assert http(srv.url + "/registries", "POST")[0] == 405
     assert srv.proc.returncode == 0
     assert "serving registry-General@1" in (tmp_path / "log").read_text()
+
+
+def test_two_workers_share_a_cold_cache(built: dict, tmp_path: Path) -> None:
+    """Workers start together on one empty cache folder: one worker's start-up scan
+    must not remove the temporary file of another's build in progress."""
+    srv = ProcessServer(built["store"], built["pub"], tmp_path / "c", tmp_path / "log")
+    srv.args += ["--workers", "2"]
+    with srv:
+        codes = [http(f"{srv.url}/package/{p['uuid']}/{p['tree_sha1']}")[0]
+                 for name, p in packages().items() if name != HELD_BACK]
+    assert codes == [200] * len(codes)
+    assert "Traceback" not in (tmp_path / "log").read_text()
 
 
 def test_cas_serve_needs_a_trusted_key_and_a_valid_listen(built: dict) -> None:

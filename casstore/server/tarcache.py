@@ -93,7 +93,8 @@ class TarballCache:
         for name in os.listdir(self.folder):
             path = self.folder / name
             if name.startswith("tmp-"):
-                path.unlink(missing_ok=True)  # a build that died half way
+                if _abandoned(path):
+                    path.unlink(missing_ok=True)  # a build that died half way
                 continue
             m = _NAME_RE.match(name)
             if not m:
@@ -163,6 +164,9 @@ class TarballCache:
             if self._intact(c):
                 self.event("hit", c.size)
                 return c
+            if not os.path.lexists(c.path):  # evicted by another worker sharing the folder
+                self._drop(key)
+                return self._build(reader, tree, sha1, check)
             log.error("cached tarball %s was altered on disk; rebuilding it from the store",
                       c.path.name)
             self.event("altered", c.size)
@@ -189,7 +193,8 @@ class TarballCache:
 
     def _build(self, reader: TreeReader, tree: ObjectId, sha1: str, check: bool) -> Cached:
         started = time.monotonic()
-        fd, name = tempfile.mkstemp(prefix=f"tmp-{tree.hex[:16]}-", dir=self.folder)
+        fd, name = tempfile.mkstemp(prefix=f"tmp-{os.getpid()}-{tree.hex[:16]}-",
+                                    dir=self.folder)
         tmp = Path(name)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -242,6 +247,23 @@ class TarballCache:
             if c is not None:
                 self._verified.pop(c.path, None)
                 c.path.unlink(missing_ok=True)
+
+
+def _abandoned(path: Path) -> bool:
+    """A temporary file no build will finish: its process is gone, or it is older
+    than an hour.  Other workers share the folder and may be building right now."""
+    m = re.match(r"^tmp-([0-9]+)-", path.name)
+    try:
+        if time.time() - os.lstat(path).st_mtime > 3600:
+            return True
+        if m is None:
+            return False
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return False
 
 
 def _state(st: os.stat_result) -> tuple[int, int, int, int]:
