@@ -13,7 +13,7 @@ import pytest
 import test_julia_mount
 
 from casstore.client.jobenv import default_scratch, ensure_scratch, job_env, project_for, render
-from casstore.errors import ScratchUnsafe, UsageError
+from casstore.errors import UnsafeFolder, UsageError
 from casstore.julia.abcheck import parse_loading_log
 
 from helpers import assert_one_line_error, cas
@@ -83,8 +83,8 @@ def test_unsafe_scratch_is_refused(tmp_path: Path, breakage: str) -> None:
             os.chmod(scratch, 0o777)
     res = cas(None, "env", "--scratch", str(scratch))
     assert_one_line_error(res)
-    assert res.code == ScratchUnsafe.exit_code and res.out == ""
-    with pytest.raises(ScratchUnsafe):
+    assert res.code == UnsafeFolder.exit_code and res.out == ""
+    with pytest.raises(UnsafeFolder):
         ensure_scratch(scratch)
 
 

@@ -59,6 +59,7 @@ def _check(mp: Path, level: str) -> None:
     assert names == ["Common.ji", "v1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("forced", "expected"), [("x86-64", "x86-64"),
                                                   ("x86-64-v3", "x86-64-v3"),
                                                   ("x86-64-v2", "x86-64"),
@@ -89,6 +90,7 @@ def cpuinfo_level() -> str:
     return "x86-64-v3" if V3_FLAGS <= flags else "x86-64"
 
 
+@pytest.mark.slow
 def test_host_detection(kit: Kit, mounter: Mounter, variant_release) -> None:
     expected = cpuinfo_level()
     mp = mounter.mount("multi")

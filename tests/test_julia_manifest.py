@@ -36,7 +36,8 @@ from casstore.pkg.gittree import folder_tree_hash
 
 from helpers import assert_one_line_error, cas
 
-pytestmark = pytest.mark.skipif(not PACKAGES_TOML.exists(), reason="shared bundles missing")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not PACKAGES_TOML.exists(), reason="shared bundles missing")]
 needs_ns = pytest.mark.skipif(not namespaces_available(), reason="needs root and unshare")
 
 REPO = Path(__file__).resolve().parents[1]

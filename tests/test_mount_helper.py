@@ -112,6 +112,7 @@ def check_mounted_read_unmounted(kit: Kit) -> None:
     assert list((b / "state" / "mounts").glob("*.json")) == []
 
 
+@pytest.mark.slow
 @needs_ns
 def test_mount_t_fuse_cas_reads_and_umounts(rel: Kit) -> None:
     """mount(8) -> helper -> daemon: returns only once the mount answers (the read
@@ -125,6 +126,7 @@ echo "mount=$?" > "$base/mount"
     check_mounted_read_unmounted(rel)
 
 
+@pytest.mark.slow
 @needs_ns
 def test_fstab_line_mounts_by_mountpoint(rel: Kit) -> None:
     """An /etc/fstab line (here a private fstab, ``mount -T FILE``): ``mount /depot``."""
@@ -139,6 +141,7 @@ mount -T "$base/fstab" "$base/mnt"; echo "mount=$?" > "$base/mount"
     check_mounted_read_unmounted(rel)
 
 
+@pytest.mark.slow
 @needs_ns
 @pytest.mark.parametrize("opts,code,words", [
     ("config={cfg},bogus", UsageError.exit_code, "unknown option 'bogus'"),
@@ -160,6 +163,7 @@ exit $rc''')
     assert not (rel.base / "state-after").exists()
 
 
+@pytest.mark.slow
 @needs_ns
 def test_refused_release_gives_cas_mount_exit_status(rel: Kit) -> None:
     """The helper's status is ``cas mount``'s: a release signed by an untrusted key."""
@@ -195,6 +199,7 @@ def _status_all(kit: Kit) -> tuple[list[dict], str]:
     return json.loads(js.stdout), txt.stdout
 
 
+@pytest.mark.slow
 @needs_ns
 def test_status_all_shows_cas_exec_mount_with_namespace_and_owner(rel: Kit) -> None:
     """A running ``cas exec`` job's private mount is listed on the host with its

@@ -44,7 +44,8 @@ from casstore.view.reader import TreeReader, root_entry
 import serve_helpers
 from helpers import cas
 
-pytestmark = pytest.mark.skipif(not PACKAGES_TOML.exists(), reason="shared bundles missing")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not PACKAGES_TOML.exists(), reason="shared bundles missing")]
 HELD_BACK = "LorentzVectors"  # registered only in the second revision
 
 

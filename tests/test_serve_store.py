@@ -206,6 +206,7 @@ def test_metrics_count_requests_and_bytes(pub: dict, tmp_path: Path) -> None:
 
 
 # -- writes ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_writes_need_a_valid_token(pub: dict, tmp_path: Path) -> None:
     store = new_store(tmp_path / "empty")
     token = token_for(store, "alice")
@@ -357,6 +358,7 @@ def test_real_process_serves_without_pkg_options(pub: dict, tmp_path: Path) -> N
     assert srv.proc.returncode == 0
 
 
+@pytest.mark.slow
 def test_workers_share_the_socket_and_sum_metrics(pub: dict, tmp_path: Path) -> None:
     store, _cfg = serve_copy(pub, tmp_path)
     with ProcessServer(store, tmp_path / "serve.log", "--workers", "2") as srv:

@@ -22,10 +22,10 @@ from net_fixtures import NGINX, SQUID, Nginx, Squid
 from fuse_fixtures import Kit, Mounter
 from serve_helpers import ProcessServer, metric_settled
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (os.path.exists(SQUID) and os.path.exists(NGINX) and os.path.exists("/dev/fuse")
          and shutil.which("setpriv")),
-    reason="needs squid, nginx, setpriv and /dev/fuse")
+    reason="needs squid, nginx, setpriv and /dev/fuse")]
 
 OBJ_ROUTE = "/objects/{xx}/{rest}"
 

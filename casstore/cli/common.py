@@ -49,11 +49,12 @@ class Ctx:
 
     def source(self):
         """The store for reading only (works on a read-only mirror): an ObjectSource
-        from the one factory, :func:`casstore.sources.open_source`."""
+        from the one factory, :func:`casstore.sources.open_source`; an HTTP remote
+        with the client config's proxies and timeouts (:func:`remote`)."""
         from casstore.sources import open_source
 
         if self.store_spec and "://" in self.store_spec:  # an HTTP remote (read-only)
-            return open_source(self.store_spec)
+            return remote(self.store_spec)
         if not self.store_path.exists():
             raise StoreError(f"no store at {self.store_path}")
         return open_source(self.store_path)
@@ -79,6 +80,20 @@ class Ctx:
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def remote(spec: str | Path):
+    """A source named on the command line: a URL with the client config's proxies and
+    timeouts (``$CAS_CONFIG`` or the default file), else a store folder (the config
+    is not read: a local command does not depend on it)."""
+    from casstore.sources import open_source
+
+    if "://" not in str(spec):
+        return open_source(spec)
+    from casstore.client.config import load
+    from casstore.client.connect import open_remote
+
+    return open_remote(load(None), str(spec))
 
 
 def handle_errors(fn: F) -> F:

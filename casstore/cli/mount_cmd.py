@@ -6,12 +6,16 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
 from casstore.client.config import ClientConfig, load
+
+if TYPE_CHECKING:
+    from casstore.client.selection import Selection
 
 CONFIG_HELP = "Client config TOML (default: $CAS_CONFIG, else /etc/casstore/client.toml)."
 
@@ -68,6 +72,7 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     and switches to it; open files keep their revision.  NAME@N or --revision N
     pins the mount (no following); so do cas exec's private per-job mounts.
     """
+    from casstore.client.follow import follow_policy
     from casstore.client.fuse.mount import canon, serve
     from casstore.client.selection import select
     from casstore.client.watchdog import owner_from_env
@@ -75,25 +80,25 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
 
     cfg = _config(config_path)
     store = _explicit_store(ctx)
+    policy = follow_policy(cfg, follow,
+                           pinned=revision is not None or parse_spec(release)[1] is not None,
+                           owned=bool(owner_from_env()), recording=record_access is not None)
     p = select(release, cfg, store, arch, revision)
-    pinned = revision is not None or parse_spec(release)[1] is not None
-    following = (cfg.follow if follow is None else follow) and not pinned \
-        and not owner_from_env() and record_access is None
-    if follow and pinned:
-        from casstore.errors import UsageError
-
-        raise UsageError("--follow with a pinned revision (NAME@N or --revision): "
-                         "a pinned mount never moves")
     info = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "mountpoint": str(canon(mountpoint)),
-            "offline": p.offline or None, "following": following}
-    ctx.emit(info, f"mounting {p.release.name} revision {p.release.revision} at "
-                   f"{mountpoint} (variant: {p.level or 'none'}, {p.how})"
-                   + (f", following every {cfg.ttl:g} s" if following else "")
-                   + (f"\n{p.offline}" if p.offline else ""))
+            "offline": p.offline or None, "following": policy.follow}
+    ctx.emit(info, mounting_text(p, mountpoint, policy.ttl if policy.follow else None))
     record = record_access.resolve() if record_access else None  # the daemon cds to /
     serve(p, cfg, mountpoint, foreground, record_to=record, prefetch=not no_prefetch,
-          follow=following, arch=arch)
+          policy=policy, arch=arch)
+
+
+def mounting_text(p: Selection, mountpoint: Path, follow_ttl: float | None) -> str:
+    """The line a mount prints: what is mounted where, and which variant and why."""
+    return (f"mounting {p.release.name} revision {p.release.revision} at {mountpoint} "
+            f"(variant: {p.level or 'none'}, {p.how})"
+            + (f", following every {follow_ttl:g} s" if follow_ttl is not None else "")
+            + (f"\n{p.offline}" if p.offline else ""))
 
 
 @command(cli, "umount")
@@ -106,7 +111,7 @@ def umount(ctx: Ctx, mountpoint: Path, config_path: Path | None, lazy: bool) -> 
 
     Refuses (exit 28) anything that is not a casstore FUSE mount (fstype fuse.cas).
     """
-    from casstore.client.fuse.mount import unmount
+    from casstore.client.fuse.unmount import unmount
 
     unmount(_config(config_path), mountpoint, lazy)
     ctx.emit({"unmounted": str(mountpoint)}, f"unmounted {mountpoint}")
@@ -128,7 +133,7 @@ def status(ctx: Ctx, mountpoint: Path | None, config_path: Path | None, all_: bo
     mounted, not mounted (daemon alive, mount gone), dead (a stale status file
     left by a killed daemon: shown, never used) or damaged (an unreadable file).
     """
-    from casstore.client.fuse.mount import read_status
+    from casstore.client.status import read_status
     from casstore.errors import UsageError
 
     if all_ == (mountpoint is not None):
@@ -210,7 +215,7 @@ def reload(ctx: Ctx, mountpoint: Path, config_path: Path | None, timeout: float)
     until the daemon reports a finished check.  Exit 56 if the mount does not
     follow (pinned), 57 if no check finished within --timeout.
     """
-    from casstore.client.fuse.mount import read_status
+    from casstore.client.status import read_status
     from casstore.errors import NotFollowing, ReloadTimeout
 
     cfg = _config(config_path)

@@ -249,7 +249,7 @@ def _http_settings(cfg: ClientConfig, raw: dict) -> None:
         if not isinstance(proxy, list) or not all(isinstance(p, str) for p in proxy):
             raise UsageError("client config: proxy must be a string or a list of strings "
                              "(proxy URLs or DIRECT)")
-        from casstore.sources.http import parse_proxies  # checks each URL
+        from casstore.sources.transport import parse_proxies  # checks each URL
 
         try:
             cfg.proxy = list(parse_proxies(proxy))

@@ -21,7 +21,7 @@ The scratch depot defaults to ``$TMPDIR/cas-depot-<uid>[-<batch job id>]`` (``/t
 without ``$TMPDIR``), per user and per job (``SLURM_JOB_ID``, ``PBS_JOBID``,
 ``LSB_JOBID``, ``JOB_ID``, ``FLUX_JOB_ID``).  It is created 0700; an existing one
 must be a real directory owned by this user that group and others cannot write,
-else :class:`~casstore.errors.ScratchUnsafe`: in a shared ``/tmp`` another user could
+else :class:`~casstore.errors.UnsafeFolder`: in a shared ``/tmp`` another user could
 otherwise plant precompile caches or a symlink there before the job starts.
 """
 
@@ -34,8 +34,8 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from casstore.errors import ScratchUnsafe, UsageError
-from casstore.fileio.fsutil import private_dir_problem
+from casstore.errors import UsageError
+from casstore.fileio.fsutil import make_private_dir
 
 JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID", "FLUX_JOB_ID")
 SHELLS = ("sh", "csh", "json")
@@ -62,19 +62,7 @@ def default_scratch(env: Mapping[str, str], uid: int | None = None) -> Path:
 
 def ensure_scratch(path: Path) -> Path:
     """Create ``path`` 0700 (parents as needed), or check an existing one is ours alone."""
-    path = Path(os.path.abspath(path))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise ScratchUnsafe(f"cannot create the scratch depot {path}: "
-                            f"{exc.strerror or exc}") from None
-    problem = private_dir_problem(os.lstat(path), os.geteuid())
-    if problem:
-        raise ScratchUnsafe(f"scratch depot {path} {problem}; use --scratch DIR")
-    return path
+    return make_private_dir(Path(os.path.abspath(path)), "scratch depot", "use --scratch DIR")
 
 
 def project_for(mountpoint: Path, name: str | None = None) -> str | None:

@@ -18,7 +18,6 @@ from casstore.client.config import ClientConfig
 from casstore.client.connect import open_client_source
 from casstore.client.lastgood import load_verified_or_cached
 from casstore.errors import KeyFileError, MountError, UsageError
-from casstore.format.objects import ObjectId
 from casstore.releases.release import Release, SeenRevisions, load_verified, parse_spec, unverified
 from casstore.releases.variants import choose
 from casstore.sources import ObjectSource
@@ -34,16 +33,6 @@ class Selection:
     source: ObjectSource
     source_path: Path | str | list[str]  # a folder, or the URL(s) of an HTTP source
     offline: str = ""  # set when the servers were unreachable: the kept release is used
-
-    @property
-    def overlay(self) -> ObjectId | None:
-        """The chosen variant's overlay tree, if any."""
-        return self.release.variant_ids().get(self.level) if self.level else None
-
-    @property
-    def mtime_ns(self) -> int:
-        """The root's mtime: the release's creation time."""
-        return self.release.created * 10**9
 
 
 def choose_level(rel: Release, arch: str | None, cfg_arch: str | None) -> tuple[str | None, str]:

@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casstore.errors import CasError, FormatError, ObjectCorrupt, UnsafeCache, UsageError
+from casstore.errors import CasError, FormatError, ObjectCorrupt, UnsafeFolder, UsageError
 from casstore.fileio.fsutil import private_dir_problem
 from casstore.fileio.safeio import OPEN_FLAGS, read_fd
 from casstore.format.layout import MAX_STORED_SIZE
@@ -67,11 +67,11 @@ def open_cache_dir(folder: Path, uid: int) -> int:
             os.mkdir(folder, 0o700)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise UnsafeCache(f"cannot use cache folder {folder}: {exc.strerror or exc}") from None
+        raise UnsafeFolder(f"cannot use cache folder {folder}: {exc.strerror or exc}") from None
     problem = private_dir_problem(os.fstat(fd), uid)
     if problem:
         os.close(fd)
-        raise UnsafeCache(f"refusing cache folder {folder}: it {problem}")
+        raise UnsafeFolder(f"refusing cache folder {folder}: it {problem}")
     return fd
 
 

@@ -30,7 +30,8 @@ from casstore.sources.base import ObjectSource
 from casstore.sources.knownbad import KnownBad
 from casstore.view.filecache import FileCache
 from casstore.view.reader import TreeReader
-from casstore.view.vfs import VFS, ViewInfo
+from casstore.view.release_view import release_vfs
+from casstore.view.vfs import VFS
 
 
 @dataclass
@@ -52,10 +53,8 @@ def compose_source(inner: ObjectSource) -> KnownBad:
 
 def build_vfs(sel: Selection, source: ObjectSource | TreeReader,
               cache: FileCache | None = None) -> VFS:
-    info = ViewInfo(sel.release.name, sel.release.revision, sel.level, sel.release.root)
-    reader = source if isinstance(source, TreeReader) else TreeReader(source)
-    return VFS(reader, sel.release.root_id, sel.overlay, info=info,
-               mtime_ns=sel.mtime_ns, cache=cache)
+    """The view of the selected release at the selected level."""
+    return release_vfs(sel.release, sel.level, source, cache)
 
 
 def switch_fs(built: Built, sel: Selection,
