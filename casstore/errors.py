@@ -181,10 +181,13 @@ class NameTooLong(UnsupportedFile):
     exit_code = 35
 
 
-class UnsafeCache(CasError):
-    """A client cache folder that someone else could write into (not owned by this
-    user, or writable by group or others): refused, since a planted file or symlink
-    there could turn the (root) daemon against the node."""
+class UnsafeFolder(CasError):
+    """A folder the client writes and later trusts (the client cache, the object cache,
+    a job's scratch depot) that someone else could write into: not a directory owned
+    by this user, writable by group or others, or not creatable.  Refused, since a
+    planted file or symlink there could turn the (root) daemon against the node, or
+    hand a job another user's precompile caches.  ``cas doctor`` applies the same rule
+    (``casstore.fileio.fsutil.private_dir_problem``)."""
 
     exit_code = 21
     errno = _errno.EACCES
@@ -361,17 +364,26 @@ class JuliaTimeout(JuliaError):
     """A Julia process ran past its time limit and was killed (keeps code 20)."""
 
 
-class CacheUnsafe(CasError):
-    """The client cache folder could be written by others (the daemon runs as root)."""
-
-    exit_code = 26
-
-
 class VariantRefused(CasError):
     """No variant of the release may run here: each is above the host's (or forced) level."""
 
     exit_code = 27
     errno = _errno.EACCES
+
+
+class MountBusy(MountError):
+    """``cas umount``: files on the mount are in use (``--lazy`` detaches anyway)."""
+
+    exit_code = 29
+    errno = _errno.EBUSY
+
+
+class UnmountIncomplete(MountError):
+    """``cas umount``: the mount is gone here but its daemon lives on, because another
+    mount namespace holds a copy of the mount, or (``--lazy``) files are still open."""
+
+    exit_code = 33
+    errno = _errno.EBUSY
 
 
 class NotACasMount(MountError):
@@ -402,13 +414,6 @@ class DoctorFailed(CasError):
     """``cas doctor`` found at least one check that fails (each is named on stdout)."""
 
     exit_code = 58
-
-
-class ScratchUnsafe(CasError):
-    """``cas env``: the scratch depot folder cannot be created, or others could write or
-    own it (a job's precompile caches would then be theirs to plant)."""
-
-    exit_code = 59
 
 
 def all_error_classes() -> list[type[CasError]]:

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from casstore.client.config import from_dict, load, parse_duration
-from casstore.client.follow import Follower
+from casstore.client.follow import (
+    FOLLOW_NEGATIVE_S,
+    FOLLOW_TIMEOUT_S,
+    PINNED_TIMEOUT_S,
+    Follower,
+    follow_policy,
+)
 from casstore.client.fuse.wiring import build_fs, build_vfs, switch_fs
 from casstore.client.selection import select
 from casstore.errors import UsageError
@@ -31,6 +37,32 @@ def test_follow_defaults_off_with_a_four_minute_ttl() -> None:
     assert (cfg.follow, cfg.ttl) == (False, 240.0)
     cfg = from_dict({"follow": True, "ttl": "30s"})
     assert (cfg.follow, cfg.ttl) == (True, 30.0)
+
+
+# -- the follow policy: decided once, for the CLI and the daemon ----------------
+@pytest.mark.parametrize("cfg_follow,requested,pinned,owned,recording,want", [
+    (True, None, False, False, False, (True, "config")),
+    (False, None, False, False, False, (False, "config")),
+    (False, True, False, False, False, (True, "--follow")),
+    (True, False, False, False, False, (False, "--no-follow")),
+    (True, None, True, False, False, (False, "pinned")),
+    (True, True, False, True, False, (False, "cas exec job")),
+    (True, None, False, False, True, (False, "recording accesses")),
+])
+def test_follow_policy(cfg_follow: bool, requested: bool | None, pinned: bool, owned: bool,
+                       recording: bool, want: tuple[bool, str]) -> None:
+    cfg = from_dict({"follow": cfg_follow, "ttl": "30s"})
+    pol = follow_policy(cfg, requested, pinned=pinned, owned=owned, recording=recording)
+    assert (pol.follow, pol.why) == want and pol.ttl == 30.0
+    if pol.follow:
+        assert (pol.entry_timeout, pol.negative_timeout) == (FOLLOW_TIMEOUT_S, FOLLOW_NEGATIVE_S)
+    else:
+        assert pol.entry_timeout == pol.negative_timeout == PINNED_TIMEOUT_S
+
+
+def test_follow_with_a_pinned_revision_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="pinned"):
+        follow_policy(from_dict({}), True, pinned=True)
 
 
 @pytest.mark.parametrize("raw", [{"ttl": "4 minutes"}, {"ttl": "-1s"}, {"ttl": "0s"},
@@ -64,9 +96,11 @@ def _tree(kit: Kit, name: str, files: dict[str, bytes]) -> object:
     return kit.put(d)
 
 
-V1 = {"same.txt": b"unchanged\n" * 50, "lib/keep.jl": b"x = 1\n",
+# same.txt is larger than inline_max (a chunk): its stat identity does not depend
+# on the small files packed beside it, which change.
+V1 = {"same.txt": b"unchanged\n" * 2000, "lib/keep.jl": b"x = 1\n",
       "data.bin": bytes(range(256)) * 400, "gone.txt": b"only in 1\n"}
-V2 = {"same.txt": b"unchanged\n" * 50, "lib/keep.jl": b"x = 1\n",
+V2 = {"same.txt": b"unchanged\n" * 2000, "lib/keep.jl": b"x = 1\n",
       "data.bin": b"revision two " * 3000, "new.txt": b"only in 2\n"}
 
 

@@ -7,9 +7,7 @@ import errno
 import json
 import os
 import random
-import shutil
 import time
-from collections import Counter
 from pathlib import Path
 
 import mfusepy
@@ -19,9 +17,9 @@ from casstore.client.fuse.fs import MountInfo, ReleaseFS
 from casstore.client.fuse.ops import CasOps
 from casstore.format.layout import object_path
 from casstore.format.objects import ObjectId
-from casstore.sources import verified
 from casstore.sources.knownbad import MISSING_RETRY_S, KnownBad
 from casstore.sources.local import LocalSource
+from casstore.sources.mem import MemSource
 from casstore.store.snapshot import put_paths
 from casstore.store.writable import Store
 from casstore.view.filecache import FileCache
@@ -31,30 +29,17 @@ from casstore.view.vfs import VFS
 from fuse_fixtures import Kit, Mounter, run_cas
 
 
-class CountingSource:
-    """An ObjectSource that counts how often each object is read."""
-
-    def __init__(self, inner: LocalSource) -> None:
-        self.inner = inner
-        self.reads: Counter[ObjectId] = Counter()
-
-    def read_stored(self, oid: ObjectId) -> bytes:
-        self.reads[oid] += 1
-        return self.inner.read_stored(oid)
-
-    def fetch(self, oid: ObjectId, expect=None) -> bytes:
-        return verified(oid, self.read_stored(oid), expect)
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
 
     def __call__(self) -> float:
         return self.now
+
+
+def _object_ids(store: Path) -> list[ObjectId]:
+    return [ObjectId.parse("b3-" + p.parent.name + p.name)
+            for p in (store / "objects").glob("*/*") if len(p.name) == 62]
 
 
 def _flip(path: Path) -> None:
@@ -76,18 +61,19 @@ def world(tmp_path: Path):
     store = Store.open(tmp_path / "store", create=True)
     root = put_paths(store, [src])
     store.close()
-    source = CountingSource(LocalSource(tmp_path / "store"))
+    plain = TreeReader(LocalSource(tmp_path / "store"))
+    # the store's objects in memory: faults are set per object, reads counted
+    source = MemSource.copy_of(plain.source, _object_ids(tmp_path / "store"))
     clock = Clock()
     composed = KnownBad(source, clock=clock)  # as casstore.client.fuse.wiring composes it
     cache = FileCache(composed, tmp_path / "cache", 64 << 20, prefetch_min=1 << 20)
     fs = ReleaseFS(VFS(composed, root, info=MountInfo("r", 1, None, str(root)), cache=cache))
-    plain = TreeReader(LocalSource(tmp_path / "store"))
     ids = {"root": root, "sub": plain.lookup(root_entry(root), "sub").oid}
     for rel in files:
         e = plain.lookup(root_entry(root), rel)
         ids[rel] = plain.file_chunk_ids(e)
     try:
-        yield CasOps(fs), source, clock, files, ids, tmp_path / "store"
+        yield CasOps(fs), source, clock, files, ids
     finally:
         cache.close()
 
@@ -99,9 +85,9 @@ def _eio(ops: CasOps, call: str, *args) -> None:
 
 
 def test_corrupt_chunk_is_not_fetched_again(world) -> None:
-    ops, source, _clock, files, ids, store = world
+    ops, source, _clock, files, ids = world
     (bad,) = ids["mid"]
-    _flip(object_path(store, bad))
+    source.set_fault(bad, "corrupt")
     _eio(ops, "read", "/mid", 4096, 0, 0)
     assert source.reads[bad] == 1
     for _ in range(3):
@@ -111,18 +97,18 @@ def test_corrupt_chunk_is_not_fetched_again(world) -> None:
     assert ops.errors["known_bad"] == 3
     assert set(ops.fs.vfs.reader.source.corrupt) == {bad}
     # Even a repaired object stays refused for the life of the mount.
-    shutil.copyfile(object_path(store, ids["ok"][0]), object_path(store, bad))
+    source.set_fault(bad, None)
     _eio(ops, "read", "/mid", 10, 0, 0)
     assert source.reads[bad] == 1
     assert ops.read("/ok", 100, 0, 0) == files["ok"][:100]  # others still served
 
 
 def test_corrupt_chunk_of_prefetched_file(world) -> None:
-    ops, source, _clock, files, ids, store = world
+    ops, source, _clock, files, ids = world
     chunks = ids["big"]
     assert len(chunks) >= 3
     bad = chunks[-1]
-    _flip(object_path(store, bad))
+    source.set_fault(bad, "corrupt")
     size = len(files["big"])
     _eio(ops, "read", "/big", 1 << 16, size - (1 << 16), 0)  # waits for the prefetch
     assert source.reads[bad] == 1  # fetched once, by the prefetch thread
@@ -134,8 +120,8 @@ def test_corrupt_chunk_of_prefetched_file(world) -> None:
 
 
 def test_corrupt_tree_fails_fast(world) -> None:
-    ops, source, _clock, _files, ids, store = world
-    _flip(object_path(store, ids["sub"]))
+    ops, source, _clock, _files, ids = world
+    source.set_fault(ids["sub"], "corrupt")
     _eio(ops, "getattr", "/sub/x")
     _eio(ops, "readdir", "/sub", 0)
     _eio(ops, "getattr", "/sub/x")
@@ -145,14 +131,12 @@ def test_corrupt_tree_fails_fast(world) -> None:
 
 
 def test_missing_object_retried_after_backoff(world) -> None:
-    ops, source, clock, files, ids, store = world
+    ops, source, clock, files, ids = world
     (oid,) = ids["mid"]
-    path = object_path(store, oid)
-    saved = path.read_bytes()
-    path.unlink()
+    source.set_fault(oid, "missing")
     _eio(ops, "read", "/mid", 100, 0, 0)
     assert source.reads[oid] == 1 and ops.errors["missing"] == 1
-    path.write_bytes(saved)  # e.g. a mirror caught up
+    source.set_fault(oid, None)  # e.g. a mirror caught up
     clock.now += MISSING_RETRY_S / 2
     _eio(ops, "read", "/mid", 100, 0, 0)  # still inside the back-off: no fetch
     assert source.reads[oid] == 1 and ops.errors["missing"] == 2
@@ -163,7 +147,7 @@ def test_missing_object_retried_after_backoff(world) -> None:
 
 
 def test_not_found_is_not_remembered(world) -> None:
-    ops, _source, _clock, _files, _ids, _store = world
+    ops, _source, _clock, _files, _ids = world
     with pytest.raises(mfusepy.FuseOSError) as info:
         ops.getattr("/nope")
     assert info.value.errno == errno.ENOENT
@@ -174,6 +158,7 @@ def test_not_found_is_not_remembered(world) -> None:
 # -- a real mount -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_mount_second_read_of_corrupt_object_is_fast(kit: Kit, mounter: Mounter) -> None:
     src = kit.base / "src"

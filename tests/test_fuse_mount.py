@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from casstore.errors import UnsafeFolder
 from casstore.format.objects import ObjectId
 from casstore.format.trees import Storage
 from casstore.view.reader import TreeReader, root_entry
@@ -94,6 +95,7 @@ def test_whole_tree_matches_source(kit: Kit, mounter: Mounter, tree) -> None:
     assert "mounting depot revision 1" in mounter.output()
 
 
+@pytest.mark.slow
 def test_cp_a_and_find_behave_as_local(kit: Kit, mounter: Mounter, tree) -> None:
     src, _ = tree
     mp = mounter.mount("depot")
@@ -104,6 +106,7 @@ def test_cp_a_and_find_behave_as_local(kit: Kit, mounter: Mounter, tree) -> None
     assert len(find.stdout.splitlines()) == len(describe(src)) + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action", ["write", "create", "mkdir", "unlink", "rmdir", "chmod",
                                     "truncate", "rename", "symlink", "utime", "setxattr"])
 def test_writes_are_erofs(kit: Kit, mounter: Mounter, tree, action: str) -> None:
@@ -128,6 +131,7 @@ def test_writes_are_erofs(kit: Kit, mounter: Mounter, tree, action: str) -> None
     assert f.read_bytes()[:1] is not None and (mp / "d2" / "f100.bin").stat().st_size == 100
 
 
+@pytest.mark.slow
 def test_xattrs(kit: Kit, mounter: Mounter, tree) -> None:
     src, root = tree
     mp = mounter.mount("depot")
@@ -155,6 +159,7 @@ def test_xattrs(kit: Kit, mounter: Mounter, tree) -> None:
     assert os.getxattr(mp / "d0/f9437184.bin", "user.cas.storage") == b"blob"
 
 
+@pytest.mark.slow
 def test_status_and_sigterm(kit: Kit, mounter: Mounter, tree) -> None:
     mp = mounter.mount("depot")
     (mp / "d0/f9437184.bin").read_bytes()  # fills the whole-file cache
@@ -177,6 +182,7 @@ def test_status_and_sigterm(kit: Kit, mounter: Mounter, tree) -> None:
     assert res.returncode != 0 and "no casstore status" in res.stderr
 
 
+@pytest.mark.slow
 def test_daemon_mode_and_umount(kit: Kit, tree) -> None:
     mp = kit.base / "dmnt"
     mp.mkdir()
@@ -219,6 +225,7 @@ def test_umount_refuses_what_is_not_a_cas_mount(kit: Kit) -> None:
     assert not mounted(mp)  # the namespace (and its tmpfs) is gone
 
 
+@pytest.mark.slow
 def test_big_directory_listed_page_by_page(kit: Kit, mounter: Mounter) -> None:
     """readdir is served a page at a time (offsets): nothing lost or repeated."""
     src = kit.base / "bigdir"
@@ -240,7 +247,7 @@ def test_mount_refuses_a_cache_folder_others_can_write(kit: Kit, tree) -> None:
     os.chmod(cache, 0o777)
     (kit.base / "m").mkdir()
     res = run_cas("mount", "--config", str(kit.config), "depot", str(kit.base / "m"))
-    assert res.returncode == 26, res.stderr
+    assert res.returncode == UnsafeFolder.exit_code == 21, res.stderr
     assert res.stderr.startswith("cas: error:") and "writable by group or others" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not mounted(kit.base / "m")
@@ -255,6 +262,7 @@ def _real_lib(name: str) -> Path:
     raise AssertionError(f"cannot locate {found}")
 
 
+@pytest.mark.slow
 def test_dlopen_and_mmap_from_mount(kit: Kit, mounter: Mounter) -> None:
     src = kit.base / "libsrc"
     (src / "lib").mkdir(parents=True)
@@ -281,6 +289,7 @@ def test_dlopen_and_mmap_from_mount(kit: Kit, mounter: Mounter) -> None:
         assert hashlib.sha256(m).digest() == hashlib.sha256(big).digest()
 
 
+@pytest.mark.slow
 def test_read_only_source_and_cache_copy_rehashed(kit: Kit, mounter: Mounter, tree) -> None:
     """The source may be a read-only mount; a damaged cache copy is never served."""
     src, _root = tree

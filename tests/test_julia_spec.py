@@ -104,6 +104,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("parts", "cls", "words"), [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
 def test_bad_spec_value_is_one_line_with_its_code(tmp_path: Path, parts, cls, words) -> None:

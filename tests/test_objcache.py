@@ -8,36 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from casstore.errors import FormatError, ObjectCorrupt, ObjectMissing, UnsafeCache
+from casstore.errors import FormatError, ObjectCorrupt, ObjectMissing, UnsafeFolder
 from casstore.format.objects import ObjectId, ObjType
 from casstore.sources import ObjectCache
-from casstore.sources.base import ObjectSource
+from casstore.sources.mem import MemSource
 from casstore.store.writable import Store, StoreSettings
 
 
-class Counting:
-    """A source that counts inner reads per object, and can hold them at a gate."""
-
-    def __init__(self, inner: ObjectSource, gate: threading.Event | None = None) -> None:
-        self.inner = inner
-        self.gate = gate
-        self.reads: dict[ObjectId, int] = {}
-        self._lock = threading.Lock()
-
-    def read_stored(self, oid: ObjectId) -> bytes:
-        with self._lock:
-            self.reads[oid] = self.reads.get(oid, 0) + 1
-        if self.gate is not None:
-            assert self.gate.wait(60)
-        return self.inner.read_stored(oid)
-
-    def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
-        raise AssertionError("the cache must read stored bytes, not fetch")
-
-    def __getattr__(self, name: str):
-        if name.startswith("__") or name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+def _mem(store: Store, oids: list[ObjectId], gate: threading.Event | None = None) -> MemSource:
+    """The store's objects in a memory source that counts reads (and can hold them)."""
+    return MemSource.copy_of(store.source, oids, gate)
 
 
 @pytest.fixture()
@@ -58,7 +38,7 @@ def _cached(folder: Path) -> set[str]:
 
 def test_hit_is_served_from_disk_and_verified(store: Store, tmp_path: Path) -> None:
     (oid,) = _objects(store, 1)
-    inner = Counting(store.source)
+    inner = _mem(store, [oid])
     cache = ObjectCache(inner, tmp_path / "c", 1 << 20)
     first = cache.fetch(oid, ObjType.CHUNK)
     assert cache.fetch(oid, ObjType.CHUNK) == first == store.fetch(oid)
@@ -88,7 +68,7 @@ def test_survives_a_restart_and_verifies_what_it_finds(store: Store, tmp_path: P
     for o in oids:
         cache.fetch(o)
     cache.close()
-    inner = Counting(store.source)
+    inner = _mem(store, oids)
     again = ObjectCache(inner, tmp_path / "c", 1 << 20)
     assert again.usage() == sum(len(store.read_stored(o)) for o in oids)
     for o in oids:
@@ -102,7 +82,7 @@ def test_survives_a_restart_and_verifies_what_it_finds(store: Store, tmp_path: P
 def test_concurrent_requests_are_merged_into_one_fetch(store: Store, tmp_path: Path) -> None:
     (oid,) = _objects(store, 1, 500_000)
     gate = threading.Event()
-    inner = Counting(store.source, gate)
+    inner = _mem(store, [oid], gate)
     cache = ObjectCache(inner, tmp_path / "c", 10 << 20)
     results: list[bytes] = []
     threads = [threading.Thread(target=lambda: results.append(cache.fetch(oid, ObjType.CHUNK)))
@@ -133,7 +113,7 @@ def test_errors_reach_every_waiting_thread_and_are_not_cached(store: Store,
 def test_corrupt_cached_object_is_dropped_and_fetched_again(store: Store,
                                                             tmp_path: Path) -> None:
     (oid,) = _objects(store, 1)
-    inner = Counting(store.source)
+    inner = _mem(store, [oid])
     cache = ObjectCache(inner, tmp_path / "c", 1 << 20)
     good = cache.fetch(oid)
     path = tmp_path / "c" / oid.hex
@@ -207,7 +187,7 @@ def test_refuses_group_or_other_writable_folder(tmp_path: Path, store: Store, mo
     folder = tmp_path / "c"
     folder.mkdir()
     os.chmod(folder, mode)
-    with pytest.raises(UnsafeCache, match="writable by group or others"):
+    with pytest.raises(UnsafeFolder, match="writable by group or others"):
         ObjectCache(store.source, folder, 1 << 20)
 
 
@@ -217,7 +197,7 @@ def test_refuses_folder_of_another_user(tmp_path: Path, store: Store) -> None:
     folder = tmp_path / "c"
     folder.mkdir(mode=0o700)
     os.chown(folder, 12345, 12345)
-    with pytest.raises(UnsafeCache, match="owned by uid 12345"):
+    with pytest.raises(UnsafeFolder, match="owned by uid 12345"):
         ObjectCache(store.source, folder, 1 << 20)
 
 
@@ -225,7 +205,7 @@ def test_file_of_another_user_is_not_trusted(tmp_path: Path, store: Store) -> No
     if os.geteuid() != 0:
         pytest.skip("needs root to chown")
     (oid,) = _objects(store, 1)
-    inner = Counting(store.source)
+    inner = _mem(store, [oid])
     cache = ObjectCache(inner, tmp_path / "c", 1 << 20)
     cache.fetch(oid)
     os.chown(tmp_path / "c" / oid.hex, 12345, 12345)
@@ -236,7 +216,7 @@ def test_file_of_another_user_is_not_trusted(tmp_path: Path, store: Store) -> No
 def test_two_instances_share_one_folder_and_one_quota(store: Store, tmp_path: Path) -> None:
     """As two processes on a node would: the folder is the only shared state."""
     oids = _objects(store, 8)
-    a_inner, b_inner = Counting(store.source), Counting(store.source)
+    a_inner, b_inner = _mem(store, oids), _mem(store, oids)
     a = ObjectCache(a_inner, tmp_path / "c", 60_000)
     b = ObjectCache(b_inner, tmp_path / "c", 60_000)
     for o in oids[:4]:
@@ -248,3 +228,14 @@ def test_two_instances_share_one_folder_and_one_quota(store: Store, tmp_path: Pa
         b.fetch(o)  # b's rescans count a's files too
     assert b.usage() <= 60_000
     assert a.fetch(oids[7]) == store.fetch(oids[7]) and oids[7] not in a_inner.reads
+
+
+def test_refuses_a_symlink_to_a_private_folder_elsewhere(tmp_path: Path, store: Store) -> None:
+    """``cache_dir/objects`` as a symlink to a folder of ours (0700, same owner): the
+    target passes every ownership check, but objects must not land there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (tmp_path / "objects").symlink_to(elsewhere)
+    with pytest.raises(UnsafeFolder, match="not a directory"):
+        ObjectCache(store.source, tmp_path / "objects", 1 << 20)
+    assert list(elsewhere.iterdir()) == []

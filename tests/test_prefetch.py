@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +26,10 @@ from casstore.releases.prefetch import (
     store_list,
 )
 from casstore.releases.release import Release, load_secret, load_verified, sign
+from casstore.sources import ObjectCache
+from casstore.sources.base import ObjectSource
 from casstore.sources.local import LocalSource
+from casstore.sources.mem import MemSource
 from casstore.store.snapshot import Snapshot
 from casstore.view.reader import TreeReader
 from casstore.view.vfs import VFS
@@ -70,36 +72,28 @@ ACCESSES = [("lib", META), ("lib/deep/a.jl", DATA), ("lib/big.so", DATA), ("link
             ("missing/file", META)]
 
 
-class CountingSource:
-    """A local source that counts fetches, with an optional batch ``prefetch``."""
+def _object_ids(store: Path) -> list[ObjectId]:
+    return [ObjectId.parse("b3-" + p.parent.name + p.name)
+            for p in (store / "objects").glob("*/*") if len(p.name) == 62]
 
-    def __init__(self, inner: LocalSource, batch: bool) -> None:
-        self.inner = inner
-        self.fetched: list[ObjectId] = []
-        self.batches: list[int] = []
-        self.lock = threading.Lock()
-        if batch:
-            self.prefetch = self._prefetch
 
-    def fetch(self, oid, expect=None):
-        data = self.inner.fetch(oid, expect)  # raises for a missing object
-        with self.lock:
-            self.fetched.append(oid)
-        return data
+def replay_source(kit: Kit, batch: bool) -> tuple[ObjectSource, MemSource, list[int]]:
+    """The kit's objects in a memory source that counts reads; with ``batch``, behind a
+    real object cache, whose batch method (``prefetch``) records each batch's size."""
+    mem = MemSource.copy_of(LocalSource(kit.store.root), _object_ids(kit.store.root))
+    if not batch:
+        return mem, mem, []
+    cache = ObjectCache(mem, kit.base / f"objcache-{len(list(kit.base.glob('objcache-*')))}",
+                        1 << 30)
+    batches: list[int] = []
+    real = cache.prefetch
 
-    def _prefetch(self, oids):
-        self.batches.append(len(oids))
+    def prefetch(oids: list[ObjectId]):
+        batches.append(len(oids))
+        return real(oids)
 
-        class Res:
-            cached = 0
-            failed: dict = {}
-
-        for oid in oids:
-            try:
-                self.fetch(oid)
-            except Exception as exc:  # noqa: BLE001 - mirrors ObjectCache.prefetch
-                Res.failed[oid] = exc
-        return Res()
+    cache.prefetch = prefetch  # type: ignore[method-assign]
+    return cache, mem, batches
 
 
 # -- format -----------------------------------------------------------------------
@@ -188,19 +182,20 @@ def test_list_for_other_trees_is_ignored(kit: Kit, tree: ObjectId) -> None:
 
 
 # -- replay -------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [True, False])
 def test_replay_fetches_exactly_the_listed_objects(kit: Kit, tree: ObjectId,
                                                    batch: bool) -> None:
     rel, plist = publish_with_lists(kit, tree, ACCESSES)
-    counting = CountingSource(LocalSource(kit.store.root), batch)
-    replay = Replay(lambda: plist, counting, batch=2)
+    source, mem, batches = replay_source(kit, batch)
+    replay = Replay(lambda: plist, source, batch=2)
     replay.run()
     s = replay.summary()
-    assert sorted(counting.fetched, key=str) == sorted(plist.oids(), key=str)
+    assert sorted(mem.reads.elements(), key=str) == sorted(plist.oids(), key=str)
     assert s["state"] == "done" and s["done"] == s["total"] == len(plist.objects)
     assert s["errors"] == 0 and s["bytes_done"] == s["bytes_total"] == plist.total_bytes()
     if batch:
-        assert counting.batches and max(counting.batches) <= 2
+        assert batches and max(batches) <= 2
 
 
 def test_replay_skips_what_whole_file_copies_fetch(kit: Kit, tree: ObjectId) -> None:
@@ -216,20 +211,21 @@ def test_replay_skips_what_whole_file_copies_fetch(kit: Kit, tree: ObjectId) -> 
             return covered
         return set()
 
-    counting = CountingSource(LocalSource(kit.store.root), batch=False)
-    replay = Replay(lambda: plist, counting, warm)
+    source, mem, _batches = replay_source(kit, batch=False)
+    replay = Replay(lambda: plist, source, warm)
     replay.run()
     assert warmed == ["lib/big.so"] and replay.summary()["files_warmed"] == 1
-    assert set(counting.fetched) == set(plist.oids()) - covered
+    assert set(mem.reads) == set(plist.oids()) - covered
     assert replay.summary()["done"] == len(plist.objects)
 
 
 def test_a_missing_listed_object_is_counted_not_fatal(kit: Kit, tree: ObjectId) -> None:
     _rel, plist = publish_with_lists(kit, tree, ACCESSES)
     gone = plist.oids()[-1]
-    object_path(kit.store.root, gone).unlink()
     for batch in (True, False):
-        replay = Replay(lambda: plist, CountingSource(LocalSource(kit.store.root), batch))
+        source, mem, _batches = replay_source(kit, batch)
+        mem.set_fault(gone, "missing")
+        replay = Replay(lambda: plist, source)
         replay.run()
         s = replay.summary()
         assert s["state"] == "done" and s["errors"] == 1 and s["done"] == s["total"]
@@ -252,6 +248,7 @@ def _wait_prefetch(kit: Kit, mp: Path) -> dict:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_mount_replays_the_list_and_status_reaches_total(kit: Kit, tree: ObjectId,
                                                          mounter: Mounter) -> None:
@@ -267,6 +264,7 @@ def test_mount_replays_the_list_and_status_reaches_total(kit: Kit, tree: ObjectI
     assert (mp / "lib" / "big.so").read_bytes() == (kit.base / "tree/lib/big.so").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_mount_survives_a_list_naming_a_missing_object(kit: Kit, tree: ObjectId,
                                                        mounter: Mounter) -> None:
@@ -279,6 +277,7 @@ def test_mount_survives_a_list_naming_a_missing_object(kit: Kit, tree: ObjectId,
     assert (mp / "lib" / "deep" / "a.jl").read_text().startswith("module A")
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_mount_records_accesses_in_first_access_order(kit: Kit, tree: ObjectId,
                                                       mounter: Mounter) -> None:
@@ -311,8 +310,8 @@ def test_gc_and_fsck_keep_the_list_with_its_release(kit: Kit, tree: ObjectId) ->
 
 def test_a_failing_batch_is_counted_and_the_rest_still_fetched(kit: Kit, tree: ObjectId) -> None:
     _rel, plist = publish_with_lists(kit, tree, ACCESSES)
-    counting = CountingSource(LocalSource(kit.store.root), batch=True)
-    real, calls = counting.prefetch, []
+    source, mem, _batches = replay_source(kit, batch=True)
+    real, calls = source.prefetch, []  # type: ignore[attr-defined]
 
     def flaky(oids):
         calls.append(len(oids))
@@ -320,9 +319,9 @@ def test_a_failing_batch_is_counted_and_the_rest_still_fetched(kit: Kit, tree: O
             raise TimeoutError("server went away")
         return real(oids)
 
-    counting.prefetch = flaky
-    replay = Replay(lambda: plist, counting, batch=2)
+    source.prefetch = flaky  # type: ignore[attr-defined]
+    replay = Replay(lambda: plist, source, batch=2)
     replay.run()
     s = replay.summary()
     assert s["state"] == "done" and s["errors"] == 2 and s["done"] == s["total"]
-    assert set(counting.fetched) == set(plist.oids()[2:])
+    assert set(mem.reads) == set(plist.oids()[2:])

@@ -14,17 +14,19 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from net_fixtures import ForwardProxy, free_port
 
-from casstore.distribute.transfer import HttpOptions, local_reachable, push
-from casstore.errors import CasError
+from casstore.distribute.transfer import local_reachable, push
+from casstore.errors import CasError, ServersUnreachable
 from casstore.format.layout import object_relpath
 from casstore.releases.release import load_secret, load_unverified
 from casstore.server.storeproto import StoreConfig
+from casstore.sources.transport import HTTPSettings
 from casstore.store.publish import publish
 from casstore.store.snapshot import put_paths
 from casstore.store.writable import Store
 
-from helpers import cas, make_tree, snapshot
+from helpers import assert_one_line_error, cas, make_tree, snapshot
 from serve_helpers import (
     ProcessServer,
     ThreadServer,
@@ -70,6 +72,7 @@ def _push_json(pub: dict, url: str, spec: str, token: str, *extra: str):
     return cas(pub["store"], "--json", "push", url, spec, *extra, env={"CAS_TOKEN": token})
 
 
+@pytest.mark.slow
 def test_push_into_empty_store_then_pull_gives_identical_files(pub: dict, tmp_path: Path) -> None:
     served = new_store(tmp_path / "served")
     token = token_for(served)
@@ -104,6 +107,7 @@ def test_push_into_empty_store_then_pull_gives_identical_files(pub: dict, tmp_pa
     assert cas(served, "fsck").code == 0 and cas(dest, "fsck").code == 0
 
 
+@pytest.mark.slow
 def test_pull_verifies_release_and_objects(pub: dict, tmp_path: Path) -> None:
     served = new_store(tmp_path / "served")
     token = token_for(served)
@@ -147,6 +151,7 @@ def _fault(state: dict):
     return middleware
 
 
+@pytest.mark.slow
 def test_push_interrupted_by_server_failure_resumes(pub: dict, tmp_path: Path) -> None:
     served = new_store(tmp_path / "served")
     token = token_for(served)
@@ -156,19 +161,20 @@ def test_push_interrupted_by_server_failure_resumes(pub: dict, tmp_path: Path) -
     with ThreadServer(cfg, [_fault(state)]) as srv:
         with pytest.raises(CasError):
             push(local, srv.url, "bulk", None, token,
-                 opts=HttpOptions(jobs=2, retries=1, backoff=0.01))
+                 settings=HTTPSettings(parallel=2, retries=1, backoff=0.01))
         wait_quiet(srv.url)
         stored = object_files(served)
         assert 0 < len(stored) <= 7
         assert not (served / "releases" / "bulk").exists()  # the release goes last
         state["left"] = None
-        stats = push(local, srv.url, "bulk", None, token, opts=HttpOptions(jobs=4))
+        stats = push(local, srv.url, "bulk", None, token, settings=HTTPSettings(parallel=4))
     need = pub["oids"]["bulk"]
     assert stats.moved == len(need) - len(stored)  # only what was missing
     assert stats.release_written and object_files(served) == need
     assert cas(served, "fsck").code == 0
 
 
+@pytest.mark.slow
 def test_killed_push_process_resumes(pub: dict, tmp_path: Path) -> None:
     served = new_store(tmp_path / "served")
     token = token_for(served)
@@ -201,6 +207,7 @@ def test_killed_push_process_resumes(pub: dict, tmp_path: Path) -> None:
     assert cas(served, "fsck").code == 0
 
 
+@pytest.mark.slow
 def test_concurrent_pushes_of_overlapping_releases(pub: dict, tmp_path: Path) -> None:
     served = new_store(tmp_path / "served")
     token = token_for(served)
@@ -219,3 +226,42 @@ def test_concurrent_pushes_of_overlapping_releases(pub: dict, tmp_path: Path) ->
     for name in ("a", "b"):
         assert load_unverified(Store.open(served), name).revision == 1
     assert cas(served, "fsck").code == 0
+
+
+@pytest.mark.slow
+def test_push_pull_and_store_url_go_through_the_client_config(pub: dict, tmp_path: Path) -> None:
+    """cas push, cas pull and --store URL reads take the client config's proxy (and
+    timeouts): through a dead proxy nothing reaches the server, through a live one
+    every request goes by it."""
+    served = new_store(tmp_path / "served")
+    token = token_for(served)
+    cfg = tmp_path / "client.toml"
+    dead = free_port()
+    proxy = ForwardProxy().start()
+    try:
+        with ProcessServer(served, tmp_path / "serve.log", "--trusted-key",
+                           str(pub["pubkey"])) as srv:
+            cfg.write_text(f'proxy = "http://127.0.0.1:{dead}"\nconnect_timeout = 2\n')
+            env = {"CAS_CONFIG": str(cfg), "CAS_TOKEN": token}
+            res = cas(pub["store"], "push", srv.url, "app", env=env)
+            assert_one_line_error(res)
+            assert res.code == ServersUnreachable.exit_code, res.err
+            assert metric(srv.url, "cas_http_requests_total", method="POST") == 0
+            cfg.write_text('proxy = "DIRECT"\n')
+            cas(pub["store"], "push", srv.url, "app", check=True, env=env)
+            assert not proxy.requests
+            cfg.write_text(f'proxy = "{proxy.url}"\n'
+                           f'trusted_keys = ["{pub_hex(pub["pubkey"])}"]\n')
+            res = cas(tmp_path / "dest", "--json", "pull", srv.url, "app", env=env)
+            assert res.code == 0, res.err
+            n = len(pub["oids"]["app"])
+            assert json.loads(res.out)["moved"] == n
+            gets = [r for r in proxy.requests if r.startswith(f"GET {srv.url}/objects/")]
+            assert len(gets) == n  # every object came through the proxy
+            before = len(proxy.requests)
+            cas(None, "--store", srv.url, "get", "app", str(tmp_path / "out"), check=True,
+                env=env)
+            assert len(proxy.requests) > before
+            assert snapshot(tmp_path / "out") == snapshot(pub["tmp"] / "app")
+    finally:
+        proxy.stop()

@@ -25,6 +25,7 @@ from casstore.format.objects import HEADER_SIZE, ObjectId, ObjType, encode
 from casstore.sources import LocalSource, ObjectCache, open_source, stored_type
 from casstore.sources.base import ObjectSource
 from casstore.sources.knownbad import KnownBad
+from casstore.sources.mem import MemSource
 from casstore.store.writable import Store
 
 from helpers import assert_one_line_error, cas
@@ -103,6 +104,7 @@ def test_oversized_object_refused_before_reading(store: Store) -> None:
     assert time.monotonic() - t < 5  # reading 258 MiB of zeros would also be slow
 
 
+@pytest.mark.slow
 def test_oversized_release_file_refused_before_reading(tmp_path: Path) -> None:
     """A 1 GB release file was read whole before the 1 MiB check."""
     st = tmp_path / "store"
@@ -196,7 +198,7 @@ def test_interface_is_complete() -> None:
     assert set(_METHODS) == {"read_stored", "fetch", "read_head", "stored_size", "read_ref",
                              "read_format", "release_names", "release_revisions",
                              "read_release", "close"}
-    for cls in (LocalSource, KnownBad, ObjectCache, Store):
+    for cls in (LocalSource, KnownBad, ObjectCache, Store, MemSource):
         missing = [m for m in _METHODS if m != "close" and not callable(getattr(cls, m, None))]
         assert not missing, (cls, missing)
 
@@ -239,6 +241,7 @@ def test_open_source(store: Store, tmp_path: Path) -> None:
         open_source(tmp_path / "nothing-here")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", [b"[]", b"{}", b"not json",
                                   b'{"format": "casstore", "version": 9}'])
 def test_bad_format_document_is_one_line(tmp_path: Path, text: bytes) -> None:

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from casstore.errors import CacheUnsafe, NotFound
+from casstore.errors import NotFound, UnsafeFolder
 from casstore.format.objects import ObjectId, ObjType
 from casstore.format.trees import Entry, Kind, Storage, encode_tree
 from casstore.sources import LocalSource
 from casstore.sources.knownbad import KnownBad
+from casstore.sources.mem import MemSource
 from casstore.store.snapshot import put_paths
 from casstore.store.writable import Store
 from casstore.view.filecache import FileCache
@@ -116,6 +117,7 @@ def _check(vfs: VFS, rel: str, want: tuple, rnd: random.Random) -> None:
     assert (b"user.cas.variant" in [k.encode() for k in vfs.xattrs(node, False)]) == want[3]
 
 
+@pytest.mark.slow
 def test_vfs_from_eight_threads(world) -> None:
     """8 threads of random lookups/stat/read/listdir over one VFS: every answer right."""
     vfs, expected = world
@@ -145,6 +147,7 @@ def test_vfs_from_eight_threads(world) -> None:
     assert vfs.cache is not None and vfs.cache.stats["hits"] > 0
 
 
+@pytest.mark.slow
 def test_listdir_merges_in_byte_order(world) -> None:
     vfs, expected = world
     for rel in ("d1/e1", "d2", "d2/deep", ""):
@@ -158,28 +161,14 @@ def test_listdir_merges_in_byte_order(world) -> None:
 
 
 # -- memory --------------------------------------------------------
-class MemSource:
-    """Objects held in memory by id: enough of an ObjectSource for the reader."""
-
-    def __init__(self) -> None:
-        self.objects: dict[ObjectId, bytes] = {}
-
-    def add(self, raw: bytes) -> ObjectId:
-        oid = ObjectId.of(raw)
-        self.objects[oid] = raw
-        return oid
-
-    def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
-        return bytes(bytearray(self.objects[oid]))  # a fresh copy, as decompressing makes
-
-
+@pytest.mark.slow
 def test_big_tree_memory_per_entry() -> None:
     """A 200k-entry tree kept decoded costs little more than its own bytes."""
     n = 200_000
     src = MemSource()
     raw = encode_tree(Entry(f"file-{i:07d}.jl".encode(), Kind.FILE, 0o644, 0, 0,
                             Storage.INLINE) for i in range(n))
-    tid = src.add(raw)
+    tid = src.put(ObjType.TREE, raw)
     del raw
     reader = TreeReader(src, tree_cache_bytes=1 << 30)
     tracemalloc.start()
@@ -206,15 +195,15 @@ def test_tree_cache_is_bounded_by_bytes() -> None:
 
     src = MemSource()
     n = SMALL_DIR + 1000  # compact form
-    ids = [src.add(encode_tree(Entry(f"n{i}-{j}".encode(), Kind.FILE, 0o644, 0, 0,
-                                     Storage.INLINE) for j in range(n)))
+    ids = [src.put(ObjType.TREE, encode_tree(Entry(f"n{i}-{j}".encode(), Kind.FILE, 0o644,
+                                                   0, 0, Storage.INLINE) for j in range(n)))
            for i in range(20)]
     reader = TreeReader(src, tree_cache_bytes=400_000)
     for tid in ids:
         assert len(reader.dir(tid)) == n
     assert 0 < reader.trees.weight <= 400_000
-    small = reader.dir(src.add(encode_tree(Entry(f"s{j}".encode(), Kind.FILE, 0o644, 0, 0,
-                                                 Storage.INLINE) for j in range(100))))
+    small = reader.dir(src.put(ObjType.TREE, encode_tree(
+        Entry(f"s{j}".encode(), Kind.FILE, 0o644, 0, 0, Storage.INLINE) for j in range(100))))
     assert small.nbytes > 100 * 300  # kept decoded, and weighed as such
 
 
@@ -230,6 +219,7 @@ def _deep_tree(store: Store, depth: int) -> ObjectId:
     return oid
 
 
+@pytest.mark.slow
 def test_ls_recursive_on_a_1500_level_tree(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "store", create=True)
     root = _deep_tree(store, 1500)
@@ -340,17 +330,72 @@ def test_cache_file_of_another_owner_is_refused(big) -> None:
         cache.close()
 
 
+class _SlowSource:
+    """A local source whose chunk fetches take a while; counts them in flight, and
+    fails one chosen chunk the first time it is fetched."""
+
+    def __init__(self, inner: LocalSource, fail: ObjectId | None = None) -> None:
+        self.inner, self.fail = inner, fail
+        self.lock = threading.Lock()
+        self.now = self.peak = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
+        if expect != ObjType.CHUNK:
+            return self.inner.fetch(oid, expect)
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            threading.Event().wait(0.05)
+            if oid == self.fail:
+                self.fail = None
+                from casstore.errors import ObjectCorrupt
+
+                raise ObjectCorrupt(f"object {oid} failed verification (test)")
+            return self.inner.fetch(oid, expect)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("fail_one", [False, True])
+def test_whole_file_copy_fills_several_chunks_at_once(big, fail_one: bool) -> None:
+    """Chunks are fetched several at a time; a failed chunk leaves the copy incomplete
+    (never served from unwritten bytes) and its reads go to the source again."""
+    tmp, root, data = big
+    local = LocalSource(tmp / "store")
+    layout = TreeReader(local).layout(VFS(local, root).lookup("big.so").entry)
+    assert len(layout.oids) >= 3
+    source = _SlowSource(local, layout.oids[1] if fail_one else None)
+    cache = FileCache(source, tmp / "cache", 64 << 20, prefetch_min=1 << 20)  # type: ignore[arg-type]
+    try:
+        vfs = VFS(source, root, cache=cache)  # type: ignore[arg-type]
+        node = vfs.lookup("big.so")
+        assert vfs.read(node, 0, 10) == data[:10]
+        copy = next(iter(cache.copies.values()))
+        assert copy.thread is not None
+        copy.thread.join(30)
+        assert source.peak > 1
+        assert copy.complete is not fail_one and cache.stats["chunk_errors"] == int(fail_one)
+        assert _read_all(vfs, "big.so") == data  # the failed chunk: from the source again
+    finally:
+        cache.close()
+
+
 @pytest.mark.parametrize("mode", [0o777, 0o757, 0o775])
 def test_cache_folder_writable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
     folder = tmp_path / "cache"
     folder.mkdir()
     os.chmod(folder, mode)
-    with pytest.raises(CacheUnsafe):
-        FileCache(KnownBad(MemSource()), folder, 1 << 20)  # type: ignore[arg-type]
+    with pytest.raises(UnsafeFolder):
+        FileCache(KnownBad(MemSource()), folder, 1 << 20)
 
 
 def test_cache_folder_is_created_private(tmp_path: Path) -> None:
-    cache = FileCache(MemSource(), tmp_path / "new" / "cache", 1 << 20)  # type: ignore[arg-type]
+    cache = FileCache(MemSource(), tmp_path / "new" / "cache", 1 << 20)
     cache.close()
     for p in (tmp_path / "new" / "cache", tmp_path / "new" / "cache" / "files"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o700

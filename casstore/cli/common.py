@@ -49,11 +49,12 @@ class Ctx:
 
     def source(self):
         """The store for reading only (works on a read-only mirror): an ObjectSource
-        from the one factory, :func:`casstore.sources.open_source`."""
+        from the one factory, :func:`casstore.sources.open_source`; an HTTP remote
+        with the client config's proxies and timeouts (:func:`remote`)."""
         from casstore.sources import open_source
 
         if self.store_spec and "://" in self.store_spec:  # an HTTP remote (read-only)
-            return open_source(self.store_spec)
+            return remote(self.store_spec)
         if not self.store_path.exists():
             raise StoreError(f"no store at {self.store_path}")
         return open_source(self.store_path)
@@ -79,6 +80,20 @@ class Ctx:
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def remote(spec: str | Path):
+    """A source named on the command line: a URL with the client config's proxies and
+    timeouts (``$CAS_CONFIG`` or the default file), else a store folder (the config
+    is not read: a local command does not depend on it)."""
+    from casstore.sources import open_source
+
+    if "://" not in str(spec):
+        return open_source(spec)
+    from casstore.client.config import load
+    from casstore.client.connect import open_remote
+
+    return open_remote(load(None), str(spec))
 
 
 def handle_errors(fn: F) -> F:
@@ -114,10 +129,30 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def command(group: click.Group, name: str, **kw: Any) -> Callable[[F], F]:
-    """Register a subcommand on ``group`` with the error boundary applied."""
+def command(group: click.Group, name: str, json_option: bool = True,
+            **kw: Any) -> Callable[[F], F]:
+    """Register a subcommand on ``group`` with the error boundary applied.
+
+    Each subcommand also takes ``--json`` itself (``cas status X --json`` is
+    ``cas --json status X``), unless ``json_option`` is False: ``cas exec`` passes
+    everything after RELEASE to the command it runs."""
 
     def deco(fn: F) -> F:
-        return group.command(name, **kw)(handle_errors(fn))  # type: ignore[return-value]
+        target = handle_errors(fn)
+        if json_option:
+            target = _json_after(target)
+        return group.command(name, **kw)(target)  # type: ignore[return-value]
 
     return deco
+
+
+def _json_after(fn: F) -> F:
+    @click.option("--json", "json_after", is_flag=True,
+                  help="Machine-readable JSON output (same as cas --json).")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, json_after: bool = False, **kwargs: Any) -> Any:
+        if json_after:
+            click.get_current_context().find_object(Ctx).as_json = True
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

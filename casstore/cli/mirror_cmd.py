@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from casstore.cli.common import Ctx, command, pass_ctx
+from casstore.cli.common import Ctx, command, pass_ctx, remote
 from casstore.cli.main import cli
 from casstore.errors import MirrorIncomplete, UsageError
 
@@ -57,10 +57,8 @@ def mirror_cmd(ctx: Ctx, source: str | None, dest: Path | None, names: tuple[str
         raise UsageError("give SOURCE and DEST (or --check DEST)")
     from casstore.distribute.mirror import mirror
     from casstore.releases.release import parse_public
-    from casstore.sources import open_source
-
     trusted = [parse_public(k) for k in keys]
-    src = open_source(source)
+    src = remote(source)
     try:
         with ctx.progress(0, "mirror") as tick:
             try:

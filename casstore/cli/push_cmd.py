@@ -43,8 +43,9 @@ def _report(ctx: Ctx, verb: str, stats) -> None:
                    f"{'written' if stats.release_written else 'was already there'}")
 
 
-_jobs = click.option("--jobs", "-j", default=8, show_default=True, type=click.IntRange(1, 64),
-                     help="Parallel transfers.")
+_jobs = click.option("--jobs", "-j", default=None, type=click.IntRange(1, 64),
+                     help="Parallel transfers (default: http_parallel of the client config, "
+                          "16).  Proxies and timeouts come from the client config too.")
 
 
 @command(cli, "push")
@@ -54,20 +55,21 @@ _jobs = click.option("--jobs", "-j", default=8, show_default=True, type=click.In
               help=f"File holding the write token (default: ${TOKEN_ENV}).")
 @_jobs
 @pass_ctx
-def push(ctx: Ctx, url: str, spec: str, token_file: Path | None, jobs: int) -> None:
+def push(ctx: Ctx, url: str, spec: str, token_file: Path | None, jobs: int | None) -> None:
     """Push release SPEC (NAME or NAME@REV) to the `cas serve` at URL."""
-    from casstore.distribute.transfer import HttpOptions
+    from casstore.client import connect
+    from casstore.client.config import load
     from casstore.distribute.transfer import push as do_push
     from casstore.releases.release import parse_spec
 
     name, rev = parse_spec(spec)
     url = _check_url(url)
     token = _read_token(token_file)
+    settings = connect.http_settings(load(None), parallel=jobs)
     store = ctx.open_store()
     try:
         with ctx.progress(None, f"push {name}") as bar:
-            stats = do_push(store, url, name, rev, token,
-                            opts=HttpOptions(jobs=jobs), progress=bar)
+            stats = do_push(store, url, name, rev, token, settings=settings, progress=bar)
     finally:
         store.close()
     _report(ctx, "push", stats)
@@ -81,21 +83,22 @@ def push(ctx: Ctx, url: str, spec: str, token_file: Path | None, jobs: int) -> N
                    "config's trusted_keys).")
 @_jobs
 @pass_ctx
-def pull(ctx: Ctx, url: str, spec: str, keys: tuple[str, ...], jobs: int) -> None:
+def pull(ctx: Ctx, url: str, spec: str, keys: tuple[str, ...], jobs: int | None) -> None:
     """Pull release SPEC (NAME or NAME@REV) from URL into the store, verified."""
+    from casstore.client import connect
     from casstore.client.config import load
-    from casstore.distribute.transfer import HttpOptions
     from casstore.distribute.transfer import pull as do_pull
     from casstore.releases.release import parse_public, parse_spec
 
     name, rev = parse_spec(spec)
     url = _check_url(url)
-    trusted = [parse_public(k) for k in keys] if keys else load(None).trusted()
+    cfg = load(None)
+    trusted = [parse_public(k) for k in keys] if keys else cfg.trusted()
+    settings = connect.http_settings(cfg, parallel=jobs)
     store = ctx.open_store(create=True)
     try:
         with ctx.progress(None, f"pull {name}") as bar:
-            stats = do_pull(store, url, name, rev, trusted,
-                            opts=HttpOptions(jobs=jobs), progress=bar)
+            stats = do_pull(store, url, name, rev, trusted, settings=settings, progress=bar)
     finally:
         store.close()
     _report(ctx, "pull", stats)

@@ -157,7 +157,10 @@ def load(path: Path | None = None, *, required: bool = False) -> ClientConfig:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         if required or explicit:
-            raise UsageError(f"client config {path} does not exist") from None
+            raise UsageError(f"client config {path} does not exist: write one with at "
+                             f"least trusted_keys = [\"/etc/casstore/release.pub\"] and "
+                             f"source = \"STORE-DIR-OR-URL\" (docs/CLIENT.md, Setup), or "
+                             f"name another with --config FILE or ${ENV_VAR}") from None
         return ClientConfig()
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"client config {path} is not valid TOML: {exc}") from None
@@ -249,7 +252,7 @@ def _http_settings(cfg: ClientConfig, raw: dict) -> None:
         if not isinstance(proxy, list) or not all(isinstance(p, str) for p in proxy):
             raise UsageError("client config: proxy must be a string or a list of strings "
                              "(proxy URLs or DIRECT)")
-        from casstore.sources.http import parse_proxies  # checks each URL
+        from casstore.sources.transport import parse_proxies  # checks each URL
 
         try:
             cfg.proxy = list(parse_proxies(proxy))

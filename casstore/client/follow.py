@@ -10,6 +10,10 @@ revision.  A revision that fails is recorded (``rejected``: which one and why),
 logged once per distinct reason, and not applied; the mount stays on the last
 good revision and keeps checking, so a later good revision is still taken.
 
+Whether a mount follows at all, how often it checks and how long the kernel may
+cache what it saw are decided once, by :func:`follow_policy` (``cas mount`` calls
+it; the daemon only reads the :class:`FollowPolicy` it is given).
+
 This module knows nothing of FUSE: ``apply`` (given by the wiring) swaps the
 filesystem model; the adapter only supplies how to wait (a timer or a signal).
 """
@@ -24,9 +28,60 @@ from dataclasses import dataclass, field
 
 from casstore.client.config import ClientConfig
 from casstore.client.selection import Selection, reselect
-from casstore.errors import CasError, NotFound, RemoteError
+from casstore.errors import CasError, NotFound, RemoteError, UsageError
+from casstore.releases.release import DAY
 
 log = logging.getLogger(__name__)
+PINNED_TIMEOUT_S = float(DAY)  # entry/attr/negative timeouts: content never changes
+# ... unless the mount follows new revisions (CVMFS_KCACHE_TIMEOUT's model): then a
+# changed path the daemon no longer remembers may show old attributes for at most
+# FOLLOW_TIMEOUT_S after a switch (paths it remembers are invalidated at once), and
+# a path added by the new revision may stay hidden behind a negative entry cached
+# before the switch for at most FOLLOW_NEGATIVE_S.
+FOLLOW_TIMEOUT_S = 60.0
+FOLLOW_NEGATIVE_S = 10.0
+
+
+@dataclass(frozen=True)
+class FollowPolicy:
+    """Whether a mount follows new revisions, every how many seconds it checks, and
+    the kernel cache timeouts that go with that choice."""
+
+    follow: bool
+    ttl: float  # seconds between checks (meaningful only when following)
+    why: str  # what decided it, for the log: "config", "--follow", "pinned", ...
+
+    @property
+    def entry_timeout(self) -> float:
+        """Seconds the kernel keeps a name's entry and attributes."""
+        return FOLLOW_TIMEOUT_S if self.follow else PINNED_TIMEOUT_S
+
+    @property
+    def negative_timeout(self) -> float:
+        """Seconds the kernel remembers that a name does not exist."""
+        return FOLLOW_NEGATIVE_S if self.follow else PINNED_TIMEOUT_S
+
+
+PINNED = FollowPolicy(False, 0.0, "pinned")
+
+
+def follow_policy(cfg: ClientConfig, requested: bool | None, *, pinned: bool,
+                  owned: bool = False, recording: bool = False) -> FollowPolicy:
+    """The one decision: ``requested`` (--follow/--no-follow, None: the config's
+    ``follow``) unless the revision is ``pinned`` (NAME@N, --revision), the mount
+    belongs to a ``cas exec`` job (``owned``: a job sees one revision from start to
+    end) or records accesses for ``cas depot build`` (``recording``).  Asking to
+    follow a pinned revision is a usage error, not silently ignored."""
+    if requested and pinned:
+        raise UsageError("--follow with a pinned revision (NAME@N or --revision): "
+                         "a pinned mount never moves")
+    for off, why in ((pinned, "pinned"), (owned, "cas exec job"),
+                     (recording, "recording accesses")):
+        if off:
+            return FollowPolicy(False, cfg.ttl, why)
+    if requested is None:
+        return FollowPolicy(cfg.follow, cfg.ttl, "config")
+    return FollowPolicy(requested, cfg.ttl, "--follow" if requested else "--no-follow")
 
 
 @dataclass
@@ -59,10 +114,10 @@ class Follower:
 
     def __init__(self, sel: Selection, cfg: ClientConfig, apply: Callable[[Selection], None],
                  arch: str | None = None, on_change: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, ttl: float | None = None) -> None:
         self.sel, self.cfg, self.arch = sel, cfg, arch
         self._apply, self._on_change, self._clock = apply, on_change, clock
-        self.state = FollowState(sel.release.revision, cfg.ttl)
+        self.state = FollowState(sel.release.revision, cfg.ttl if ttl is None else ttl)
         self._lock = threading.Lock()  # one check at a time (timer and reload)
 
     @property
@@ -101,12 +156,17 @@ class Follower:
         if new.release.revision <= self.state.revision:  # e.g. an offline fallback
             self._ok()
             return "current"
-        self.switch(new)
+        try:
+            self.switch(new)
+        except CasError as exc:  # its root tree unreadable: not applied, tried again
+            return self._error(f"revision {newest} verified, but its content cannot be "
+                               f"read: {exc}")
         self._ok()
         return "switched"
 
     def switch(self, new: Selection) -> None:
-        """THE revision switch: apply ``new`` (already verified), then record it."""
+        """THE revision switch: apply ``new`` (already verified), then record it.
+        If ``apply`` raises (the new root cannot be read), nothing changes."""
         old = self.state.revision
         self._apply(new)
         self.sel = new

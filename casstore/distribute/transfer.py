@@ -17,19 +17,23 @@ written atomically, so "there" means "complete").
 verified marker that still matches the file (FORMAT §8), so a damaged or
 foreign file is fetched or uploaded again, and repaired by ``put_raw``.
 
-The one remote read is :func:`get_file` (a plain GET of a FORMAT §10.2 path), so
-it can be swapped for the HTTP object source later.
+Every request goes through the one HTTP client,
+:class:`~casstore.sources.transport.Transport`, with the caller's
+:class:`~casstore.sources.transport.HTTPSettings` (the CLI builds them from the client
+config: proxies, timeouts, retries; ``--jobs`` sets ``parallel``).  The one remote
+read is :func:`get_file` (a GET of a FORMAT §10.2 path, its body bounded as the
+HTTP object source bounds it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import aiohttp
+from typing import Any
 
 from casstore.errors import (
     BadSignature,
@@ -37,7 +41,6 @@ from casstore.errors import (
     NotFound,
     ObjectCorrupt,
     PushRefused,
-    RemoteError,
     TokenError,
     TransferError,
 )
@@ -54,6 +57,8 @@ from casstore.format.layout import (
 from casstore.format.objects import ObjectId, ObjType, decode
 from casstore.format.trees import Kind, Storage, decode_blob, decode_tree
 from casstore.releases.release import Release, load_unverified, verify
+from casstore.sources.http import object_bound
+from casstore.sources.transport import MISSING, Fail, HTTPSettings, Transport, as_error
 from casstore.store.writable import Store
 
 Progress = Callable[[int], None]
@@ -72,17 +77,6 @@ class TransferStats:
     bytes: int = 0  # stored bytes moved
     release_written: bool = False  # False: the other side had this exact revision
     missing_ids: list[str] = field(default_factory=list, repr=False)
-
-
-@dataclass
-class HttpOptions:
-    """Connection behaviour: bounded parallelism, timeouts and retries."""
-
-    jobs: int = 8
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    retries: int = 3
-    backoff: float = 0.5  # seconds, doubled per retry
 
 
 def children(kind: ObjType, raw: bytes) -> list[tuple[ObjectId, ObjType]]:
@@ -117,55 +111,34 @@ def local_reachable(store: Store, rel: Release) -> list[ObjectId]:
 
 
 # -- HTTP ------------------------------------------------------------------------------
-def _url(base: str, relpath: str) -> str:
-    return base.rstrip("/") + "/" + relpath
+_RETRY = "temporary; run again to resume"
 
 
-def _session(opts: HttpOptions, headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout,
-                                    sock_read=opts.read_timeout)
-    return aiohttp.ClientSession(timeout=timeout, headers=headers,
-                                 connector=aiohttp.TCPConnector(limit=opts.jobs))
+def _transfer_error(f: Fail) -> CasError:
+    return as_error(f, TransferError, ObjectCorrupt, retry=_RETRY)
 
 
-async def _request(session: aiohttp.ClientSession, opts: HttpOptions, method: str, url: str,
-                   limit: int, **kw) -> tuple[int, bytes]:
-    """(status, body of at most ``limit`` bytes), retrying connection errors and 5xx."""
-    delay = opts.backoff
-    why = ""
-    for attempt in range(opts.retries + 1):
-        try:
-            async with session.request(method, url, **kw) as resp:
-                if resp.content_length is not None and resp.content_length > limit:
-                    raise ObjectCorrupt(f"{url}: answer too large ({resp.content_length} bytes)")
-                body = bytearray()
-                async for chunk in resp.content.iter_any():
-                    body += chunk
-                    if len(body) > limit:
-                        raise ObjectCorrupt(f"{url}: answer too large (over {limit} bytes)")
-                if resp.status < 500 or attempt == opts.retries:
-                    return resp.status, bytes(body)
-                why = f"HTTP {resp.status}"
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            if attempt == opts.retries:
-                raise RemoteError(f"{method} {url}: {exc or type(exc).__name__} "
-                                  "(temporary; run again to resume)") from None
-            why = str(exc)
-        await asyncio.sleep(delay)
-        delay *= 2
-    raise RemoteError(f"{method} {url}: {why}")  # not reached
+async def get_file(http: Transport, relpath: str, limit: int) -> bytes | None:
+    """The one remote read: a file of the store layout (FORMAT §10.2), None when every
+    server says it is not there.  Unverified: callers check every byte (hash or
+    signature) before using it."""
+    bound = object_bound if relpath.startswith("objects/") else None
+    try:
+        return await http.get(relpath, limit, bound=bound)
+    except Fail as f:
+        if f.kind == MISSING:
+            return None
+        raise _transfer_error(f) from None
 
 
-async def get_file(session: aiohttp.ClientSession, opts: HttpOptions, base: str,
-                   relpath: str, limit: int) -> bytes | None:
-    """The one remote read: a file of the store layout (FORMAT §10.2), None on 404.
-    Unverified: callers check every byte (hash or signature) before using it."""
-    status, body = await _request(session, opts, "GET", _url(base, relpath), limit)
-    if status == 404:
-        return None
-    if status != 200:
-        raise RemoteError(f"GET {_url(base, relpath)}: HTTP {status}")
-    return body
+async def _send(http: Transport, method: str, relpath: str, limit: int,
+                **kw: Any) -> tuple[int, bytes]:
+    """(status, body of at most ``limit`` bytes) of a write; temporary failures are
+    retried by the transport, and raised as RemoteError once it gives up."""
+    try:
+        return await http.send(method, relpath, limit, **kw)
+    except Fail as f:
+        raise _transfer_error(f) from None
 
 
 def _server_says(body: bytes) -> str:
@@ -173,12 +146,13 @@ def _server_says(body: bytes) -> str:
 
 
 # -- push ------------------------------------------------------------------------------
-async def _missing(session, opts, base: str, oids: list[ObjectId]) -> list[ObjectId]:
+async def _missing(http: Transport, auth: dict[str, str],
+                   oids: list[ObjectId]) -> list[ObjectId]:
     out: list[ObjectId] = []
     for i in range(0, len(oids), MAX_BATCH):
         batch = oids[i:i + MAX_BATCH]
-        status, body = await _request(session, opts, "POST", _url(base, "objects/missing"),
-                                      1 << 20, json={"ids": [str(o) for o in batch]})
+        status, body = await _send(http, "POST", "objects/missing", 1 << 20, headers=auth,
+                                   json={"ids": [str(o) for o in batch]})
         _check_auth(status, body)
         if status != 200:
             raise TransferError(f"the server cannot say which objects it lacks: HTTP "
@@ -200,49 +174,48 @@ def _check_auth(status: int, body: bytes) -> None:
         raise TokenError(f"the server refused the token: {_server_says(body)}")
 
 
-async def _push(store: Store, base: str, rel: Release, doc: bytes, token: str,
-                opts: HttpOptions, progress: Progress, pool: ThreadPoolExecutor) -> TransferStats:
+async def _push(store: Store, http: Transport, rel: Release, doc: bytes, token: str,
+                progress: Progress, pool: ThreadPoolExecutor) -> TransferStats:
     loop = asyncio.get_running_loop()
     stats = TransferStats(rel.name, rel.revision)
     oids = await loop.run_in_executor(pool, local_reachable, store, rel)
     stats.objects = len(oids)
-    async with _session(opts, {"Authorization": f"Bearer {token}"}) as session:
-        missing = await _missing(session, opts, base, oids)
-        stats.missing_ids = [str(o) for o in missing]
-        queue: asyncio.Queue[ObjectId] = asyncio.Queue()
-        for oid in missing:
-            queue.put_nowait(oid)
+    auth = {"Authorization": f"Bearer {token}"}
+    missing = await _missing(http, auth, oids)
+    stats.missing_ids = [str(o) for o in missing]
+    queue: asyncio.Queue[ObjectId] = asyncio.Queue()
+    for oid in missing:
+        queue.put_nowait(oid)
 
-        async def worker() -> None:
-            while True:
-                try:
-                    oid = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                stored = await loop.run_in_executor(pool, store.read_stored, oid)
-                status, body = await _request(session, opts, "PUT",
-                                              _url(base, object_relpath(oid)), 1 << 16,
-                                              data=stored)
-                _check_auth(status, body)
-                if status not in (200, 201):
-                    raise TransferError(f"the server refused object {oid}: HTTP {status} "
-                                        f"{_server_says(body)}")
-                stats.moved += 1
-                stats.bytes += len(stored)
-                progress(len(stored))
+    async def worker() -> None:
+        while True:
+            try:
+                oid = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            stored = await loop.run_in_executor(pool, store.read_stored, oid)
+            status, body = await _send(http, "PUT", object_relpath(oid), 1 << 16,
+                                       headers=auth, data=stored)
+            _check_auth(status, body)
+            if status not in (200, 201):
+                raise TransferError(f"the server refused object {oid}: HTTP {status} "
+                                    f"{_server_says(body)}")
+            stats.moved += 1
+            stats.bytes += len(stored)
+            progress(len(stored))
 
-        await _gather([worker() for _ in range(max(1, min(opts.jobs, len(missing))))])
-        status, body = await _request(session, opts, "PUT",
-                                      _url(base, release_relpath(rel.name, rel.revision)),
-                                      1 << 16, data=doc)
-        _check_auth(status, body)
-        if status in (400, 403, 409, 422):
-            raise PushRefused(f"the server refused {rel.name}@{rel.revision}: HTTP {status} "
-                              f"{_server_says(body)}")
-        if status not in (200, 201):
-            raise TransferError(f"cannot store {rel.name}@{rel.revision}: HTTP {status} "
-                                f"{_server_says(body)}")
-        stats.release_written = status == 201
+    jobs = http.settings.parallel
+    await _gather([worker() for _ in range(max(1, min(jobs, len(missing))))])
+    status, body = await _send(http, "PUT", release_relpath(rel.name, rel.revision), 1 << 16,
+                               headers=auth, data=doc)
+    _check_auth(status, body)
+    if status in (400, 403, 409, 422):
+        raise PushRefused(f"the server refused {rel.name}@{rel.revision}: HTTP {status} "
+                          f"{_server_says(body)}")
+    if status not in (200, 201):
+        raise TransferError(f"cannot store {rel.name}@{rel.revision}: HTTP {status} "
+                            f"{_server_says(body)}")
+    stats.release_written = status == 201
     return stats
 
 
@@ -259,15 +232,21 @@ async def _gather(coros: list) -> None:
 
 
 def push(store: Store, url: str, name: str, revision: int | None, token: str, *,
-         opts: HttpOptions | None = None, progress: Progress | None = None) -> TransferStats:
-    """Push release ``name`` (newest, or ``revision``) to a ``cas serve`` at ``url``."""
+         settings: HTTPSettings | None = None,
+         progress: Progress | None = None) -> TransferStats:
+    """Push release ``name`` (newest, or ``revision``) to a ``cas serve`` at ``url``,
+    ``settings.parallel`` objects at a time."""
     if not token:
         raise TokenError("pushing needs a write token (cas serve token add NAME on the server)")
     rel = load_unverified(store, name, revision)  # the server verifies it
     doc = store.read_release(name, rel.revision)
-    opts = opts or HttpOptions()
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-push") as pool:
-        return asyncio.run(_push(store, url, rel, doc, token, opts, progress or _none, pool))
+    http = Transport([url], settings)
+    try:
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-push") as pool:
+            return http.run(_push(store, http, rel, doc, token, progress or _none, pool),
+                            math.inf)
+    finally:
+        http.close()
 
 
 def _none(_n: int) -> None:
@@ -275,19 +254,18 @@ def _none(_n: int) -> None:
 
 
 # -- pull ------------------------------------------------------------------------------
-async def _remote_release(session, opts, base: str, name: str,
+async def _remote_release(http: Transport, base: str, name: str,
                           revision: int | None) -> tuple[int, bytes]:
     if revision is not None:
-        doc = await get_file(session, opts, base, release_relpath(name, revision),
-                             MAX_RELEASE_DOC)
+        doc = await get_file(http, release_relpath(name, revision), MAX_RELEASE_DOC)
         if doc is None:
             raise NotFound(f"{base} has no release {name}@{revision}")
         return revision, doc
-    data = await get_file(session, opts, base, revisions_index_relpath(name), MAX_RELEASE_INDEX)
+    data = await get_file(http, revisions_index_relpath(name), MAX_RELEASE_INDEX)
     if data is None:
         raise NotFound(f"{base} has no release named {name!r}")
     for rev in reversed(release_index.decode_revisions(data, name, f"{base} release index")):
-        doc = await get_file(session, opts, base, release_relpath(name, rev), MAX_RELEASE_DOC)
+        doc = await get_file(http, release_relpath(name, rev), MAX_RELEASE_DOC)
         if doc is not None:  # an index that runs ahead: skip (FORMAT §6.4)
             return rev, doc
     raise NotFound(f"{base}: release {name!r} has no revision with a document")
@@ -303,88 +281,93 @@ def _store_fetched(store: Store, oid: ObjectId, stored: bytes,
     return kind, raw
 
 
-async def _pull(store: Store, base: str, name: str, revision: int | None, trusted: list[str],
-                opts: HttpOptions, progress: Progress, pool: ThreadPoolExecutor) -> TransferStats:
+async def _pull(store: Store, http: Transport, name: str, revision: int | None,
+                trusted: list[str], progress: Progress,
+                pool: ThreadPoolExecutor) -> TransferStats:
     loop = asyncio.get_running_loop()
-    async with _session(opts) as session:
-        rev, doc = await _remote_release(session, opts, base, name, revision)
-        rel = verify(doc, trusted)
-        if rel.name != name or rel.revision != rev:
-            raise BadSignature(f"{base}: the document of {name}@{rev} is {rel.name}@"
-                               f"{rel.revision} (replayed under a wrong name)")
-        stats = TransferStats(name, rev)
-        try:
-            local = store.read_release(name, rev)
-        except NotFound:
-            local = None
-        if local is not None:
-            if local != doc:
-                raise TransferError(f"the local store has another {name}@{rev}")
-            stats.objects = len(await loop.run_in_executor(pool, local_reachable, store, rel))
-            return stats
-        seen: set[bytes] = set()
-        queue: asyncio.Queue[tuple[ObjectId, ObjType]] = asyncio.Queue()
-        for oid in tops(rel):
-            queue.put_nowait((oid, ObjType.TREE))
+    base = http.urls[0].rstrip("/")
+    rev, doc = await _remote_release(http, base, name, revision)
+    rel = verify(doc, trusted)
+    if rel.name != name or rel.revision != rev:
+        raise BadSignature(f"{base}: the document of {name}@{rev} is {rel.name}@"
+                           f"{rel.revision} (replayed under a wrong name)")
+    stats = TransferStats(name, rev)
+    try:
+        local = store.read_release(name, rev)
+    except NotFound:
+        local = None
+    if local is not None:
+        if local != doc:
+            raise TransferError(f"the local store has another {name}@{rev}")
+        stats.objects = len(await loop.run_in_executor(pool, local_reachable, store, rel))
+        return stats
+    seen: set[bytes] = set()
+    queue: asyncio.Queue[tuple[ObjectId, ObjType]] = asyncio.Queue()
+    for oid in tops(rel):
+        queue.put_nowait((oid, ObjType.TREE))
 
-        async def one(oid: ObjectId, kind: ObjType) -> None:
-            if await loop.run_in_executor(pool, store.verified_present, oid):
-                if kind != ObjType.CHUNK:
-                    raw = await loop.run_in_executor(pool, store.fetch, oid, kind)
-                    for child in children(kind, raw):
-                        queue.put_nowait(child)
-                return
-            stored = await get_file(session, opts, base, object_relpath(oid), MAX_STORED_SIZE)
-            if stored is None:
-                raise TransferError(f"{base} lacks object {oid} of {name}@{rev}")
-            _kind, raw = await loop.run_in_executor(pool, _store_fetched, store, oid, stored, kind)
-            stats.moved += 1
-            stats.bytes += len(stored)
-            progress(len(stored))
+    async def one(oid: ObjectId, kind: ObjType) -> None:
+        if await loop.run_in_executor(pool, store.verified_present, oid):
             if kind != ObjType.CHUNK:
+                raw = await loop.run_in_executor(pool, store.fetch, oid, kind)
                 for child in children(kind, raw):
                     queue.put_nowait(child)
+            return
+        stored = await get_file(http, object_relpath(oid), MAX_STORED_SIZE)
+        if stored is None:
+            raise TransferError(f"{base} lacks object {oid} of {name}@{rev}")
+        _kind, raw = await loop.run_in_executor(pool, _store_fetched, store, oid, stored, kind)
+        stats.moved += 1
+        stats.bytes += len(stored)
+        progress(len(stored))
+        if kind != ObjType.CHUNK:
+            for child in children(kind, raw):
+                queue.put_nowait(child)
 
-        busy = 0  # workers fetching: an empty queue means "done" only when none is
+    busy = 0  # workers fetching: an empty queue means "done" only when none is
 
-        async def worker() -> None:
-            nonlocal busy
-            while True:
-                if queue.empty():
-                    if busy == 0:
-                        return
-                    await asyncio.sleep(0.005)
-                    continue
-                oid, kind = queue.get_nowait()
-                if oid.digest in seen:
-                    continue
-                seen.add(oid.digest)
-                busy += 1
-                try:
-                    await one(oid, kind)
-                finally:
-                    busy -= 1
+    async def worker() -> None:
+        nonlocal busy
+        while True:
+            if queue.empty():
+                if busy == 0:
+                    return
+                await asyncio.sleep(0.005)
+                continue
+            oid, kind = queue.get_nowait()
+            if oid.digest in seen:
+                continue
+            seen.add(oid.digest)
+            busy += 1
+            try:
+                await one(oid, kind)
+            finally:
+                busy -= 1
 
-        with store.lock():
-            await _gather([worker() for _ in range(max(1, opts.jobs))])
-            stats.objects = len(seen)
-            await loop.run_in_executor(pool, store.write_release, name, rev, doc)
-        stats.release_written = True
-        return stats
+    with store.lock():
+        await _gather([worker() for _ in range(max(1, http.settings.parallel))])
+        stats.objects = len(seen)
+        await loop.run_in_executor(pool, store.write_release, name, rev, doc)
+    stats.release_written = True
+    return stats
 
 
 def pull(store: Store, url: str, name: str, revision: int | None, trusted: list[str], *,
-         opts: HttpOptions | None = None, progress: Progress | None = None) -> TransferStats:
+         settings: HTTPSettings | None = None,
+         progress: Progress | None = None) -> TransferStats:
     """Pull release ``name`` (newest, or ``revision``) from ``url`` into ``store``,
-    verified against ``trusted`` keys."""
+    verified against ``trusted`` keys, ``settings.parallel`` objects at a time."""
     if not trusted:
         raise TransferError("pulling needs trusted keys (--trusted-key, or trusted_keys in "
                             "the client config)")
-    opts = opts or HttpOptions()
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-pull") as pool:
-        return asyncio.run(_pull(store, url, name, revision, trusted, opts,
-                                 progress or _none, pool))
+    http = Transport([url], settings)
+    try:
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-pull") as pool:
+            return http.run(_pull(store, http, name, revision, trusted, progress or _none,
+                                  pool), math.inf)
+    finally:
+        http.close()
 
 
-__all__ = ["HttpOptions", "TransferStats", "get_file", "local_reachable", "pull",
+__all__ = ["TransferStats", "get_file", "local_reachable", "pull",
            "push"]

@@ -13,7 +13,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from casstore.errors import NoSpace, StoreError
+from casstore.errors import NoSpace, StoreError, UnsafeFolder
 
 TMP_PREFIX = "tmp-"
 
@@ -44,6 +44,34 @@ def private_dir_problem(info: os.stat_result, uid: int) -> str | None:
     if info.st_mode & 0o022:
         return f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
     return None
+
+
+def require_private_dir(path: Path, what: str, hint: str, uid: int | None = None) -> None:
+    """Raise :class:`UnsafeFolder` ("<what> <path> <problem>; <hint>") unless ``path``
+    passes :func:`private_dir_problem` for ``uid`` (default: this process's euid).
+    ``lstat``, so a symlink planted in place of the folder is refused, not followed."""
+    uid = os.geteuid() if uid is None else uid
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise UnsafeFolder(f"cannot use {what} {path}: {exc.strerror or exc}") from None
+    problem = private_dir_problem(info, uid)
+    if problem:
+        raise UnsafeFolder(f"{what} {path} {problem}; {hint}")
+
+
+def make_private_dir(path: Path, what: str, hint: str) -> Path:
+    """Create ``path`` 0700 (parents as needed) unless it exists, then
+    :func:`require_private_dir`: the one way the client makes a folder it trusts."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UnsafeFolder(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+    require_private_dir(path, what, hint)
+    return path
 
 
 def fsync_dir(path: Path) -> None:

@@ -18,11 +18,12 @@ from casstore.format.objects import ID_BYTES, ObjectId
 
 TREE_MAGIC = b"CASTREE1"
 BLOB_MAGIC = b"CASBLOB1"
-_ENTRY_HEAD = struct.Struct("<BHQq")  # kind, mode, size, mtime_ns
+ENTRY_HEAD = struct.Struct("<BHQq")  # kind, mode, size, mtime_ns (after the name)
 _COUNT = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _CHUNKREF = struct.Struct("<32sI")
 _PACKREF = struct.Struct("<32sQ")
+PACKREF_SIZE = _PACKREF.size  # a packed file's reference: pack id, offset
 MAX_NAME = 255  # bytes, as Linux's NAME_MAX (FORMAT §4)
 MODE_MASK = 0o7777
 
@@ -88,7 +89,7 @@ def encode_tree(entries: Iterable[Entry]) -> bytes:
 
 
 def _encode_entry(e: Entry) -> bytes:
-    head = _U16.pack(len(e.name)) + e.name + _ENTRY_HEAD.pack(e.kind, e.mode & MODE_MASK,
+    head = _U16.pack(len(e.name)) + e.name + ENTRY_HEAD.pack(e.kind, e.mode & MODE_MASK,
                                                               e.size, e.mtime_ns)
     if e.kind == Kind.DIR:
         assert e.oid is not None
@@ -133,13 +134,19 @@ def warn_skipped(names: list[bytes]) -> None:
 
 def decode_tree_checked(raw: bytes) -> tuple[list[Entry], list[bytes]]:
     """Parse a tree: (entries, names of entries skipped as too long), for fsck's warnings."""
+    count, pos = tree_header(raw)
+    entries, _offsets, skipped = decode_entries(memoryview(raw), pos, count)
+    return entries, skipped
+
+
+def tree_header(raw: bytes) -> tuple[int, int]:
+    """(entry count, offset of the first entry) of a tree object's bytes; the
+    entries themselves are checked by :func:`decode_entries` or :func:`decode_entry_at`."""
     if not raw.startswith(TREE_MAGIC):
         raise FormatError("not a tree object")
-    view = memoryview(raw)
     pos = len(TREE_MAGIC)
-    (count,) = _unpack(_COUNT, view, pos)
-    entries, _offsets, skipped = decode_entries(view, pos + _COUNT.size, count)
-    return entries, skipped
+    (count,) = _unpack(_COUNT, memoryview(raw), pos)
+    return count, pos + _COUNT.size
 
 
 def decode_entries(view: memoryview, pos: int, count: int
@@ -153,7 +160,7 @@ def decode_entries(view: memoryview, pos: int, count: int
     skipped: list[bytes] = []
     prev: bytes | None = None
     for _ in range(count):
-        e, nxt = _decode_entry(view, pos)
+        e, nxt = decode_entry_at(view, pos)
         if prev is not None and e.name <= prev:
             raise FormatError("tree entries are not in canonical order")
         prev = e.name
@@ -168,14 +175,21 @@ def decode_entries(view: memoryview, pos: int, count: int
     return entries, offsets, skipped
 
 
-def _decode_entry(view: memoryview, pos: int) -> tuple[Entry, int]:
+def decode_entry_at(view: memoryview, pos: int) -> tuple[Entry, int]:
+    """The entry that starts at ``pos`` of a tree's bytes, and where the next one starts.
+
+    Every field is checked (name bytes, kind, mode bits, storage kind, lengths), but
+    not the entry's place in the tree: :func:`decode_entries` checks order and
+    trailing bytes.  For readers that keep a tree's bytes and decode one entry on
+    demand from offsets they validated before.  A name over MAX_NAME is returned
+    as is; callers skip it."""
     (nlen,) = _unpack(_U16, view, pos)
     pos += 2
     name = _take(view, pos, nlen)
     pos += nlen
     check_name(name, max_len=0xFFFF)  # too long is skipped by the caller, not corrupt
-    kind_b, mode, size, mtime = _unpack(_ENTRY_HEAD, view, pos)
-    pos += _ENTRY_HEAD.size
+    kind_b, mode, size, mtime = _unpack(ENTRY_HEAD, view, pos)
+    pos += ENTRY_HEAD.size
     try:
         kind = Kind(kind_b)
     except ValueError:

@@ -28,8 +28,7 @@ from casstore.errors import CasError
 from casstore.format.objects import ObjectId
 from casstore.releases.prefetch import build_list, load_accesses, store_list
 from casstore.releases.release import PREFETCH_META_KEY, Release, load_secret
-from casstore.view.reader import TreeReader
-from casstore.view.vfs import VFS, ViewInfo
+from casstore.view.release_view import release_vfs
 
 JULIA = "/depot/julia/bin/julia"
 JOB_TIMEOUT_S = 1800.0
@@ -102,10 +101,7 @@ def record_lists(store, store_path: Path, rel: Release, build_dir: Path, pub_hex
             if p.returncode != 0:
                 raise JobError(f"job failed on {spec} ({level}): {_tail(p.stderr)}")
             accesses = load_accesses(rec)
-            info = ViewInfo(rel.name, rel.revision, level, rel.root)
-            vfs = VFS(TreeReader(store), rel.root_id,
-                      rel.variant_ids().get(level) if level else None, info=info)
-            lists[level or ""] = build_list(vfs, accesses)
+            lists[level or ""] = build_list(release_vfs(rel, level, store), accesses)
             log(f"[prefetch] {level or 'no variant'}: {len(accesses)} paths, "
                 f"{len(lists[level or ''].objects)} objects, "
                 f"{lists[level or ''].total_bytes()} bytes")

@@ -3,6 +3,8 @@
 * :mod:`~casstore.sources.base` - the :class:`ObjectSource` interface and its errors;
 * :mod:`~casstore.sources.local` - a store folder as plain files (disk, NFS, CVMFS);
 * :mod:`~casstore.sources.http` - a store served over HTTP(S), with fail-over and proxies;
+* :mod:`~casstore.sources.transport` - the one HTTP client under it (and under push/pull);
+* :mod:`~casstore.sources.mem` - objects in memory, with chosen faults (tests, tools);
 * :mod:`~casstore.sources.knownbad` - remembers failed objects (wrapper);
 * :mod:`~casstore.sources.objcache` - an on-disk, verified, LRU object cache (wrapper);
 * :mod:`~casstore.sources.counters` - lock-free per-thread counters the sources bump.

@@ -27,24 +27,23 @@ from typing import TypeVar
 from casstore.errors import FormatError, NotFound
 from casstore.format.objects import ID_BYTES, ObjectId, ObjType
 from casstore.format.trees import (
+    ENTRY_HEAD,
     MAX_NAME,
     MODE_MASK,
-    TREE_MAGIC,
+    PACKREF_SIZE,
     Entry,
     Kind,
     Storage,
     check_name,
     decode_blob,
     decode_entries,
+    decode_entry_at,
+    tree_header,
     warn_skipped,
 )
-from casstore.format.trees import _decode_entry as decode_entry_at
 from casstore.sources.base import ObjectSource, fetch
 
 _U16 = struct.Struct("<H")
-_COUNT = struct.Struct("<I")
-_KHEAD = struct.Struct("<BHQq")
-_PACKREF_SIZE = ID_BYTES + 8
 _DIR, _FILE, _LINK = int(Kind.DIR), int(Kind.FILE), int(Kind.SYMLINK)
 _INLINE, _PACKED = int(Storage.INLINE), int(Storage.PACKED)
 _STORED = (int(Storage.CHUNK), int(Storage.BLOB))
@@ -108,21 +107,15 @@ class Dir:
         names via ``check_name``, kinds, modes, storage kinds, lengths, canonical
         order, no trailing bytes) in one tight pass that builds no Entry objects:
         a 1M-entry tree must not cost seconds and hundreds of MB to open."""
-        if not raw.startswith(TREE_MAGIC):
-            raise FormatError("not a tree object")
+        count, pos = tree_header(raw)
         end = len(raw)
-        pos = len(TREE_MAGIC)
-        if pos + _COUNT.size > end:
-            raise FormatError("tree object is truncated")
-        (count,) = _COUNT.unpack_from(raw, pos)
-        pos += _COUNT.size
         if count <= SMALL_DIR:
             return cls._decode_small(raw, pos, count)
         offs = array("I" if end < 1 << 32 else "Q")
         kinds = bytearray()
         skipped: list[bytes] = []
         prev: bytes | None = None
-        unpack_u16, unpack_head, hsize = _U16.unpack_from, _KHEAD.unpack_from, _KHEAD.size
+        unpack_u16, unpack_head, hsize = _U16.unpack_from, ENTRY_HEAD.unpack_from, ENTRY_HEAD.size
         for _ in range(count):
             if pos + 2 > end:
                 raise FormatError("tree object is truncated")
@@ -153,7 +146,7 @@ class Dir:
                 if storage == _INLINE:
                     pos += size
                 elif storage == _PACKED:
-                    pos += _PACKREF_SIZE
+                    pos += PACKREF_SIZE
                 elif storage in _STORED:
                     pos += ID_BYTES
                 else:

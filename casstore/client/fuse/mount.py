@@ -18,8 +18,10 @@ SIGHUP asks for a check instead of unmounting (every thread blocks it, the
 follow thread waits for it with ``sigtimedwait``); opens are real (each handle
 keeps its revision; no "no_open", no blanket ``kernel_cache``: the page cache is
 kept or dropped per open by :meth:`casstore.client.fuse.fs.ReleaseFS.open`); and the
-kernel's entry/attr timeouts are FOLLOW_TIMEOUT_S (negative: FOLLOW_NEGATIVE_S),
-while paths whose node changed are invalidated in the kernel at each switch.
+kernel's entry/attr and negative timeouts are the short ones of its
+:class:`~casstore.client.follow.FollowPolicy`, while paths whose node changed are
+invalidated in the kernel at each switch.  The policy is decided by the caller
+(:func:`casstore.client.follow.follow_policy`); the daemon only applies it.
 """
 
 from __future__ import annotations
@@ -28,18 +30,18 @@ import ctypes
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 from casstore.client.config import ClientConfig
-from casstore.client.follow import Follower
+from casstore.client.exporters import Exporters, mount_id
+from casstore.client.follow import PINNED, Follower, FollowPolicy
 from casstore.client.fuse.daemonlog import setup_logging
 from casstore.client.fuse.fastpath import fast_getattr_ok, fuse_class
+from casstore.client.fuse.unmount import unmount
 from casstore.client.fuse.wiring import Built, attach_metrics, build_fs, switch_fs
-from casstore.client.metrics import Exporters, mount_id
-from casstore.client.mounttable import CAS_FSTYPE, canon, fstype, is_mounted, mount_ns
+from casstore.client.mounttable import canon, is_mounted, mount_ns
 from casstore.client.selection import Selection
 from casstore.client.status import (
     StatusWriter,
@@ -47,25 +49,15 @@ from casstore.client.status import (
     prune_stale,
     read_status,
     status_path,
-    status_pid,
 )
 from casstore.client.watchdog import OWNER_ENV, OwnerWatchdog, alive, owner_from_env
-from casstore.errors import MountError, NotACasMount
-from casstore.releases.release import DAY
+from casstore.errors import MountError
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 log = logging.getLogger(__name__)
-TIMEOUT_S = float(DAY)  # entry/attr/negative timeouts: content never changes
-# ... unless the mount follows new revisions (CVMFS_KCACHE_TIMEOUT's model): then a
-# changed path the daemon no longer remembers may show old attributes for at most
-# FOLLOW_TIMEOUT_S after a switch (paths it remembers are invalidated at once), and
-# a path added by the new revision may stay hidden behind a negative entry cached
-# before the switch for at most FOLLOW_NEGATIVE_S.
-FOLLOW_TIMEOUT_S = 60.0
-FOLLOW_NEGATIVE_S = 10.0
 
 __all__ = ["OWNER_ENV", "alive", "canon", "fast_getattr_ok", "fuse_class",
-           "is_mounted", "mount_ns", "prune_stale", "read_status", "serve",
+           "is_mounted", "mount_ns", "preflight", "prune_stale", "read_status", "serve",
            "status_path", "unmount"]
 
 
@@ -133,13 +125,12 @@ class Detacher:
             self.ops.detach_tid = 0
 
 
-def _fuse_options(follow: bool) -> dict:
+def _fuse_options(policy: FollowPolicy) -> dict:
     """A following mount is not ``ro`` at the kernel (Detacher renames; every other
     change is refused by CasOps) and keeps no blanket kernel_cache (per open)."""
-    timeout = FOLLOW_TIMEOUT_S if follow else TIMEOUT_S
-    return {"ro": not follow, "kernel_cache": not follow, "use_ino": True,
-            "entry_timeout": timeout, "attr_timeout": timeout,
-            "negative_timeout": FOLLOW_NEGATIVE_S if follow else TIMEOUT_S}
+    return {"ro": not policy.follow, "kernel_cache": not policy.follow, "use_ino": True,
+            "entry_timeout": policy.entry_timeout, "attr_timeout": policy.entry_timeout,
+            "negative_timeout": policy.negative_timeout}
 
 
 def _start_follower(follower: Follower, stop: threading.Event) -> None:
@@ -153,8 +144,9 @@ def _start_follower(follower: Follower, stop: threading.Event) -> None:
                      name="follow").start()
 
 
-def _make_follower(p: Selection, cfg: ClientConfig, built: Built, arch: str | None,
-                   kernel: KernelCache, detacher: Detacher, on_change) -> Follower:
+def _make_follower(p: Selection, cfg: ClientConfig, built: Built, policy: FollowPolicy,
+                   arch: str | None, kernel: KernelCache, detacher: Detacher,
+                   on_change) -> Follower:
     def apply(new: Selection) -> None:
         changed = switch_fs(built, new,
                             lambda paths: detacher(paths, new.release.revision))
@@ -162,25 +154,28 @@ def _make_follower(p: Selection, cfg: ClientConfig, built: Built, arch: str | No
         log.info("revision %d: %d changed paths known to the daemon, %d invalidated in "
                  "the kernel", new.release.revision, len(changed), known)
 
-    return Follower(p, cfg, apply, arch, on_change)
+    return Follower(p, cfg, apply, arch, on_change, ttl=policy.ttl)
 
 
 def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
-          record_to: Path | None = None, prefetch: bool = True, follow: bool = False,
-          arch: str | None = None) -> None:
+          record_to: Path | None = None, prefetch: bool = True,
+          policy: FollowPolicy = PINNED, arch: str | None = None,
+          fsname: str | None = None) -> None:
     """Mount and run the FUSE loop until unmounted or signalled.
 
     ``prefetch``: replay the release's prefetch list for the chosen level once the
     mount exists (concurrently with the first reads).  ``record_to``: note every
     path served and write the record there at unmount (``cas depot build``).
-    ``follow``: check for new revisions every ``cfg.ttl`` and on SIGHUP, and switch
-    to them (:mod:`casstore.client.follow`); ``arch`` is the forced level to keep."""
+    ``policy``: whether to check for new revisions (every ``policy.ttl`` and on
+    SIGHUP) and switch to them (:mod:`casstore.client.follow`), and the kernel
+    timeouts; ``arch`` is the forced level to keep.  ``fsname``: the source shown
+    in the mount table (default ``cas:NAME``)."""
     from casstore.client.fuse.ops import CasOps
 
     mountpoint = canon(mountpoint)
     check_mountpoint(mountpoint)
     spath = status_path(cfg, mountpoint)
-    follow = follow and record_to is None
+    follow = policy.follow
     # refuses an unsafe cache folder before anything is mounted
     built = build_fs(p, cfg, record=record_to is not None,
                      prefetch=prefetch and record_to is None)
@@ -218,8 +213,8 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
                 metrics.check_succeeded(st.last_ok)
             writer.poke()
 
-        holder.append(_make_follower(p, cfg, built, arch, kernel, Detacher(ops, mountpoint),
-                                     changed))
+        holder.append(_make_follower(p, cfg, built, policy, arch, kernel,
+                                     Detacher(ops, mountpoint), changed))
     watchdog = OwnerWatchdog(owner_from_env(), mountpoint)
     stop_follow = threading.Event()
 
@@ -238,14 +233,15 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
     writer.write()
     log.info("mounting %s revision %d (variant %s) at %s%s", p.release.name,
              p.release.revision, p.level, mountpoint,
-             f", following every {cfg.ttl:g} s" if follow else "")
+             f", following every {policy.ttl:g} s" if follow
+             else f", not following ({policy.why})")
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}) if follow else None
     if not foreground:
         _before_daemonising(p)
     try:
         fuse_class()(ops, str(mountpoint), foreground=foreground, nothreads=True,
-                     allow_other=True, default_permissions=True, **_fuse_options(follow),
-                     fsname=f"cas:{p.release.name}", subtype="cas")
+                     allow_other=True, default_permissions=True, **_fuse_options(policy),
+                     fsname=fsname or f"cas:{p.release.name}", subtype="cas")
     except RuntimeError as exc:
         # libfuse also reports a loop ended by SIGTERM/SIGINT as an error: that is a
         # clean stop once the kernel had initialised the mount.
@@ -270,6 +266,16 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
             built.replay.thread.join(timeout=10)
         spath.unlink(missing_ok=True)  # after the record: unmount() waits for this
     log.info("unmounted %s", mountpoint)
+    if not foreground:
+        _exit_daemon()
+
+
+def _exit_daemon() -> None:
+    """End a daemonised mount at once: its state is on disk and its files are closed,
+    and tearing down the interpreter's modules would only cost CPU (about 0.3 s on
+    a loaded node) after ``cas umount`` has returned, beside the next job."""
+    logging.shutdown()
+    os._exit(0)
 
 
 def _before_daemonising(p: Selection) -> None:
@@ -293,30 +299,37 @@ def _save_record(recorder, path: Path) -> None:
         log.error("cannot write the access record %s: %s", path, exc)
 
 
+FUSE_DEVICE = Path("/dev/fuse")
+FUSE_CONF = Path("/etc/fuse.conf")
+
+
+def preflight() -> None:
+    """What mounting needs from the host, checked before anything else so the error
+    names the fix: a usable /dev/fuse, and root (the mount serves every user of the
+    node: ``allow_other``), unless fuse.conf grants ``user_allow_other``."""
+    if os.geteuid() != 0 and not _user_allow_other():
+        raise MountError("mounting needs root: the mount serves every user of the node "
+                         "(allow_other); run it as root (sudo cas mount ...), or from "
+                         "/etc/fstab with mount(8); 'user_allow_other' in /etc/fuse.conf "
+                         "lets other users mount")
+    if not os.access(FUSE_DEVICE, os.R_OK | os.W_OK):
+        why = ("does not exist" if not FUSE_DEVICE.exists()
+               else "cannot be opened for reading and writing by this user")
+        raise MountError(f"{FUSE_DEVICE} {why}: load the fuse module (modprobe fuse) or "
+                         "install fuse3; in a container, pass the device (e.g. docker run "
+                         "--device /dev/fuse --cap-add SYS_ADMIN)")
+
+
+def _user_allow_other() -> bool:
+    try:
+        lines = FUSE_CONF.read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split("#")[0].strip() == "user_allow_other" for line in lines)
+
+
 def check_mountpoint(mountpoint: Path) -> None:
     if not mountpoint.is_dir():
         raise MountError(f"mount point {mountpoint} is not a directory")
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point")
-
-
-def unmount(cfg: ClientConfig, mountpoint: Path, lazy: bool = False,
-            timeout: float = 10.0) -> None:
-    """Unmount a casstore mount, then wait for its daemon to remove its status file
-    and exit.  Anything that is not a casstore FUSE mount is refused."""
-    mountpoint = canon(mountpoint)
-    kind = fstype(mountpoint)
-    if kind is None:
-        raise MountError(f"{mountpoint} is not mounted")
-    if kind != CAS_FSTYPE:
-        raise NotACasMount(f"{mountpoint} is a {kind} mount, not a casstore mount; "
-                           "refusing to unmount it")
-    pid = status_pid(cfg, mountpoint)
-    cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise MountError(f"unmount of {mountpoint} failed: {res.stderr.strip()}")
-    spath = status_path(cfg, mountpoint)
-    deadline = time.monotonic() + timeout
-    while pid and alive(pid) and spath.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)

@@ -23,6 +23,7 @@ from casstore.client.fuse.recording import RecordingFS
 from casstore.client.metrics import ClientMetrics
 from casstore.client.replay import Replay
 from casstore.client.selection import Selection
+from casstore.errors import CasError
 from casstore.format.objects import ObjectId
 from casstore.format.trees import Kind
 from casstore.releases.prefetch import AccessRecorder, load_list
@@ -30,7 +31,8 @@ from casstore.sources.base import ObjectSource
 from casstore.sources.knownbad import KnownBad
 from casstore.view.filecache import FileCache
 from casstore.view.reader import TreeReader
-from casstore.view.vfs import VFS, ViewInfo
+from casstore.view.release_view import release_vfs
+from casstore.view.vfs import VFS
 
 
 @dataclass
@@ -52,10 +54,8 @@ def compose_source(inner: ObjectSource) -> KnownBad:
 
 def build_vfs(sel: Selection, source: ObjectSource | TreeReader,
               cache: FileCache | None = None) -> VFS:
-    info = ViewInfo(sel.release.name, sel.release.revision, sel.level, sel.release.root)
-    reader = source if isinstance(source, TreeReader) else TreeReader(source)
-    return VFS(reader, sel.release.root_id, sel.overlay, info=info,
-               mtime_ns=sel.mtime_ns, cache=cache)
+    """The view of the selected release at the selected level."""
+    return release_vfs(sel.release, sel.level, source, cache)
 
 
 def switch_fs(built: Built, sel: Selection,
@@ -64,9 +64,21 @@ def switch_fs(built: Built, sel: Selection,
 
     The new view shares the old one's TreeReader and FileCache (unchanged
     subtrees stay decoded and cached); open handles keep the old view.  Returns
-    the paths whose node changed, for the kernel to forget."""
+    the paths whose node changed, for the kernel to forget.
+
+    The new root tree (and the variant's overlay root) is fetched and verified
+    first: if that fails (corrupt or missing at the source) the CasError is raised
+    and the old revision stays served, instead of a view where every path is EIO.
+    Those objects are not remembered as bad, so the next check fetches them again."""
     old = built.fs.vfs
-    return built.fs.switch(build_vfs(sel, old.reader, old.cache), detach)
+    new = build_vfs(sel, old.reader, old.cache)
+    try:
+        new.names(new.lookup("/"))  # decodes the root tree and the overlay's
+    except CasError:
+        overlay = sel.release.variant_ids().get(sel.level) if sel.level else None
+        built.bad.forget([sel.release.root_id, *([overlay] if overlay else [])])
+        raise
+    return built.fs.switch(new, detach)
 
 
 def warmer(vfs: VFS):
