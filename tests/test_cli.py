@@ -1,8 +1,14 @@
-"""Tier 2: the ``cas`` command as a user runs it."""
+"""Tier 2: the ``cas`` command as a user runs it.
+
+Cases that check only what a command prints run in-process (:func:`cas_in_process`,
+click's runner); exit codes, one-line errors and start-up imports need a real process
+(:func:`cas`).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -10,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_inproc import cas_in_process, preserved_process_state
 from helpers import assert_one_line_error, cas, make_tree, snapshot
 
 
@@ -23,32 +30,33 @@ def tree(tmp_path: Path) -> Path:
 
 def test_put_get_cat_ls_round_trip(tmp_path: Path, tree: Path) -> None:
     store = tmp_path / "store"
-    oid = cas(store, "put", str(tree), "--name", "t1", check=True).out.strip()
+    oid = cas_in_process(store, "put", str(tree), "--name", "t1", check=True).out.strip()
     assert oid.startswith("b3-")
-    cas(store, "get", oid, str(tmp_path / "out"), check=True)
+    cas_in_process(store, "get", oid, str(tmp_path / "out"), check=True)
     assert snapshot(tmp_path / "out") == snapshot(tree)
-    assert cas(store, "cat", "t1/src/a.jl", check=True).out == (tree / "src/a.jl").read_text()
-    listing = cas(store, "ls", "-l", oid, check=True).out
+    cat = cas_in_process(store, "cat", "t1/src/a.jl", check=True).out
+    assert cat == (tree / "src/a.jl").read_text()
+    listing = cas_in_process(store, "ls", "-l", oid, check=True).out
     assert "link-to-a -> src/a.jl" in listing and "-0755" in listing
-    rows = json.loads(cas(store, "--json", "ls", "-R", oid, check=True).out)
+    rows = json.loads(cas_in_process(store, "--json", "ls", "-R", oid, check=True).out)
     assert {r["path"] for r in rows} == set(snapshot(tree))
 
 
 def test_get_subpath_and_single_file(tmp_path: Path, tree: Path) -> None:
     store = tmp_path / "store"
-    oid = cas(store, "put", str(tree), check=True).out.strip()
-    cas(store, "get", f"{oid}/src/deep", str(tmp_path / "deep"), check=True)
+    oid = cas_in_process(store, "put", str(tree), check=True).out.strip()
+    cas_in_process(store, "get", f"{oid}/src/deep", str(tmp_path / "deep"), check=True)
     assert (tmp_path / "deep/er/b.txt").read_bytes() == (tree / "src/deep/er/b.txt").read_bytes()
-    fid = cas(store, "put", str(tree / "big.bin"), check=True).out.strip()
-    cas(store, "get", fid, str(tmp_path / "big"), check=True)
+    fid = cas_in_process(store, "put", str(tree / "big.bin"), check=True).out.strip()
+    cas_in_process(store, "get", fid, str(tmp_path / "big"), check=True)
     assert (tmp_path / "big").read_bytes() == (tree / "big.bin").read_bytes()
 
 
 def test_json_put_and_stat(tmp_path: Path, tree: Path) -> None:
     store = tmp_path / "store"
-    doc = json.loads(cas(store, "--json", "put", str(tree), check=True).out)
+    doc = json.loads(cas_in_process(store, "--json", "put", str(tree), check=True).out)
     assert doc["id"].startswith("b3-") and doc["bytes"] > 6_000_000
-    st = json.loads(cas(store, "--json", "stat", check=True).out)
+    st = json.loads(cas_in_process(store, "--json", "stat", check=True).out)
     assert st["objects"] > 3 and 0 < st["stored_bytes"] < st["raw_bytes"]
 
 
@@ -67,8 +75,9 @@ def test_diff(tmp_path: Path, tree: Path) -> None:
 
 def test_multiple_paths_make_a_tree(tmp_path: Path, tree: Path) -> None:
     store = tmp_path / "store"
-    oid = cas(store, "put", str(tree / "src"), str(tree / "run.sh"), check=True).out.strip()
-    assert sorted(cas(store, "ls", oid, check=True).out.split()) == ["run.sh", "src/"]
+    oid = cas_in_process(store, "put", str(tree / "src"), str(tree / "run.sh"),
+                         check=True).out.strip()
+    assert sorted(cas_in_process(store, "ls", oid, check=True).out.split()) == ["run.sh", "src/"]
 
 
 @pytest.mark.parametrize("args", [
@@ -91,17 +100,57 @@ def test_missing_store_is_clear(tmp_path: Path) -> None:
 
 def test_store_from_environment(tmp_path: Path, tree: Path) -> None:
     env = {"CAS_STORE": str(tmp_path / "envstore")}
-    cas(None, "init", env=env, check=True)
-    oid = cas(None, "put", str(tree), env=env, check=True).out.strip()
+    cas_in_process(None, "init", env=env, check=True)
+    oid = cas_in_process(None, "put", str(tree), env=env, check=True).out.strip()
     assert (tmp_path / "envstore" / "casstore.json").exists()
-    assert cas(None, "ls", oid, env=env, check=True).out
+    assert cas_in_process(None, "ls", oid, env=env, check=True).out
 
 
 def test_help_explains() -> None:
-    out = subprocess.run([sys.executable, "-m", "casstore", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = cas_in_process(None, "--help", check=True).out
     for word in ("put", "get", "release", "fsck", "gc", "--store"):
         assert word in out
+
+
+def _open_files() -> list[str]:
+    """What this process's file descriptors point at (the listing's own fd is gone by
+    the time it is read)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def test_in_process_runs_leave_no_state_behind(tmp_path: Path, tree: Path) -> None:
+    """The environment a run is given, the cwd, the umask and logging handlers are the
+    test process's own again afterwards, and no file of the store is left open (LMDB
+    must not have its index open twice in one process)."""
+    env, cwd, mask = dict(os.environ), os.getcwd(), os.umask(0o022)
+    os.umask(mask)
+    handlers, level = list(logging.getLogger().handlers), logging.getLogger().level
+    store = tmp_path / "store"
+    oid = cas_in_process(None, "put", str(tree), env={"CAS_STORE": str(store)},
+                         check=True).out.strip()
+    assert cas_in_process(store, "ls", oid, check=True).out
+    assert cas(store, "ls", oid, check=True).out
+    assert not [f for f in _open_files() if f.startswith(str(store))]
+    assert dict(os.environ) == env and os.getcwd() == cwd
+    assert os.umask(mask) == mask and logging.getLogger().handlers == handlers
+    with preserved_process_state():  # what a command could do, undone
+        os.environ["CAS_LEAK"] = "1"
+        os.chdir(tmp_path)
+        os.umask(0o077)
+        logging.getLogger().addHandler(logging.StreamHandler())
+        logging.getLogger().setLevel(logging.DEBUG)
+        logging.getLogger("casstore.x").addHandler(logging.NullHandler())
+    assert "CAS_LEAK" not in os.environ and os.getcwd() == cwd
+    assert os.umask(mask) == mask
+    assert logging.getLogger().handlers == handlers
+    assert logging.getLogger().level == level
+    assert not logging.getLogger("casstore.x").handlers
 
 
 def test_bad_depot_spec_is_one_line(tmp_path: Path) -> None:
@@ -184,3 +233,32 @@ def test_a_store_typo_creates_nothing_for_pull_registry_or_depot(tmp_path: Path)
         assert_one_line_error(res)
         assert str(typo) in res.err and "cas init" in res.err, (args, res.err)
         assert not os.path.lexists(typo)
+
+
+def test_each_command_is_found_in_its_own_module() -> None:
+    """The lazy group maps every command to the module defining it, so running one
+    command imports only that module (not put's chunker for ``cas umount``)."""
+    from casstore.cli import main as cli_main
+
+    cli_main._register()
+    for name, cmd in cli_main.cli.commands.items():
+        want = cli_main.MODULE_OF.get(name, f"{name}_cmd")
+        assert cmd.callback is not None and cmd.callback.__module__ == f"casstore.cli.{want}", name
+
+
+@pytest.mark.parametrize("argv, heavy", [
+    (["umount", "--help"], ["casstore.store.snapshot", "casstore.client.fuse.mount", "mfusepy",
+                            "aiohttp", "prometheus_client"]),
+    (["status", "--help"], ["casstore.store.snapshot", "mfusepy", "aiohttp"]),
+    (["exec", "--help"], ["casstore.store.snapshot", "aiohttp", "archspec"]),
+])
+def test_short_commands_import_only_what_they_use(argv: list[str], heavy: list[str]) -> None:
+    code = ("import sys\nfrom casstore.cli.main import main\n"
+            f"sys.argv = ['cas', *{argv!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    loaded = set(res.stderr.split())
+    assert "casstore.cli.main" in loaded, res.stderr[-500:]
+    assert not loaded.intersection(heavy), sorted(loaded.intersection(heavy))

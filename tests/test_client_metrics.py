@@ -353,6 +353,7 @@ def test_node_exporter_keeps_apart_mounts_that_differ_only_in_namespace(
         assert "collected before with the same name and label values" in ne.log
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 @needs_promtool
 @needs_node_exporter
@@ -446,6 +447,7 @@ def _config(kit: Kit, source: str, extra: str) -> None:
                           'metrics_textfile_dir = "prom"\nmetrics_interval = 0.2\n' + extra)
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_mount_writes_metrics_and_logs_with_the_mountpoint(kit: Kit, mounter: Mounter) -> None:
     rnd = random.Random(12)
@@ -510,6 +512,7 @@ def test_mount_writes_metrics_and_logs_with_the_mountpoint(kit: Kit, mounter: Mo
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 @pytest.mark.skipif(not os.path.exists(NGINX), reason="needs nginx")
 def test_http_mount_counts_bytes_per_url_and_cache_hits_on_remount(kit: Kit,
@@ -583,6 +586,7 @@ class SyslogReceiver:
         self.sock.close()
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_logs_go_to_syslog_with_the_mountpoint_on_every_line(kit: Kit,
                                                              mounter: Mounter) -> None:

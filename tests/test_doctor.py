@@ -77,6 +77,7 @@ def rel(kit: Kit) -> Kit:
     return kit
 
 
+@pytest.mark.slow
 @needs_root
 def test_all_ok_with_a_stand_in_julia(rel: Kit) -> None:
     code, checks, err = run_doctor(rel, "rel")
@@ -122,6 +123,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["url", "folder"])
 def test_unreachable_source(rel: Kit, where: str) -> None:
     spec = (f"http://127.0.0.1:{_closed_port()}/store" if where == "url"
@@ -134,6 +136,7 @@ def test_unreachable_source(rel: Kit, where: str) -> None:
     assert checks["julia"][0] == "SKIP"
 
 
+@pytest.mark.slow
 @needs_root
 @pytest.mark.parametrize("how,words", [("tampered", "signature"), ("expired", "expired")])
 def test_unverifiable_release(rel: Kit, how: str, words: str) -> None:
@@ -150,6 +153,7 @@ def test_unverifiable_release(rel: Kit, how: str, words: str) -> None:
     assert checks["julia"][0] == "SKIP"
 
 
+@pytest.mark.slow
 @needs_root
 @pytest.mark.parametrize("breakage,words", [
     ("owner", "is owned by uid 4242"),
@@ -183,6 +187,7 @@ def test_no_variant_runs_on_this_cpu(rel: Kit) -> None:
     assert checks["julia"][0] == "SKIP"
 
 
+@pytest.mark.slow
 @needs_root
 def test_julia_does_not_start(rel: Kit) -> None:
     make_release(rel, "broken", julia=JULIA_BAD)
@@ -200,6 +205,7 @@ def test_not_a_julia_depot(rel: Kit) -> None:
     assert_only_failure(code, checks, "julia", "has no /julia/bin/julia", err)
 
 
+@pytest.mark.slow
 def test_through_a_live_mount(rel: Kit, mounter) -> None:
     mp = mounter.mount("rel")
     code, checks, err = run_doctor(rel, str(mp))

@@ -38,6 +38,7 @@ def stored(tmp_path: Path) -> tuple[Path, str, Path]:
     return store, oid, src
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_damaged_chunk_named_by_fsck_and_get_writes_nothing_wrong(
         tmp_path: Path, stored: tuple[Path, str, Path], damage: str) -> None:

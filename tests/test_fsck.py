@@ -149,6 +149,7 @@ def _check(store: Path, expected: list[str]) -> None:
     assert _count(store) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_fsck_lists_and_gc_refuses(base: tuple[Path, dict], tmp_path: Path, kind: str) -> None:
     store, info = _copy(base, tmp_path)
@@ -182,6 +183,7 @@ def test_fsck_checks_sizes_a_reference_claims(tmp_path: Path) -> None:
 
 
 # -- the index -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_garbage_lmdb_file_is_rebuilt_from_objects(base: tuple[Path, dict],
                                                    tmp_path: Path) -> None:
     store, info = _copy(base, tmp_path)

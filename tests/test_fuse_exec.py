@@ -19,6 +19,7 @@ from fuse_fixtures import CAS, ROOT, Kit, mounted
 
 pytestmark = [
     pytest.mark.fuse,
+    pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
                        reason="cas exec needs root and unshare(1)"),
 ]

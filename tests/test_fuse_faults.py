@@ -27,6 +27,7 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["corrupt", "missing"])
 def test_damaged_object_gives_eio_only_where_used(kit: Kit, mounter: Mounter,
                                                   damage: str) -> None:
@@ -117,6 +118,7 @@ def test_wrong_key_refused(kit: Kit) -> None:
     assert code == UntrustedKey.exit_code and "untrusted key" in err
 
 
+@pytest.mark.slow
 def test_older_than_seen_refused(kit: Kit, mounter: Mounter) -> None:
     _base_release(kit)
     kit.publish("rel", 2, _root(kit))

@@ -158,6 +158,7 @@ def test_not_found_is_not_remembered(world) -> None:
 # -- a real mount -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_mount_second_read_of_corrupt_object_is_fast(kit: Kit, mounter: Mounter) -> None:
     src = kit.base / "src"

@@ -95,6 +95,7 @@ def test_whole_tree_matches_source(kit: Kit, mounter: Mounter, tree) -> None:
     assert "mounting depot revision 1" in mounter.output()
 
 
+@pytest.mark.slow
 def test_cp_a_and_find_behave_as_local(kit: Kit, mounter: Mounter, tree) -> None:
     src, _ = tree
     mp = mounter.mount("depot")
@@ -105,6 +106,7 @@ def test_cp_a_and_find_behave_as_local(kit: Kit, mounter: Mounter, tree) -> None
     assert len(find.stdout.splitlines()) == len(describe(src)) + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action", ["write", "create", "mkdir", "unlink", "rmdir", "chmod",
                                     "truncate", "rename", "symlink", "utime", "setxattr"])
 def test_writes_are_erofs(kit: Kit, mounter: Mounter, tree, action: str) -> None:
@@ -129,6 +131,7 @@ def test_writes_are_erofs(kit: Kit, mounter: Mounter, tree, action: str) -> None
     assert f.read_bytes()[:1] is not None and (mp / "d2" / "f100.bin").stat().st_size == 100
 
 
+@pytest.mark.slow
 def test_xattrs(kit: Kit, mounter: Mounter, tree) -> None:
     src, root = tree
     mp = mounter.mount("depot")
@@ -156,6 +159,7 @@ def test_xattrs(kit: Kit, mounter: Mounter, tree) -> None:
     assert os.getxattr(mp / "d0/f9437184.bin", "user.cas.storage") == b"blob"
 
 
+@pytest.mark.slow
 def test_status_and_sigterm(kit: Kit, mounter: Mounter, tree) -> None:
     mp = mounter.mount("depot")
     (mp / "d0/f9437184.bin").read_bytes()  # fills the whole-file cache
@@ -178,6 +182,7 @@ def test_status_and_sigterm(kit: Kit, mounter: Mounter, tree) -> None:
     assert res.returncode != 0 and "no casstore status" in res.stderr
 
 
+@pytest.mark.slow
 def test_daemon_mode_and_umount(kit: Kit, tree) -> None:
     mp = kit.base / "dmnt"
     mp.mkdir()
@@ -220,6 +225,7 @@ def test_umount_refuses_what_is_not_a_cas_mount(kit: Kit) -> None:
     assert not mounted(mp)  # the namespace (and its tmpfs) is gone
 
 
+@pytest.mark.slow
 def test_big_directory_listed_page_by_page(kit: Kit, mounter: Mounter) -> None:
     """readdir is served a page at a time (offsets): nothing lost or repeated."""
     src = kit.base / "bigdir"
@@ -256,6 +262,7 @@ def _real_lib(name: str) -> Path:
     raise AssertionError(f"cannot locate {found}")
 
 
+@pytest.mark.slow
 def test_dlopen_and_mmap_from_mount(kit: Kit, mounter: Mounter) -> None:
     src = kit.base / "libsrc"
     (src / "lib").mkdir(parents=True)
@@ -282,6 +289,7 @@ def test_dlopen_and_mmap_from_mount(kit: Kit, mounter: Mounter) -> None:
         assert hashlib.sha256(m).digest() == hashlib.sha256(big).digest()
 
 
+@pytest.mark.slow
 def test_read_only_source_and_cache_copy_rehashed(kit: Kit, mounter: Mounter, tree) -> None:
     """The source may be a read-only mount; a damaged cache copy is never served."""
     src, _root = tree

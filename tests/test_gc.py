@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers import cas
 
 
@@ -33,6 +35,7 @@ def _age(store: Path, seconds: float) -> None:
             os.utime(f, (old, old))
 
 
+@pytest.mark.slow
 def test_gc_keeps_referenced_and_young(tmp_path: Path) -> None:
     store = tmp_path / "store"
     keep = cas(store, "put", str(_tree(tmp_path / "a", 1)), "--name", "keep", check=True).out
@@ -49,6 +52,7 @@ def test_gc_keeps_referenced_and_young(tmp_path: Path) -> None:
     cas(store, "get", keep.strip(), str(tmp_path / "back"), check=True)
 
 
+@pytest.mark.slow
 def test_gc_keeps_release_trees_and_variants(tmp_path: Path) -> None:
     store = tmp_path / "store"
     key = tmp_path / "k"
@@ -65,6 +69,7 @@ def test_gc_keeps_release_trees_and_variants(tmp_path: Path) -> None:
         assert cas(store, "ls", oid).code == 0
 
 
+@pytest.mark.slow
 def test_put_that_reuses_old_objects_refreshes_them(tmp_path: Path) -> None:
     """A put that dedups against old unreferenced objects must not lose them to gc."""
     store = tmp_path / "store"
@@ -76,6 +81,7 @@ def test_put_that_reuses_old_objects_refreshes_them(tmp_path: Path) -> None:
     cas(store, "get", oid, str(tmp_path / "back"), check=True)
 
 
+@pytest.mark.slow
 def test_concurrent_puts(tmp_path: Path) -> None:
     store = tmp_path / "store"
     cas(store, "init", check=True)
@@ -110,6 +116,7 @@ def test_gc_refuses_to_sweep_when_marking_finds_damage(tmp_path: Path) -> None:
     assert cas(store, "gc", "--force").code == 0 and _objects(store) < before
 
 
+@pytest.mark.slow
 def test_gc_refuses_grace_that_is_not_finite_and_non_negative(tmp_path: Path) -> None:
     """`--grace nan` and `--grace -1h` used to delete a fresh, unreferenced put."""
     from helpers import assert_one_line_error

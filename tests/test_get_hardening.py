@@ -48,6 +48,7 @@ def _store(tmp_path: Path) -> Store:
     return Store.open(tmp_path / "store", create=True)
 
 
+@pytest.mark.slow
 def test_get_of_a_1500_level_tree(tmp_path: Path) -> None:
     """No RecursionError (and no PATH_MAX trouble): the restore walk is iterative."""
     store = _store(tmp_path)

@@ -7,18 +7,22 @@ import errno
 import json
 import os
 import random
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from net_fixtures import NGINX, Nginx
 
+from casstore.errors import UnsafeFolder
 from casstore.fileio.fsutil import alive
+from casstore.format.objects import ObjectId
 
 from fuse_fixtures import Kit, Mounter, run_cas
 
-pytestmark = pytest.mark.skipif(not os.path.exists(NGINX) or not os.path.exists("/dev/fuse"),
-                                reason="needs nginx and /dev/fuse")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not os.path.exists(NGINX) or not os.path.exists("/dev/fuse"),
+                                 reason="needs nginx and /dev/fuse")]
 
 
 @pytest.fixture
@@ -127,3 +131,62 @@ def test_boot_offline_mounts_the_last_verified_release(kit: Kit, mounter: Mounte
     res = run_cas("mount", "--config", str(kit.config), "app", str(kit.base / "offline"))
     assert res.returncode == 55, res.stderr
     assert res.stderr.startswith("cas: error:") and "Traceback" not in res.stderr
+
+
+def test_cold_stat_storm_over_http_fetches_only_trees(kit: Kit, mounter: Mounter) -> None:
+    """A cold ``find -type f | xargs stat`` of many small (packed) files, a chunk file
+    and a blob, from nginx: every object requested is a tree; no pack, chunk or blob
+    is fetched just to stat (inode numbers come from tree entries alone)."""
+    from casstore.format.objects import ObjType
+    from casstore.sources.base import stored_type
+    from casstore.sources.local import LocalSource
+
+    src = kit.base / "src"
+    rnd = random.Random(17)
+    for d in range(8):
+        sub = src / f"pkg{d}" / "src"
+        sub.mkdir(parents=True)
+        for f in range(40):
+            (sub / f"f{f}.jl").write_bytes(rnd.randbytes(rnd.randint(1, 4000)))
+    (src / "one.so").write_bytes(rnd.randbytes(100_000))
+    (src / "big.so").write_bytes(rnd.randbytes(5_000_000))
+    kit.publish("app", 1, kit.put(src))
+    nginx = Nginx(kit.store.root, kit.base / "nginx").start()
+    try:
+        kit.config.write_text(
+            'trusted_keys = ["release.key.pub"]\n'
+            f'source = ["{nginx.url}"]\ncache_dir = "cache"\nstate_dir = "state"\n')
+        mp = mounter.mount("app")
+        found = subprocess.run(f"find {mp} -type f -print0 | xargs -0 stat -c '%i %s'",
+                               shell=True, capture_output=True, text=True, timeout=120)
+        assert found.returncode == 0, found.stderr
+        stats = found.stdout.split()
+        assert len(stats) == 2 * (8 * 40 + 2)
+        assert len(set(stats[0::2])) == 8 * 40 + 2  # an inode number per file
+        hexes = [r.split()[1].split("/objects/")[1].replace("/", "") for r in nginx.requests()
+                 if "/objects/" in r]
+        assert len(hexes) >= 8 * 2 + 1  # the trees were fetched over HTTP
+        local = LocalSource(kit.store.root)
+        types = {h: stored_type(local, ObjectId(bytes.fromhex(h))) for h in hexes}
+        assert all(t == ObjType.TREE for t in types.values()), types
+    finally:
+        mounter.cleanup()
+        nginx.stop()
+
+
+def test_objects_cache_as_a_symlink_is_refused(kit: Kit, served) -> None:
+    """``cache_dir/objects`` planted as a symlink to another private folder of the
+    daemon's user: the mount is refused (unsafe cache, one line) and nothing is
+    written where the link points."""
+    elsewhere = kit.base / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (kit.base / "cache").mkdir(mode=0o700)
+    (kit.base / "cache" / "objects").symlink_to(elsewhere)
+    mp = kit.base / "m"
+    mp.mkdir()
+    res = run_cas("mount", "--config", str(kit.config), "app", str(mp))
+    assert res.returncode == UnsafeFolder.exit_code, res.stderr
+    assert "not a directory" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert list(elsewhere.iterdir()) == []
+    with open("/proc/self/mounts") as f:
+        assert str(mp) not in f.read()

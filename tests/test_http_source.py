@@ -129,6 +129,7 @@ def test_nginx_serves_objects_refs_index_and_documents(pub, nginx) -> None:
     assert any("/objects/" in r and r.startswith("HEAD") for r in nginx.requests())
 
 
+@pytest.mark.slow
 def test_cli_get_cat_ls_from_a_url(pub, nginx, tmp_path: Path) -> None:
     env = {"CAS_CONFIG": str(tmp_path / "client.toml")}
     (tmp_path / "client.toml").write_text(f'trusted_keys = ["{pub["pub"]}"]\n')
@@ -184,6 +185,7 @@ def test_hostile_bytes_are_never_returned(request, pub, mode: str) -> None:
         both.close()
 
 
+@pytest.mark.slow
 def test_silent_server_times_out_and_fails_over(request, pub) -> None:
     oid = objects_of(pub["store"])[0]
     silent = _server(request, Silent)

@@ -74,6 +74,7 @@ def mirror_json(src: Path, dest: Path, *extra: str, env: dict | None = None):
 
 
 # -- the basic promise ----------------------------------------------------------------
+@pytest.mark.slow
 def test_full_mirror_reads_back_byte_identical(pub: Pub, tmp_path: Path) -> None:
     pub.publish("app", tree(tmp_path, 1), 1)
     dest = tmp_path / "mirror"
@@ -98,6 +99,7 @@ def test_full_mirror_reads_back_byte_identical(pub: Pub, tmp_path: Path) -> None
     assert ok.code == 0 and "1 releases" in ok.out and "OK" in ok.out, ok.out + ok.err
 
 
+@pytest.mark.slow
 def test_incremental_copies_only_new_objects(pub: Pub, tmp_path: Path) -> None:
     t1 = tree(tmp_path, 1)
     pub.publish("app", t1, 1)
@@ -174,6 +176,7 @@ def test_corrupt_source_object_is_not_copied(pub: Pub, tmp_path: Path) -> None:
         decode(ObjectId.parse("b3-" + rel_path[8:10] + rel_path[11:]), stored)
 
 
+@pytest.mark.slow
 def test_unparsable_or_untrusted_document_is_refused(pub: Pub, tmp_path: Path) -> None:
     folder = tree(tmp_path, 1, big=1 << 20)
     pub.publish("app", folder, 1)
@@ -199,6 +202,7 @@ def test_unparsable_or_untrusted_document_is_refused(pub: Pub, tmp_path: Path) -
 
 
 # -- order, resume, markers ------------------------------------------------------------------
+@pytest.mark.slow
 def test_releases_and_index_are_written_last(pub: Pub, tmp_path: Path) -> None:
     pub.publish("app", tree(tmp_path, 1), 1)
     pub.publish("tools", tree(tmp_path, 2, big=1 << 20), 1)
@@ -234,6 +238,7 @@ def test_releases_and_index_are_written_last(pub: Pub, tmp_path: Path) -> None:
                 assert pos[rel] < pos[w], (rel, w)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(pub: Pub, tmp_path: Path) -> None:
     pub.publish("app", tree(tmp_path, 1, big=6 << 20), 1)
     total = len(object_files(pub.store.root))
@@ -266,6 +271,7 @@ def test_resume_after_sigkill(pub: Pub, tmp_path: Path) -> None:
     assert check_mirror(dest).problems == []
 
 
+@pytest.mark.slow
 def test_cvmfs_markers_and_fsck_on_a_mirror(pub: Pub, tmp_path: Path) -> None:
     pub.publish("app", tree(tmp_path, 1, big=1 << 20), 1)
     dest = tmp_path / "mirror"
@@ -281,6 +287,7 @@ def test_cvmfs_markers_and_fsck_on_a_mirror(pub: Pub, tmp_path: Path) -> None:
     assert not list(bare.rglob(CATALOG_MARKER))
 
 
+@pytest.mark.slow
 def test_check_finds_damage(pub: Pub, tmp_path: Path) -> None:
     pub.publish("app", tree(tmp_path, 1, big=1 << 20), 1)
     dest = tmp_path / "mirror"
@@ -304,6 +311,7 @@ def test_check_finds_damage(pub: Pub, tmp_path: Path) -> None:
     assert cas(None, "mirror", "--check", str(dest)).code == 0
 
 
+@pytest.mark.slow
 def test_refuses_a_store_and_a_busy_destination(pub: Pub, tmp_path: Path) -> None:
     other = Store.open(tmp_path / "other", create=True)
     other.close()
@@ -329,6 +337,7 @@ needs_root = pytest.mark.skipif(
     reason="a read-only bind mount needs root and unshare(1); the mount needs fusermount3")
 
 
+@pytest.mark.slow
 @needs_root
 def test_read_only_bind_mount_get_and_fuse(pub: Pub, tmp_path: Path) -> None:
     """CVMFS is not packaged here: a read-only bind mount of the mirror stands in for

@@ -182,6 +182,7 @@ def test_list_for_other_trees_is_ignored(kit: Kit, tree: ObjectId) -> None:
 
 
 # -- replay -------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [True, False])
 def test_replay_fetches_exactly_the_listed_objects(kit: Kit, tree: ObjectId,
                                                    batch: bool) -> None:
@@ -247,6 +248,7 @@ def _wait_prefetch(kit: Kit, mp: Path) -> dict:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_mount_replays_the_list_and_status_reaches_total(kit: Kit, tree: ObjectId,
                                                          mounter: Mounter) -> None:
@@ -262,6 +264,7 @@ def test_mount_replays_the_list_and_status_reaches_total(kit: Kit, tree: ObjectI
     assert (mp / "lib" / "big.so").read_bytes() == (kit.base / "tree/lib/big.so").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_mount_survives_a_list_naming_a_missing_object(kit: Kit, tree: ObjectId,
                                                        mounter: Mounter) -> None:
@@ -274,6 +277,7 @@ def test_mount_survives_a_list_naming_a_missing_object(kit: Kit, tree: ObjectId,
     assert (mp / "lib" / "deep" / "a.jl").read_text().startswith("module A")
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_mount_records_accesses_in_first_access_order(kit: Kit, tree: ObjectId,
                                                       mounter: Mounter) -> None:

@@ -72,6 +72,7 @@ def _push_json(pub: dict, url: str, spec: str, token: str, *extra: str):
     return cas(pub["store"], "--json", "push", url, spec, *extra, env={"CAS_TOKEN": token})
 
 
+@pytest.mark.slow
 def test_push_into_empty_store_then_pull_gives_identical_files(pub: dict, tmp_path: Path) -> None:
     served = new_store(tmp_path / "served")
     token = token_for(served)
@@ -106,6 +107,7 @@ def test_push_into_empty_store_then_pull_gives_identical_files(pub: dict, tmp_pa
     assert cas(served, "fsck").code == 0 and cas(dest, "fsck").code == 0
 
 
+@pytest.mark.slow
 def test_pull_verifies_release_and_objects(pub: dict, tmp_path: Path) -> None:
     served = new_store(tmp_path / "served")
     token = token_for(served)
@@ -149,6 +151,7 @@ def _fault(state: dict):
     return middleware
 
 
+@pytest.mark.slow
 def test_push_interrupted_by_server_failure_resumes(pub: dict, tmp_path: Path) -> None:
     served = new_store(tmp_path / "served")
     token = token_for(served)
@@ -171,6 +174,7 @@ def test_push_interrupted_by_server_failure_resumes(pub: dict, tmp_path: Path) -
     assert cas(served, "fsck").code == 0
 
 
+@pytest.mark.slow
 def test_killed_push_process_resumes(pub: dict, tmp_path: Path) -> None:
     served = new_store(tmp_path / "served")
     token = token_for(served)
@@ -203,6 +207,7 @@ def test_killed_push_process_resumes(pub: dict, tmp_path: Path) -> None:
     assert cas(served, "fsck").code == 0
 
 
+@pytest.mark.slow
 def test_concurrent_pushes_of_overlapping_releases(pub: dict, tmp_path: Path) -> None:
     served = new_store(tmp_path / "served")
     token = token_for(served)
@@ -223,6 +228,7 @@ def test_concurrent_pushes_of_overlapping_releases(pub: dict, tmp_path: Path) ->
     assert cas(served, "fsck").code == 0
 
 
+@pytest.mark.slow
 def test_push_pull_and_store_url_go_through_the_client_config(pub: dict, tmp_path: Path) -> None:
     """cas push, cas pull and --store URL reads take the client config's proxy (and
     timeouts): through a dead proxy nothing reaches the server, through a live one

@@ -161,6 +161,7 @@ def test_tree_hash_matches_git_for_modes_links_and_empty_dirs(tmp_path: Path) ->
     assert store_tree_hash(TreeReader(store), root_entry(tree)) == want
 
 
+@pytest.mark.slow
 @needs_bundles
 def test_registry_matches_packages_toml(built: dict) -> None:
     import tomllib
@@ -182,6 +183,7 @@ def test_registry_matches_packages_toml(built: dict) -> None:
     assert built["meta"]["registry_tree_sha1"] == git_write_tree(reg) == folder_tree_hash(reg)
 
 
+@pytest.mark.slow
 @needs_bundles
 def test_registry_folder_reads_back_losslessly(built: dict, tmp_path: Path) -> None:
     """Load + write gives the same bytes (and hash): what extending a registry relies on."""
@@ -190,6 +192,7 @@ def test_registry_folder_reads_back_losslessly(built: dict, tmp_path: Path) -> N
     assert folder_tree_hash(tmp_path / "again") == built["meta"]["registry_tree_sha1"]
 
 
+@pytest.mark.slow
 @needs_bundles
 def test_from_folder_seeds_a_new_registry(built: dict, tmp_path: Path) -> None:
     out = json.loads(cas(tmp_path / "s", "--json", "registry", "build", "--from",
@@ -202,6 +205,7 @@ def test_from_folder_seeds_a_new_registry(built: dict, tmp_path: Path) -> None:
     assert "extended automatically" in again.err
 
 
+@pytest.mark.slow
 @needs_bundles
 def test_every_version_is_in_the_store_by_its_tree_hash(built: dict) -> None:
     from casstore.pkg.content import read_package_map
@@ -214,6 +218,7 @@ def test_every_version_is_in_the_store_by_its_tree_hash(built: dict) -> None:
         assert store_tree_hash(reader, root_entry(tree)) == sha1
 
 
+@pytest.mark.slow
 @needs_bundles
 def test_same_input_gives_no_new_revision(built: dict) -> None:
     res = cas(built["store"], "--json", "registry", "build", str(BUNDLES / "Tables.bundle"),
@@ -244,6 +249,7 @@ def _pkg_repo(tmp: Path, name: str, uuid: str, versions: list[str],
 U1 = "11111111-2222-4333-8444-555555555555"
 
 
+@pytest.mark.slow
 def test_new_version_gives_new_revision_and_old_stays(tmp_path: Path) -> None:
     cas(None, "keygen", str(tmp_path / "k"), check=True)
     store = tmp_path / "store"

@@ -155,6 +155,7 @@ def _store_with_release(tmp_path: Path) -> tuple[Path, Path, str]:
     return store, key, t1
 
 
+@pytest.mark.slow
 def test_cli_rollback_publishes_new_revision(tmp_path: Path) -> None:
     store, key, t1 = _store_with_release(tmp_path)
     (tmp_path / "src" / "v").write_text("two")
@@ -231,6 +232,7 @@ def test_rollback_never_resigns_a_tampered_revision(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.glob("*.release")) == ["000000000001.release"]
 
 
+@pytest.mark.slow
 def test_release_names_are_verified_when_keys_are_configured(tmp_path: Path) -> None:
     store, key, t1 = _store_with_release(tmp_path)
     res = cas(store, "ls", "julia", check=True)
@@ -269,6 +271,7 @@ def _body_text(t1: str, **change) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [
     {"expires": "2099-01-01"},  # was exit 70 (TypeError)
     {"expires": float("nan")},  # was accepted: NaN never expires
@@ -293,6 +296,7 @@ def test_good_resigned_body_still_verifies(tmp_path: Path) -> None:
     cas(store, "release", "verify", "julia", "--trusted-key", str(key) + ".pub", check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [
     ("verify", "julia@abc"), ("verify", "julia@-1"), ("verify", "julia@0"),
     ("show", "julia@0"), ("show", "julia@abc"), ("show", "julia@"),
@@ -304,6 +308,7 @@ def test_bad_revision_specs_are_errors(tmp_path: Path, args: tuple[str, str]) ->
     assert res.code == UsageError.exit_code
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("days", ["nan", "-1", "0", "inf", "1e300"])
 def test_bad_expiry_is_refused(tmp_path: Path, days: str) -> None:
     store, key, t1 = _store_with_release(tmp_path)
@@ -317,6 +322,7 @@ def test_bad_expiry_is_refused(tmp_path: Path, days: str) -> None:
                                                   check=True).out)] == [1]
 
 
+@pytest.mark.slow
 def test_create_refuses_an_incomplete_tree(tmp_path: Path) -> None:
     """Release create once signed a release whose subtrees were missing."""
     store, key, _t1 = _store_with_release(tmp_path)
@@ -341,6 +347,7 @@ def test_create_refuses_an_incomplete_tree(tmp_path: Path) -> None:
                                               check=True).out)] == ["julia"]
 
 
+@pytest.mark.slow
 def test_list_shows_every_good_document_and_reports_bad_ones(tmp_path: Path) -> None:
     store, key, t1 = _store_with_release(tmp_path)
     for _ in range(2):
@@ -356,6 +363,7 @@ def test_list_shows_every_good_document_and_reports_bad_ones(tmp_path: Path) -> 
     assert_one_line_error(text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("line", ["source = 5", "state_dir = {}", "cache_dir = []",
                                   "arch = 3", "cache_size = true", "cache_size = -1",
                                   'source = ["https://example.org/store", "/local"]',

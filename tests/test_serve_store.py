@@ -28,6 +28,7 @@ from serve_helpers import (
     ThreadServer,
     copy_store,
     metric,
+    metric_settled,
     new_store,
     object_files,
     raw,
@@ -205,6 +206,7 @@ def test_metrics_count_requests_and_bytes(pub: dict, tmp_path: Path) -> None:
 
 
 # -- writes ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_writes_need_a_valid_token(pub: dict, tmp_path: Path) -> None:
     store = new_store(tmp_path / "empty")
     token = token_for(store, "alice")
@@ -349,13 +351,14 @@ def test_real_process_serves_without_pkg_options(pub: dict, tmp_path: Path) -> N
         s, h, body = raw(srv.url, "GET", path_of(oid))
         assert (s, body) == (200, (store / object_relpath(oid)).read_bytes())
         assert raw(srv.url, "GET", "/objects/%2e%2e/" + "c" * 62)[0] == 400
-        assert metric(srv.url, "cas_http_requests_total", route=OBJ, status="200") == 1
+        assert metric_settled(srv.url, "cas_http_requests_total", route=OBJ, status="200") == 1
         s, _h, _ = raw(srv.url, "PUT", "/" + release_relpath("app", 7), b"{}",
                        {"Authorization": "Bearer nope"})
         assert s == 401
     assert srv.proc.returncode == 0
 
 
+@pytest.mark.slow
 def test_workers_share_the_socket_and_sum_metrics(pub: dict, tmp_path: Path) -> None:
     store, _cfg = serve_copy(pub, tmp_path)
     with ProcessServer(store, tmp_path / "serve.log", "--workers", "2") as srv:
@@ -367,7 +370,7 @@ def test_workers_share_the_socket_and_sum_metrics(pub: dict, tmp_path: Path) -> 
         n = 3 * len(pub["oids"])
         # every request opens a new connection, so both workers answer some; the
         # counters of both are summed
-        assert metric(srv.url, "cas_http_requests_total", route=OBJ, status="200") == n
+        assert metric_settled(srv.url, "cas_http_requests_total", route=OBJ, status="200") == n
     assert srv.proc.returncode == 0
     for pid in kids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(

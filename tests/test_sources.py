@@ -104,6 +104,7 @@ def test_oversized_object_refused_before_reading(store: Store) -> None:
     assert time.monotonic() - t < 5  # reading 258 MiB of zeros would also be slow
 
 
+@pytest.mark.slow
 def test_oversized_release_file_refused_before_reading(tmp_path: Path) -> None:
     """A 1 GB release file was read whole before the 1 MiB check."""
     st = tmp_path / "store"
@@ -240,6 +241,7 @@ def test_open_source(store: Store, tmp_path: Path) -> None:
         open_source(tmp_path / "nothing-here")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", [b"[]", b"{}", b"not json",
                                   b'{"format": "casstore", "version": 9}'])
 def test_bad_format_document_is_one_line(tmp_path: Path, text: bytes) -> None:

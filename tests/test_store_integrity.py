@@ -30,6 +30,7 @@ def _chunk_of(store: Path, data: bytes) -> Path:
     return object_path(store, ObjectId.of(data))
 
 
+@pytest.mark.slow
 def test_put_repairs_a_flipped_chunk(tmp_path: Path) -> None:
     """Flip a byte in a stored chunk; putting the same data again repairs it."""
     src = tmp_path / "src"
@@ -49,6 +50,7 @@ def test_put_repairs_a_flipped_chunk(tmp_path: Path) -> None:
     assert cas(store, "fsck").code == 0
 
 
+@pytest.mark.slow
 def test_put_repairs_an_unindexed_damaged_object(tmp_path: Path) -> None:
     """An object file nobody verified (copied in, index lost) is checked before reuse."""
     store = tmp_path / "store"
@@ -74,6 +76,7 @@ def _big_tree_dir(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["chunk", "packed"])
 def test_file_equal_to_a_tree_encoding_reads_back(tmp_path: Path, size: str) -> None:
     """Bytes equal to an existing tree's encoding share its id; the file must still read."""
@@ -99,6 +102,7 @@ def test_file_equal_to_a_tree_encoding_reads_back(tmp_path: Path, size: str) -> 
     assert res.code == 0, res.out
 
 
+@pytest.mark.slow
 def test_planted_chunk_cannot_poison_a_later_tree(tmp_path: Path) -> None:
     """A file planted with the bytes of a tree that a later put will make (trees are
     predictable: names, sizes, modes, mtimes) must not become that tree; the signed
@@ -181,6 +185,7 @@ def test_put_records_a_verified_marker_that_matches_the_file(tmp_path: Path) -> 
         s.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", [
     [],
     {"format": "casstore", "version": 1},

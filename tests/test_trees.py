@@ -117,6 +117,7 @@ SMALL = StoreSettings(chunk_min=4096, chunk_avg=16384, chunk_max=65536, inline_m
                       durable=False)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tree=st.dictionaries(names, trees, max_size=6))
 def test_property_round_trip_and_stable_id(tree: dict) -> None:

@@ -117,6 +117,7 @@ def _check(vfs: VFS, rel: str, want: tuple, rnd: random.Random) -> None:
     assert (b"user.cas.variant" in [k.encode() for k in vfs.xattrs(node, False)]) == want[3]
 
 
+@pytest.mark.slow
 def test_vfs_from_eight_threads(world) -> None:
     """8 threads of random lookups/stat/read/listdir over one VFS: every answer right."""
     vfs, expected = world
@@ -146,6 +147,7 @@ def test_vfs_from_eight_threads(world) -> None:
     assert vfs.cache is not None and vfs.cache.stats["hits"] > 0
 
 
+@pytest.mark.slow
 def test_listdir_merges_in_byte_order(world) -> None:
     vfs, expected = world
     for rel in ("d1/e1", "d2", "d2/deep", ""):
@@ -159,6 +161,7 @@ def test_listdir_merges_in_byte_order(world) -> None:
 
 
 # -- memory --------------------------------------------------------
+@pytest.mark.slow
 def test_big_tree_memory_per_entry() -> None:
     """A 200k-entry tree kept decoded costs little more than its own bytes."""
     n = 200_000
@@ -216,6 +219,7 @@ def _deep_tree(store: Store, depth: int) -> ObjectId:
     return oid
 
 
+@pytest.mark.slow
 def test_ls_recursive_on_a_1500_level_tree(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "store", create=True)
     root = _deep_tree(store, 1500)
@@ -322,6 +326,61 @@ def test_cache_file_of_another_owner_is_refused(big) -> None:
     try:
         assert _read_all(vfs, "big.so") == data
         assert cache.stats["rejected_files"] == 1
+    finally:
+        cache.close()
+
+
+class _SlowSource:
+    """A local source whose chunk fetches take a while; counts them in flight, and
+    fails one chosen chunk the first time it is fetched."""
+
+    def __init__(self, inner: LocalSource, fail: ObjectId | None = None) -> None:
+        self.inner, self.fail = inner, fail
+        self.lock = threading.Lock()
+        self.now = self.peak = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def fetch(self, oid: ObjectId, expect: ObjType | None = None) -> bytes:
+        if expect != ObjType.CHUNK:
+            return self.inner.fetch(oid, expect)
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            threading.Event().wait(0.05)
+            if oid == self.fail:
+                self.fail = None
+                from casstore.errors import ObjectCorrupt
+
+                raise ObjectCorrupt(f"object {oid} failed verification (test)")
+            return self.inner.fetch(oid, expect)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("fail_one", [False, True])
+def test_whole_file_copy_fills_several_chunks_at_once(big, fail_one: bool) -> None:
+    """Chunks are fetched several at a time; a failed chunk leaves the copy incomplete
+    (never served from unwritten bytes) and its reads go to the source again."""
+    tmp, root, data = big
+    local = LocalSource(tmp / "store")
+    layout = TreeReader(local).layout(VFS(local, root).lookup("big.so").entry)
+    assert len(layout.oids) >= 3
+    source = _SlowSource(local, layout.oids[1] if fail_one else None)
+    cache = FileCache(source, tmp / "cache", 64 << 20, prefetch_min=1 << 20)  # type: ignore[arg-type]
+    try:
+        vfs = VFS(source, root, cache=cache)  # type: ignore[arg-type]
+        node = vfs.lookup("big.so")
+        assert vfs.read(node, 0, 10) == data[:10]
+        copy = next(iter(cache.copies.values()))
+        assert copy.thread is not None
+        copy.thread.join(30)
+        assert source.peak > 1
+        assert copy.complete is not fail_one and cache.stats["chunk_errors"] == int(fail_one)
+        assert _read_all(vfs, "big.so") == data  # the failed chunk: from the source again
     finally:
         cache.close()
 

@@ -12,6 +12,10 @@ SUBCOMMANDS = ["init_cmd", "put_cmd", "get_cmd", "browse_cmd", "release_cmd", "k
                "fsck_cmd", "gc_cmd", "stat_cmd", "mount_cmd", "exec_cmd", "depot_cmd",
                "registry_cmd", "serve_cmd", "mirror_cmd", "push_cmd", "doctor_cmd",
                "env_cmd"]
+# Commands defined in a module not named after them.
+MODULE_OF = {"cat": "browse_cmd", "ls": "browse_cmd", "diff": "browse_cmd",
+             "umount": "mount_cmd", "status": "mount_cmd", "reload": "mount_cmd",
+             "pull": "push_cmd"}
 
 
 class _LazyGroup(click.Group):
@@ -60,8 +64,8 @@ def _register() -> None:
 
 
 def _load(name: str) -> None:
-    """Import the module named after the command if there is one, else all of them."""
-    mod = f"{name}_cmd"
+    """Import the module that defines the command if it is known, else all of them."""
+    mod = MODULE_OF.get(name, f"{name}_cmd")
     if mod in SUBCOMMANDS:
         importlib.import_module(f"casstore.cli.{mod}")
         if name in cli.commands:

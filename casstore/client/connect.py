@@ -41,4 +41,11 @@ def open_client_source(cfg: ClientConfig, spec: str | Path | list | None = None)
     if spec is None:
         raise UsageError("no source: give --store or set 'source' in the client config")
     return open_source(spec, cache_dir=cfg.objects_cache_dir, cache_bytes=cfg.object_cache_bytes,
-                       http=http_settings(cfg))
+                       http=http_settings(cfg) if _names_urls(spec) else None)
+
+
+def _names_urls(spec: str | Path | list) -> bool:
+    """Whether ``spec`` names any URL: only then is the HTTP client (aiohttp) imported,
+    a cost every mount and ``cas exec`` of a local store would otherwise pay."""
+    items = spec if isinstance(spec, (list, tuple)) else [spec]
+    return any(isinstance(x, str) and "://" in x for x in items)

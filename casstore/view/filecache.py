@@ -2,9 +2,10 @@
 
 Julia dlopens a ~150 MB sysimage and touches almost all of it, so fetching it chunk
 by chunk on demand would put one fetch + verify on the critical path of every
-page fault.  Instead the first read of a large file starts a background thread
-that copies *every* chunk of the file, each verified against its id, into a
-private file; reads are then served with ``os.pread`` from it.
+page fault.  Instead the first read of a large file starts background threads
+that copy *every* chunk of the file, each verified against its id, into a
+private file, a few chunks at a time in file order; reads are then served with
+``os.pread`` from it.
 
 Layering: the cache sits on top of a (composed) :class:`ObjectSource`, e.g.
 ``KnownBad(ObjectCache(LocalSource))``: it fetches chunks with ``source.fetch``
@@ -55,7 +56,8 @@ from casstore.format.trees import Entry, Kind, Storage
 from casstore.sources.base import ObjectSource
 
 log = logging.getLogger(__name__)
-AHEAD_CHUNKS = 4  # reads this many chunks past the prefetch cursor do not wait
+AHEAD_CHUNKS = 4  # reads this many chunks past the prefetches in flight do not wait
+FILL_WORKERS = 4  # chunks of one file fetched, verified and written at once
 _OPEN_OLD = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -88,7 +90,10 @@ class _Copy:
     complete: bool = False  # every chunk verified: reads need no bookkeeping
     done: bool = False
     closed: bool = False
-    cursor: int = 0  # the chunk the prefetch thread works on next
+    cursor: int = 0  # the lowest chunk not yet settled (verified or failed)
+    next: int = 0  # the next chunk a prefetch worker takes
+    settled: list[bool] = field(default_factory=list)
+    errors: int = 0
     last_use: float = field(default_factory=time.monotonic)
     cond: threading.Condition = field(default_factory=threading.Condition)
     thread: threading.Thread | None = None
@@ -106,8 +111,10 @@ class FileCache:
     """Whole-file prefetch over an object source; see the module docstring."""
 
     def __init__(self, source: ObjectSource, folder: Path, max_bytes: int,
-                 prefetch_min: int = 4 << 20, wait_s: float = 10.0) -> None:
+                 prefetch_min: int = 4 << 20, wait_s: float = 10.0,
+                 workers: int = FILL_WORKERS) -> None:
         self.source = source
+        self.workers = max(1, workers)
         secure_dir(Path(folder))
         self.folder = secure_dir(Path(folder) / "files")
         self.max_bytes = max_bytes
@@ -163,8 +170,9 @@ class FileCache:
         cursor is served directly at once instead of stalling every other request.
         """
         deadline = time.monotonic() + self.wait_s
+        ahead = AHEAD_CHUNKS + self.workers
         with copy.cond:
-            if need and not copy.have[need.start] and need.start > copy.cursor + AHEAD_CHUNKS:
+            if need and not copy.have[need.start] and need.start > copy.cursor + ahead:
                 return False
             while not all(copy.have[i] for i in need):
                 left = deadline - time.monotonic()
@@ -221,28 +229,29 @@ class FileCache:
             log.warning("cannot remove %s: %s", path, exc)
 
     def _fill(self, copy: _Copy) -> None:
-        """Verify or fetch every chunk in order; a bad chunk is skipped, not fatal."""
-        # Signals belong to the thread that runs the FUSE loop, never to a worker.
+        """Verify or fetch every chunk, ``workers`` at a time in file order; a bad
+        chunk is skipped, not fatal.
+
+        Several at once: over HTTP each chunk is a round trip, and decompressing and
+        hashing (native calls that release the GIL) then use every core."""
+        # Signals belong to the thread that runs the FUSE loop, never to a worker
+        # (threads started below inherit this mask).
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-        complete = True
+        copy.settled = [False] * len(copy.oids)
         try:
-            for i, oid in enumerate(copy.oids):
-                if self.closed:
-                    return
-                copy.cursor = i
-                try:
-                    self._fill_one(copy, i, oid)
-                except CasError as exc:
-                    complete = False
-                    self.stats["chunk_errors"] += 1
-                    log.warning("prefetch skipped a chunk: %s", exc)
-                    continue
-                with copy.cond:
-                    copy.have[i] = True
-                    copy.cond.notify_all()
+            helpers = [threading.Thread(target=self._guarded_worker, args=(copy,), daemon=True,
+                                        name=f"{threading.current_thread().name}-{n}")
+                       for n in range(1, min(self.workers, len(copy.oids)))]
+            for t in helpers:
+                t.start()
+            self._guarded_worker(copy)
+            for t in helpers:
+                t.join()
+            if self.closed:
+                return
             os.ftruncate(copy.fd, copy.size)
-            copy.complete = complete
-            if complete and copy.fetched:
+            copy.complete = copy.errors == 0 and all(copy.have)
+            if copy.complete and copy.fetched:
                 self._persist(copy)
         except Exception:  # noqa: BLE001 - a thread must not die silently
             if not self.closed:  # at unmount the fd may close under us: expected
@@ -253,6 +262,41 @@ class FileCache:
                 copy.old_fd = None
             with copy.cond:
                 copy.done = True
+                copy.cond.notify_all()
+
+    def _guarded_worker(self, copy: _Copy) -> None:
+        """:meth:`_fill_worker`; an unexpected error stops this worker and leaves the
+        copy incomplete (its unfilled chunks are then read from the source)."""
+        try:
+            self._fill_worker(copy)
+        except Exception:  # noqa: BLE001 - a thread must not die silently
+            with copy.cond:
+                copy.errors += 1
+            if not self.closed:  # at unmount the fd may close under us: expected
+                log.exception("prefetch of %s failed", copy.path.name)
+
+    def _fill_worker(self, copy: _Copy) -> None:
+        """Take the next chunk, fill it, mark it settled; until none is left."""
+        while not self.closed:
+            with copy.cond:
+                i = copy.next
+                if i >= len(copy.oids):
+                    return
+                copy.next += 1
+            ok = True
+            try:
+                self._fill_one(copy, i, copy.oids[i])
+            except CasError as exc:
+                ok = False
+                with self._lock:
+                    self.stats["chunk_errors"] += 1
+                log.warning("prefetch skipped a chunk: %s", exc)
+            with copy.cond:
+                copy.have[i] = ok
+                copy.errors += not ok
+                copy.settled[i] = True
+                while copy.cursor < len(copy.settled) and copy.settled[copy.cursor]:
+                    copy.cursor += 1
                 copy.cond.notify_all()
 
     def _fill_one(self, copy: _Copy, i: int, oid: ObjectId) -> None:

@@ -53,19 +53,20 @@ class Node:
         return self.entry.kind
 
 
-def node_key(node: Node, content: bytes | None = None) -> bytes:
-    """What identifies a node's content and metadata: changes iff stat or bytes may.
+def node_key(node: Node) -> bytes:
+    """What identifies a node's content and metadata, from the tree entry alone.
 
-    The entry's kind, size, mode, mtime and content (its object id, or inline
-    bytes; for a packed file ``content``, the id of its own bytes, since its pack
-    changes whenever a sibling does), plus the overlay directory merged into it
-    and whether it came from a variant.  The name is not part of it (the path is
-    added by :meth:`VFS.inode`).  Use :meth:`VFS.node_key`, which supplies
-    ``content`` for packed files."""
+    The entry's kind, size, mode, mtime and content reference (its object id, or
+    inline bytes; for a packed file its pack's id and offset), plus the overlay
+    directory merged into it and whether it came from a variant.  It changes
+    whenever stat or bytes may, and is computed without reading any file bytes, so
+    a stat never fetches a pack.  A packed file's key also changes when a sibling
+    in the same pack changes (the pack's id does).  The name is not part of it
+    (the path is added by :meth:`VFS.inode`)."""
     e, o = node.entry, node.overlay
-    head = struct.pack("<BQIq?", int(e.kind), e.size, e.mode, e.mtime_ns, node.variant)
-    if content is None:
-        content = e.oid.digest if e.oid is not None else e.data
+    head = struct.pack("<BQIq?Q", int(e.kind), e.size, e.mode, e.mtime_ns, node.variant,
+                       e.offset)
+    content = e.oid.digest if e.oid is not None else e.data
     over = o.oid.digest if o is not None and o.oid is not None else b""
     return b"".join((head, struct.pack("<I", len(over)), over, content))
 
@@ -120,7 +121,6 @@ class VFS:
         self._nlink: dict[tuple, int] = {}
         self._inos: dict[str | bytes, int] = {}  # path -> inode (bounded like _nodes)
         self._ino_owner: dict[int, bytes] = {}  # inode -> path + key, for collisions
-        self._packed_ids: dict[tuple, bytes] = {}  # (pack, offset, size) -> content id
         self.ino_collisions = 0
 
     def _seed(self) -> dict[str | bytes, Node]:
@@ -342,19 +342,8 @@ class VFS:
         return ino
 
     def node_key(self, node: Node) -> bytes:
-        """:func:`node_key` with a packed file's own content id (its bytes hashed
-        once: the pack, one object per directory, is fetched and cached anyway)."""
-        e = node.entry
-        if e.storage != Storage.PACKED or e.oid is None:
-            return node_key(node)
-        k = (e.oid.digest, e.offset, e.size)
-        cid = self._packed_ids.get(k)
-        if cid is None:
-            cid = ObjectId.of(self.reader.read(e, 0, e.size)).digest
-            if len(self._packed_ids) >= self.max_nodes:
-                self._packed_ids = {}
-            self._packed_ids[k] = cid
-        return node_key(node, cid)
+        """:func:`node_key` (metadata only: no file bytes are read)."""
+        return node_key(node)
 
     def changed_paths(self, other: VFS) -> list[str | bytes]:
         """Paths known to this VFS whose node differs (or is gone) in ``other``:
