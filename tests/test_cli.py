@@ -132,6 +132,7 @@ def test_in_process_runs_leave_no_state_behind(tmp_path: Path, tree: Path) -> No
     os.umask(mask)
     handlers, level = list(logging.getLogger().handlers), logging.getLogger().level
     store = tmp_path / "store"
+    cas_in_process(None, "init", env={"CAS_STORE": str(store)}, check=True)
     oid = cas_in_process(None, "put", str(tree), env={"CAS_STORE": str(store)},
                          check=True).out.strip()
     assert cas_in_process(store, "ls", oid, check=True).out
