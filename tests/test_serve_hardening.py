@@ -31,9 +31,8 @@ def store(tmp_path_factory) -> dict:
     root = new_store(tmp_path_factory.mktemp("hard") / "store")
     s = Store.open(root)
     with s.lock():
-        small, e1 = s.put_raw(ObjType.CHUNK, os.urandom(20_000))
-        big, e2 = s.put_raw(ObjType.CHUNK, os.urandom(1_500_000))
-        s.index.add([(small, e1), (big, e2)])
+        small = s.put_raw(ObjType.CHUNK, os.urandom(20_000))
+        big = s.put_raw(ObjType.CHUNK, os.urandom(1_500_000))
     s.close()
     return {"root": root, "small": "/" + object_relpath(small), "big": "/" + object_relpath(big),
             "token": token_for(root)}
