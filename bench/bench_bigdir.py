@@ -44,8 +44,8 @@ def build(work: Path, n: int) -> None:
     store = Store.open(work / "store", create=True)
     big = encode_tree(Entry(f"f{i:07d}.jl".encode(), Kind.FILE, 0o644, 0, 0, Storage.INLINE)
                       for i in range(n))
-    big_id, _ = store.put_raw(ObjType.TREE, big)
-    root_id, _ = store.put_raw(ObjType.TREE, encode_tree(
+    big_id = store.put_raw(ObjType.TREE, big)
+    root_id = store.put_raw(ObjType.TREE, encode_tree(
         [Entry(b"big", Kind.DIR, 0o755, 0, 0, None, big_id)]))
     keygen(work / "release.key")
     now = int(time.time())

@@ -73,8 +73,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         store = Store.init(tmp / "store", StoreSettings(durable=False))
-        small = [store.put_raw(ObjType.CHUNK, os.urandom(4096))[0] for _ in range(400)]
-        big = [store.put_raw(ObjType.CHUNK, os.urandom(1 << 20))[0] for _ in range(16)]
+        small = [store.put_raw(ObjType.CHUNK, os.urandom(4096)) for _ in range(400)]
+        big = [store.put_raw(ObjType.CHUNK, os.urandom(1 << 20)) for _ in range(16)]
         nginx = Nginx(tmp / "store", tmp / "nginx").start()
         lag = LatencyProxy(nginx.port, DELAY).start()
         results = []

@@ -93,8 +93,8 @@ def main() -> None:
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.init(Path(tmp) / "store", StoreSettings(durable=False))
-        big = [store.put_raw(ObjType.CHUNK, os.urandom(1 << 20))[0] for _ in range(64)]
-        small = [store.put_raw(ObjType.CHUNK, os.urandom(4096))[0] for _ in range(2000)]
+        big = [store.put_raw(ObjType.CHUNK, os.urandom(1 << 20)) for _ in range(64)]
+        small = [store.put_raw(ObjType.CHUNK, os.urandom(4096)) for _ in range(2000)]
         counted, plain = LocalSource(store.root), Uncounted(store.root)
         for o in big + small:
             plain.read_stored(o)  # page cache warm

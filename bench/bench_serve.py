@@ -1,21 +1,29 @@
-"""Object GET throughput: `cas serve` vs Debian's nginx serving the same store folder.
+"""GET throughput: `cas serve` vs Debian's nginx serving the same files.
 
 Side by side in one run, on loopback, 64 concurrent connections (keep-alive), each
-GET naming a random object of the set:
+GET naming a random file of the set:
 
 * small objects: 4-64 KiB (the size of packs of small files);
-* 1 MiB chunks.
+* 1 MiB chunks;
+* Pkg tarballs: the 32 shared packages of registry-General.  `cas serve` answers
+  `/package/{uuid}/{hash}` from its (warm) tarball cache; nginx serves byte-identical
+  copies of the same tarballs at the same paths.
 
-The load generator is `wrk` (C, 2 threads, a Lua script cycling through the object
-paths in a shuffled order).  Servers: `cas serve STORE` (one asyncio process,
-sendfile) and nginx 1.22 (`sendfile on`, `access_log off`) with one worker, and
-with `worker_processes auto` (2 here); `cas serve` with one process and with
-`--workers 2`.  Rounds alternate between servers so that
-load from other users of the machine hits all of them alike; the median round is
-reported.  CPU seconds of the server processes and of wrk are read from /proc and
-getrusage, to show whether the load generator or the machine was the limit.
+The load generator is `wrk` (C, 2 threads, a Lua script cycling through the paths in
+a shuffled order).  Servers: nginx 1.22 (`sendfile on`, `access_log off`) with one
+worker and with `worker_processes auto`; `cas serve` with `--workers 1` and with its
+default (one worker per core, like nginx's `auto`).  Rounds alternate between
+servers so that load from other users of the machine hits all of them alike; the
+median round is reported, with the ratios of each round.  CPU seconds of the server
+processes and of wrk are read from /proc and getrusage, to show whether the load
+generator or the machine was the limit.
 
-Usage: .venv/bin/python bench/bench_serve.py [--seconds 8] [--rounds 3]
+Cold tarballs: each round also starts `cas serve` on an empty tarball cache and GETs
+every package once, one after the other (each tarball made from the store and its
+git tree hash checked before it is sent); the first-request latency's p50 is
+reported beside nginx's for the same, already made, files.
+
+Usage: .venv/bin/python bench/bench_serve.py [--seconds 5] [--rounds 3]
 Writes bench/results/serve.md and serve.json.
 """
 
@@ -29,15 +37,19 @@ import resource
 import select
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+
+from pkg_helpers import BUNDLES, packages  # noqa: E402
 
 from casstore.format.layout import object_relpath  # noqa: E402
 from casstore.format.objects import ObjType  # noqa: E402
@@ -90,6 +102,10 @@ http {{
     location /objects/ {{
       add_header Cache-Control "public, max-age=31536000, immutable";
     }}
+    location /package/ {{
+      root {tarballs};
+      default_type application/gzip;
+    }}
     location / {{ return 404; }}
   }}
 }}
@@ -97,23 +113,49 @@ http {{
 
 
 def make_store(root: Path, sets: dict[str, tuple[int, int, int]]) -> dict[str, list[str]]:
-    """Random (incompressible) chunk objects; returns URL paths per set."""
-    store = Store.init(root)
+    """Random (incompressible) chunk objects added to the store; URL paths per set."""
+    store = Store.open(root)
     rnd = random.Random(7)
     out: dict[str, list[str]] = {}
     with store.lock():
         for name, (count, lo, hi) in sets.items():
             paths = []
             for _ in range(count):
-                oid, entry = store.put_raw(ObjType.CHUNK, rnd.randbytes(rnd.randint(lo, hi)))
-                store.index.add([(oid, entry)])
+                oid = store.put_raw(ObjType.CHUNK, rnd.randbytes(rnd.randint(lo, hi)))
                 paths.append("/" + object_relpath(oid))
             rnd.shuffle(paths)
             out[name] = paths
     store.close()
+    return out
+
+
+def open_to_all(root: Path) -> None:
     for p in [root, *root.rglob("*")]:  # nginx workers run as nobody
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    return out
+
+
+def make_registry(root: Path, key: Path) -> list[str]:
+    """registry-General from the shared bundles; the package URL paths."""
+    subprocess.run([sys.executable, "-m", "casstore", "keygen", str(key)], check=True,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "casstore", "--store", str(root), "registry",
+                    "build", str(BUNDLES), "--key", str(key)], check=True, capture_output=True)
+    return [f"/package/{p['uuid']}/{p['tree_sha1']}" for p in packages().values()]
+
+
+def first_requests(url: str, paths: list[str], save: Path | None = None) -> list[float]:
+    """Seconds for each path's GET (whole body), one after the other."""
+    times = []
+    for path in paths:
+        t = time.perf_counter()
+        with urllib.request.urlopen(url + path, timeout=600) as r:
+            data = r.read()
+        times.append(time.perf_counter() - t)
+        if save is not None:
+            dest = save / path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+    return times
 
 
 def free_port() -> int:
@@ -199,7 +241,7 @@ def measure(srv: Server, script: Path, seconds: int, conns: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=64)
     args = ap.parse_args()
@@ -208,63 +250,107 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     os.chmod(tmp, 0o755)
     try:
-        sets = {"small 4-64 KiB": (3000, 4 << 10, 64 << 10), "1 MiB": (300, 1 << 20, 1 << 20)}
-        paths = make_store(tmp / "store", sets)
-        scripts = {}
-        for i, (name, plist) in enumerate(paths.items()):
-            (tmp / f"paths{i}.txt").write_text("\n".join(plist) + "\n")
-            (tmp / f"s{i}.lua").write_text(LUA % (tmp / f"paths{i}.txt"))
-            scripts[name] = tmp / f"s{i}.lua"
-        servers = {}
-        for workers in ("1", "auto"):
-            d = tmp / f"nginx-{workers}"
-            d.mkdir()
-            port = free_port()
-            (d / "nginx.conf").write_text(NGINX.format(workers=workers, dir=d, port=port,
-                                                       store=tmp / "store"))
-            servers[f"nginx ({workers} worker{'s' if workers != '1' else ''})"] = Server(
-                f"nginx {workers}", ["/usr/sbin/nginx", "-c", str(d / "nginx.conf"), "-p",
-                                     str(d), "-e", str(d / "error.log")],
-                f"http://127.0.0.1:{port}")
-        for workers in (1, 2):
-            label = "cas serve" + (f" ({workers} workers)" if workers > 1 else "")
-            servers[label] = Server(label, [sys.executable, "-m", "casstore", "serve",
-                                            str(tmp / "store"), "--listen", "127.0.0.1:0",
-                                            "--workers", str(workers)])
-        rounds: dict[str, dict[str, list[dict]]] = {s: {n: [] for n in servers} for s in sets}
-        for _r in range(args.rounds):
-            for sname, script in scripts.items():
-                for name, srv in servers.items():
-                    with srv:
-                        measure(srv, script, 1, args.conns)  # warm up (page cache, conns)
-                        res = measure(srv, script, args.seconds, args.conns)
-                    rounds[sname][name].append(res)
-                    print(f"{sname:16} {name:22} {res['rps']:9.0f} req/s {res['mb_s']:8.1f} MB/s"
-                          f"  server {res['server_cores']:.2f} cores  wrk "
-                          f"{res['wrk_cores']:.2f} cores  errors {res['errors']}"
-                          f"/{res['status_errors']}", flush=True)
-        report(rounds, args, sets)
+        run(tmp, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cas_serve(label: str, store: Path, key: Path, cache: Path, *extra: str) -> Server:
+    return Server(label, [sys.executable, "-m", "casstore", "serve", str(store), "--listen",
+                          "127.0.0.1:0", "--trusted-key", str(key), "--cache", str(cache),
+                          *extra])
+
+
+def run(tmp: Path, args) -> None:
+    store, key = tmp / "store", tmp / "k"
+    pkg_paths = make_registry(store, key)
+    sets = {"small 4-64 KiB": (3000, 4 << 10, 64 << 10), "1 MiB": (300, 1 << 20, 1 << 20)}
+    paths = make_store(store, sets)
+    tarballs = tmp / "tarballs"
+    cache = tmp / "cache"
+    with cas_serve("warm", store, key.with_suffix(".pub"), cache) as srv:
+        first_requests(srv.url, pkg_paths, save=tarballs)  # type: ignore[arg-type]
+    rnd = random.Random(8)
+    paths["Pkg tarballs"] = [rnd.choice(pkg_paths) for _ in range(500)]
+    open_to_all(tmp)
+    scripts = {}
+    for i, (name, plist) in enumerate(paths.items()):
+        (tmp / f"paths{i}.txt").write_text("\n".join(plist) + "\n")
+        (tmp / f"s{i}.lua").write_text(LUA % (tmp / f"paths{i}.txt"))
+        scripts[name] = tmp / f"s{i}.lua"
+    servers = {}
+    for workers in ("1", "auto"):
+        d = tmp / f"nginx-{workers}"
+        d.mkdir()
+        port = free_port()
+        (d / "nginx.conf").write_text(NGINX.format(workers=workers, dir=d, port=port,
+                                                   store=store, tarballs=tarballs))
+        servers[f"nginx ({workers} worker{'s' if workers != '1' else ''})"] = Server(
+            f"nginx {workers}", ["/usr/sbin/nginx", "-c", str(d / "nginx.conf"), "-p",
+                                 str(d), "-e", str(d / "error.log")],
+            f"http://127.0.0.1:{port}")
+    pub = key.with_suffix(".pub")
+    servers["cas serve (1 worker)"] = cas_serve("cas 1", store, pub, cache, "--workers", "1")
+    servers["cas serve (default workers)"] = cas_serve("cas", store, pub, cache)
+    rounds: dict[str, dict[str, list[dict]]] = {s: {n: [] for n in servers} for s in scripts}
+    cold: list[dict] = []
+    for r in range(args.rounds):
+        for sname, script in scripts.items():
+            for name, srv in servers.items():
+                with srv:
+                    measure(srv, script, 1, args.conns)  # warm up (page cache, checks)
+                    res = measure(srv, script, args.seconds, args.conns)
+                rounds[sname][name].append(res)
+                print(f"{sname:16} {name:28} {res['rps']:9.0f} req/s {res['mb_s']:8.1f} MB/s"
+                      f"  server {res['server_cores']:.2f} cores  wrk "
+                      f"{res['wrk_cores']:.2f} cores  errors {res['errors']}"
+                      f"/{res['status_errors']}", flush=True)
+        with cas_serve("cold", store, pub, tmp / f"cold{r}") as srv:
+            cas_cold = first_requests(srv.url, pkg_paths)  # type: ignore[arg-type]
+        with servers["nginx (1 worker)"] as srv:
+            ngx = first_requests(srv.url, pkg_paths)  # type: ignore[arg-type]
+        cold.append({"cas_p50_ms": statistics.median(cas_cold) * 1000,
+                     "cas_max_ms": max(cas_cold) * 1000,
+                     "nginx_p50_ms": statistics.median(ngx) * 1000})
+        print(f"cold tarballs: cas serve p50 {cold[-1]['cas_p50_ms']:.0f} ms, nginx (files "
+              f"already made) p50 {cold[-1]['nginx_p50_ms']:.1f} ms", flush=True)
+    report(rounds, cold, args, {**{k: list(v) for k, v in sets.items()},
+                                "Pkg tarballs": [len(pkg_paths)]})
 
 
 def _median(items: list[dict]) -> dict:
     return sorted(items, key=lambda r: r["rps"])[len(items) // 2]
 
 
-def report(rounds: dict, args, sets) -> None:
+def _ratios(per: dict[str, list[dict]], name: str, base: str) -> list[float]:
+    """The ratio of each round (the rounds interleave, so each pair shared the load)."""
+    return [a["rps"] / b["rps"] for a, b in zip(per[name], per[base], strict=True)]
+
+
+def report(rounds: dict, cold: list[dict], args, sets) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary = {s: {n: _median(v) for n, v in per.items()} for s, per in rounds.items()}
+    ratios = {s: {"default vs nginx auto": _ratios(per, "cas serve (default workers)",
+                                                  "nginx (auto workers)"),
+                  "default vs nginx 1": _ratios(per, "cas serve (default workers)",
+                                               "nginx (1 worker)"),
+                  "1 worker vs nginx 1": _ratios(per, "cas serve (1 worker)",
+                                                "nginx (1 worker)"),
+                  "default vs 1 worker": _ratios(per, "cas serve (default workers)",
+                                                "cas serve (1 worker)")}
+              for s, per in rounds.items()}
+    load = os.getloadavg()
     (RESULTS / "serve.json").write_text(json.dumps(
-        {"args": vars(args), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
-         "sets": {k: list(v) for k, v in sets.items()}, "rounds": rounds,
-         "median": summary}, indent=1))
-    lines = ["# Object GETs: `cas serve` vs nginx (same store folder, loopback)", "",
+        {"args": vars(args), "cpus": os.cpu_count(), "loadavg_end": load,
+         "sets": sets, "rounds": rounds, "median": summary, "ratios": ratios,
+         "cold_tarballs": cold}, indent=1))
+    lines = ["# GETs: `cas serve` vs nginx (same files, loopback)", "",
              f"`bench/bench_serve.py --seconds {args.seconds} --rounds {args.rounds}`: wrk, 2 "
-             f"threads, {args.conns} keep-alive connections, random objects; median of "
-             f"{args.rounds} alternating rounds.  Machine: {os.cpu_count()} cores, shared "
-             f"(load average at the end {os.getloadavg()[0]:.1f}).", "",
-             "| objects | server | req/s | MB/s | vs nginx (1 worker) | vs nginx (auto) | "
+             f"threads, {args.conns} keep-alive connections, random paths; median of "
+             f"{args.rounds} interleaved rounds.  Machine: {os.cpu_count()} cores, shared "
+             f"with other developers' jobs (load average at the end {load[0]:.1f} / "
+             f"{load[1]:.1f} / {load[2]:.1f}).", "",
+             "| files | server | req/s | MB/s | vs nginx (1 worker) | vs nginx (auto) | "
              "p50 / p99 ms | server cores | server CPU µs/req | wrk cores |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for sname, per in summary.items():
@@ -277,6 +363,18 @@ def report(rounds: dict, args, sets) -> None:
                          f"{r['server_cores']:.2f} | "
                          f"{r['server_cpu_s'] / max(r['requests'], 1) * 1e6:.0f} | "
                          f"{r['wrk_cores']:.2f} |")
+    lines += ["", "Ratios per interleaved round (median first):", "",
+              "| files | ratio | median | rounds |", "|---|---|---:|---|"]
+    for sname, per in ratios.items():
+        for what, vals in per.items():
+            lines.append(f"| {sname} | {what} | {statistics.median(vals):.2f}x | "
+                         f"{', '.join(f'{v:.2f}' for v in vals)} |")
+    lines += ["", "Cold tarballs (empty cache; each package's first GET, sequential):", "",
+              "| round | cas serve p50 ms | cas serve max ms | nginx p50 ms (file already made) |",
+              "|---|---:|---:|---:|"]
+    for i, c in enumerate(cold):
+        lines.append(f"| {i + 1} | {c['cas_p50_ms']:.0f} | {c['cas_max_ms']:.0f} | "
+                     f"{c['nginx_p50_ms']:.1f} |")
     (RESULTS / "serve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -58,9 +58,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.init(Path(tmp) / "store", StoreSettings(durable=False))
         half = os.urandom(512 << 10)
-        big = [store.put_raw(ObjType.CHUNK, half + os.urandom(16) + bytes(512 << 10))[0]
+        big = [store.put_raw(ObjType.CHUNK, half + os.urandom(16) + bytes(512 << 10))
                for _ in range(64)]  # 1 MiB chunks, half compressible
-        small = [store.put_raw(ObjType.CHUNK, os.urandom(2048) + bytes(2048))[0]
+        small = [store.put_raw(ObjType.CHUNK, os.urandom(2048) + bytes(2048))
                  for _ in range(2000)]  # 4 KiB packs
         src = LocalSource(store.root)
         cache = ObjectCache(src, Path(tmp) / "cache", 1 << 30)

@@ -114,6 +114,8 @@ def whole_process(path: Path, work: Path, repeat: int) -> dict:
         loads.append(round(os.getloadavg()[0], 2))
         runs["tar_put"].append(timed(lambda: subprocess.run(tar_put, shell=True, check=True))[0])
         shutil.rmtree(store, ignore_errors=True)
+        subprocess.run(CAS + ["-q", "--store", str(store), "init"], check=True,
+                       capture_output=True)  # only cas init creates a store: not timed
         t, p = timed(lambda: subprocess.run(CAS + ["-q", "--store", str(store), "put",
                                                    str(path)], check=True,
                                                   capture_output=True, text=True))

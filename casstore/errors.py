@@ -353,6 +353,13 @@ class JobError(JuliaError):
     exit_code = 49
 
 
+class ComposeRefused(JuliaError):
+    """Builders' part releases are missing, untrusted or built from other inputs,
+    so no composed release is signed."""
+
+    exit_code = 67
+
+
 class JuliaTimeout(JuliaError):
     """A Julia process ran past its time limit and was killed (keeps code 20)."""
 
@@ -362,6 +369,21 @@ class VariantRefused(CasError):
 
     exit_code = 27
     errno = _errno.EACCES
+
+
+class MountBusy(MountError):
+    """``cas umount``: files on the mount are in use (``--lazy`` detaches anyway)."""
+
+    exit_code = 29
+    errno = _errno.EBUSY
+
+
+class UnmountIncomplete(MountError):
+    """``cas umount``: the mount is gone here but its daemon lives on, because another
+    mount namespace holds a copy of the mount, or (``--lazy``) files are still open."""
+
+    exit_code = 33
+    errno = _errno.EBUSY
 
 
 class NotACasMount(MountError):

@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from casstore.cli.main import cli
 
-from helpers import Result
+from helpers import WRITERS, Result
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
            signal.SIGPIPE, signal.SIGCHLD)
@@ -68,10 +68,16 @@ def preserved_process_state() -> Iterator[None]:
 
 
 def cas_in_process(store: Path | None, *args: str, check: bool = False,
-                   env: dict[str, str] | None = None, input: bytes | str | None = None) -> Result:
+                   env: dict[str, str] | None = None, input: bytes | str | None = None,
+                   init: bool = True) -> Result:
     """``cas [--store STORE] ARGS`` through click's test runner, as :func:`helpers.cas`
     runs it in a process: the same :class:`Result`, ``CAS_DEBUG`` unset, and an
-    exception that escaped the CLI's error boundary shown as a traceback on stderr."""
+    exception that escaped the CLI's error boundary shown as a traceback on stderr.
+    Like :func:`helpers.cas`, a writer aimed at a missing ``store`` runs ``cas init``
+    first unless ``init`` is False."""
+    command = next((a for a in args if not a.startswith("-")), None)
+    if init and store is not None and command in WRITERS and not os.path.lexists(store):
+        cas_in_process(store, "init", env=env, init=False)
     argv = (["--store", str(store)] if store is not None else []) + list(args)
     overrides: dict[str, str | None] = {"CAS_DEBUG": None, **(env or {})}
     with preserved_process_state():

@@ -21,14 +21,26 @@ class Result:
     err: str
 
 
+# Commands that write into a store.  Only ``cas init`` creates one, so a writer aimed
+# at a folder that does not exist yet is preceded by ``cas init``, as a user must.
+WRITERS = frozenset({"put", "registry", "depot", "pull"})
+
+
 def cas(store: Path | None, *args: str, check: bool = False, env: dict | None = None,
-        input: bytes | None = None, timeout: float = 300) -> Result:
-    """Run ``python -m casstore`` as a user would (a real process, real exit code)."""
+        input: bytes | None = None, timeout: float = 300, init: bool = True) -> Result:
+    """Run ``python -m casstore`` as a user would (a real process, real exit code).
+
+    With ``init`` (the default), a writing command whose ``store`` does not exist yet
+    runs ``cas init`` first; ``init=False`` shows what a user without one sees.
+    """
     cmd = [sys.executable, "-m", "casstore"]
     if store is not None:
         cmd += ["--store", str(store)]
     full_env = dict(os.environ, **(env or {}))
     full_env.pop("CAS_DEBUG", None)
+    command = next((a for a in args if not a.startswith("-")), None)
+    if init and store is not None and command in WRITERS and not os.path.lexists(store):
+        subprocess.run(cmd + ["init"], capture_output=True, env=full_env, timeout=timeout)
     p = subprocess.run(cmd + list(args), capture_output=True, env=full_env, input=input,
                        timeout=timeout)
     res = Result(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))

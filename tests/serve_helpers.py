@@ -135,6 +135,21 @@ def metric(url: str, name: str, **labels: str) -> float:
     return total
 
 
+def metric_settled(url: str, name: str, **labels: str) -> float:
+    """:func:`metric` once it has stopped changing for 0.2 s.  With several workers a
+    request is counted when its worker's event loop next runs, which on a busy machine
+    can be after the client already has the answer."""
+    last = metric(url, name, **labels)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = metric(url, name, **labels)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def new_store(path: Path) -> Path:
     cas(path, "init", check=True)
     return path

@@ -100,6 +100,7 @@ def test_missing_store_is_clear(tmp_path: Path) -> None:
 
 def test_store_from_environment(tmp_path: Path, tree: Path) -> None:
     env = {"CAS_STORE": str(tmp_path / "envstore")}
+    cas_in_process(None, "init", env=env, check=True)
     oid = cas_in_process(None, "put", str(tree), env=env, check=True).out.strip()
     assert (tmp_path / "envstore" / "casstore.json").exists()
     assert cas_in_process(None, "ls", oid, env=env, check=True).out
@@ -131,6 +132,7 @@ def test_in_process_runs_leave_no_state_behind(tmp_path: Path, tree: Path) -> No
     os.umask(mask)
     handlers, level = list(logging.getLogger().handlers), logging.getLogger().level
     store = tmp_path / "store"
+    cas_in_process(None, "init", env={"CAS_STORE": str(store)}, check=True)
     oid = cas_in_process(None, "put", str(tree), env={"CAS_STORE": str(store)},
                          check=True).out.strip()
     assert cas_in_process(store, "ls", oid, check=True).out
@@ -178,6 +180,7 @@ def _imported(*args: str) -> set[str]:
 def test_put_and_get_import_nothing_heavy(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x" * 100_000)
     store = str(tmp_path / "store")
+    cas(Path(store), "init", check=True)
     put = _imported("--store", store, "put", str(tmp_path / "f"))
     assert "casstore.store.snapshot" in put  # the parse works: put's own module is listed
     oid = cas(Path(store), "put", str(tmp_path / "f"), check=True).out.strip()
@@ -186,6 +189,51 @@ def test_put_and_get_import_nothing_heavy(tmp_path: Path) -> None:
     for mods in (put, get):
         heavy = {m for m in mods if m.split(".")[0] in HEAVY or m in HEAVY}
         assert not heavy, f"start-up imports {sorted(heavy)}"
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b"b3-" + b"0" * 64 + b" " * 3000])
+def test_a_damaged_ref_is_named_as_damaged(tmp_path: Path, content: bytes) -> None:
+    """Not "'r1' is not an object id, ref or release": the ref exists and is damaged,
+    so the error says that, names its file and points at fsck."""
+    store = tmp_path / "store"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "x").write_text("x\n")
+    cas(store, "put", str(tmp_path / "src"), "--name", "r1", check=True)
+    assert cas(store, "cat", "r1/x", check=True).out == "x\n"
+    (store / "refs" / "r1").write_bytes(content)
+    res = cas(store, "cat", "r1/x")
+    assert_one_line_error(res)
+    assert "damaged" in res.err or "too large" in res.err, res.err
+    assert "refs/r1" in res.err and "cas fsck" in res.err and "not an object id, ref" \
+        not in res.err, res.err
+    res = cas(store, "cat", "r2/x")
+    assert_one_line_error(res)
+    assert "'r2' is not an object id, ref or release" in res.err
+
+
+@pytest.mark.parametrize("args", [("put", "SRC"), ("put", "SRC", "--name", "r"),
+                                  ("fsck",), ("gc",), ("stat",)])
+def test_a_store_typo_creates_nothing(tmp_path: Path, tree: Path, args: tuple) -> None:
+    """Only ``cas init`` creates a store: any other command on a missing one is a
+    one-line error that names the path and says how to create it."""
+    typo = tmp_path / "stroe"
+    res = cas(typo, *[str(tree) if a == "SRC" else a for a in args], init=False)
+    assert_one_line_error(res)
+    assert str(typo) in res.err and "cas init" in res.err, res.err
+    assert not os.path.lexists(typo)
+
+
+def test_a_store_typo_creates_nothing_for_pull_registry_or_depot(tmp_path: Path) -> None:
+    typo = tmp_path / "stroe"
+    spec = tmp_path / "depot.toml"
+    spec.write_text("[julia]\nversion = \"1.5.3\"\n")
+    for args in (("pull", "http://127.0.0.1:9/", "app", "--trusted-key", "0" * 64),
+                 ("registry", "build", str(tmp_path), "--key", str(tmp_path / "k")),
+                 ("depot", "build", str(spec), "--out", str(tmp_path / "o"))):
+        res = cas(typo, *args, init=False)
+        assert_one_line_error(res)
+        assert str(typo) in res.err and "cas init" in res.err, (args, res.err)
+        assert not os.path.lexists(typo)
 
 
 def test_each_command_is_found_in_its_own_module() -> None:

@@ -61,7 +61,7 @@ from fuse_fixtures import CAS, Kit, Mounter, run_cas
 
 def put_objects(store: Store, sizes: list[int], seed: int = 1) -> list[ObjectId]:
     rnd = random.Random(seed)
-    return [store.put_raw(ObjType.CHUNK, rnd.randbytes(n))[0] for n in sizes]
+    return [store.put_raw(ObjType.CHUNK, rnd.randbytes(n)) for n in sizes]
 
 
 @pytest.fixture

@@ -57,6 +57,33 @@ def test_csh_and_json_forms(tmp_path: Path) -> None:
     assert js["PATH"] == "/depot/julia/bin:/usr/bin"
 
 
+
+def test_online_links_the_depots_server_registries_into_scratch(tmp_path: Path) -> None:
+    """``cas env --online``: registries that came from a Pkg server (``.tree_info.toml``)
+    are linked into the scratch depot, so Pkg 1.5 (which updates only the first depot's
+    registries) can update them; a bundle-built one, or a name the scratch depot has
+    already, is left alone.  Offline, nothing is linked."""
+    depot = tmp_path / "depot"
+    for name, served in (("General", True), ("Bundled", False), ("Site", True)):
+        (depot / "registries" / name).mkdir(parents=True)
+        (depot / "registries" / name / "Registry.toml").write_text(f'name = "{name}"\n')
+        if served:
+            (depot / "registries" / name / ".tree_info.toml").write_text('git-tree-sha1 = "0"\n')
+    scratch = tmp_path / "scratch"
+    (scratch / "registries" / "Site").mkdir(parents=True)  # the job's own updated copy
+    scratch.chmod(0o700)
+    off = cas(None, "env", "--scratch", str(scratch), "--mountpoint", str(depot))
+    assert off.code == 0, off.err
+    assert sorted(os.listdir(scratch / "registries")) == ["Site"]
+    on = cas(None, "env", "--online", "--scratch", str(scratch), "--mountpoint", str(depot))
+    assert on.code == 0, on.err
+    regs = scratch / "registries"
+    assert sorted(os.listdir(regs)) == ["General", "Site"]
+    assert os.readlink(regs / "General") == str(depot / "registries" / "General")
+    assert not (regs / "Site").is_symlink()
+    again = cas(None, "env", "--online", "--scratch", str(scratch), "--mountpoint", str(depot))
+    assert again.code == 0 and sorted(os.listdir(regs)) == ["General", "Site"]
+
 def test_default_scratch_per_user_and_job(tmp_path: Path) -> None:
     env = {"TMPDIR": str(tmp_path), "SLURM_JOB_ID": "4711/../x"}
     assert default_scratch(env, 1000) == tmp_path / "cas-depot-1000-4711_.._x"

@@ -334,3 +334,53 @@ def test_julia_running_from_the_mount_across_a_switch(published: dict,  # noqa: 
     finally:
         m.cleanup()
     assert not mounted(tmp_path / "mnt")
+
+
+def test_a_new_revision_with_a_corrupt_root_is_not_applied(mounts) -> None:
+    """A validly signed revision 2 whose root tree object is corrupt at the source: the
+    check fails (status says why), revision 1 stays served with every path readable;
+    once the source is repaired the next check switches."""
+    repo, m = mounts("1h")
+    repo.publish(V1)
+    mp = m.mount("rel")
+    root2 = repo.publish(V2)
+    obj = repo.store / "objects" / root2[3:5] / root2[5:]
+    good = obj.read_bytes()
+    obj.chmod(0o644)
+    obj.write_bytes(good[:-8] + bytes(8))  # same size, wrong bytes
+    out = reload(repo, mp)
+    assert "check failed" in out and "revision 2" in out, out
+    assert revision(mp) == 1
+    assert (mp / "small.txt").read_bytes() == b"one\n"
+    assert (mp / "same.txt").read_bytes() == V1["same.txt"]
+    assert (mp / "big.bin").read_bytes() == BIG1
+    st = status(repo, mp)
+    assert st["revision"] == 1 and "cannot be read" in (st["follow"]["error"] or ""), st
+    obj.write_bytes(good)  # the source is repaired
+    reload(repo, mp)
+    assert revision(mp) == 2
+    assert (mp / "small.txt").read_bytes() == b"two\n"
+    assert (mp / "added.txt").read_bytes() == b"new in 2\n"
+    assert status(repo, mp)["follow"]["error"] is None
+
+
+def test_reopen_through_proc_fd_after_a_detach(mounts) -> None:
+    """An open file whose content a switch replaces is detached (its inode renamed);
+    reopening it through ``/proc/self/fd/N`` gives its own (old) bytes, not ENOENT."""
+    repo, m = mounts("1h")
+    repo.publish(V1)
+    mp = m.mount("rel")
+    fd = os.open(mp / "small.txt", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 100, 0) == b"one\n"
+        repo.publish(V2)
+        reload(repo, mp)
+        assert revision(mp) == 2 and (mp / "small.txt").read_bytes() == b"two\n"
+        assert ".cas-detached-" in os.readlink(f"/proc/self/fd/{fd}")
+        again = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+        try:
+            assert os.pread(again, 100, 0) == b"one\n"
+        finally:
+            os.close(again)
+    finally:
+        os.close(fd)

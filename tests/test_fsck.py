@@ -69,8 +69,7 @@ def malformed_tree(store: Path, info: dict) -> list[str]:
     """A tree-typed object whose hash is right but whose bytes are not a tree."""
     s = Store.open(store)
     try:
-        oid, e = s.put_raw(ObjType.TREE, b"CASTREE1 this is not a tree")
-        s.index.add([(oid, e)])
+        oid = s.put_raw(ObjType.TREE, b"CASTREE1 this is not a tree")
     finally:
         s.close()
     (store / "refs" / "badtree").write_text(f"{oid}\n")
@@ -167,14 +166,13 @@ def test_fsck_checks_sizes_a_reference_claims(tmp_path: Path) -> None:
     """A blob whose per-chunk lengths lie, and a chunk entry whose size lies."""
     s = Store.init(tmp_path / "store")
     try:
-        chunk, e1 = s.put_raw(ObjType.CHUNK, b"a" * 30_000)
-        other, e2 = s.put_raw(ObjType.CHUNK, b"b" * 20_000)
-        blob, e3 = s.put_raw(ObjType.BLOB, encode_blob([ChunkRef(chunk, 29_999),
+        chunk = s.put_raw(ObjType.CHUNK, b"a" * 30_000)
+        other = s.put_raw(ObjType.CHUNK, b"b" * 20_000)
+        blob = s.put_raw(ObjType.BLOB, encode_blob([ChunkRef(chunk, 29_999),
                                                         ChunkRef(other, 20_000)]))
         entries = [Entry(b"lying-blob", Kind.FILE, 0o644, 49_999, 0, Storage.BLOB, blob),
                    Entry(b"lying-chunk", Kind.FILE, 0o644, 30_001, 0, Storage.CHUNK, chunk)]
-        tree, e4 = s.put_raw(ObjType.TREE, encode_tree(entries))
-        s.index.add([(chunk, e1), (other, e2), (blob, e3), (tree, e4)])
+        tree = s.put_raw(ObjType.TREE, encode_tree(entries))
         s.set_ref("main", tree)
     finally:
         s.close()

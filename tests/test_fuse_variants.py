@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from casstore.errors import VariantRefused
+from casstore.errors import UnsafeFolder, VariantRefused
 from casstore.releases.variants import choose
 
 from fuse_fixtures import Kit, Mounter, run_cas
@@ -134,3 +134,48 @@ def test_choose_never_above_the_forced_level(available, baseline, forced, expect
             choose(available, baseline, forced)
     else:
         assert choose(available, baseline, forced) == expected
+
+
+@pytest.mark.parametrize("arch", [None, "x86-64-v4"])
+def test_unknown_level_is_refused_like_a_level_above_the_host(kit: Kit, arch) -> None:
+    """FORMAT §6.3: a signed release whose only variant (and baseline) is a level this
+    client does not know (x86-64-v5) mounts nowhere, not even on a v4 host."""
+    only = kit.base / "v5"
+    only.mkdir(exist_ok=True)
+    (only / "sys.so").write_bytes(b"needs a CPU from the future\n")
+    kit.publish("v5only", 1, kit.put(only), variants={"x86-64-v5": kit.put(only)},
+                baseline="x86-64-v5")
+    (kit.base / "m").mkdir(exist_ok=True)
+    res = run_cas("mount", "--config", str(kit.config), *(["--arch", arch] if arch else []),
+                  "v5only", str(kit.base / "m"))
+    assert res.returncode == VariantRefused.exit_code, res.stderr
+    assert "unknown level x86-64-v5" in res.stderr and len(res.stderr.splitlines()) == 1
+    with open("/proc/self/mounts") as f:
+        assert str(kit.base / "m") not in f.read()
+    with pytest.raises(VariantRefused):
+        choose(["x86-64-v5"], "x86-64-v5", "x86-64-v4")
+
+
+@pytest.mark.parametrize("plant", ["fifo", "file", "dangling symlink"])
+def test_cache_files_folder_replaced_by_a_non_folder_is_the_unsafe_cache_error(
+        kit: Kit, plant: str) -> None:
+    """``cache_dir/files`` as a FIFO, a plain file or a dangling symlink: the unsafe
+    cache error (exit 26, one line), not 'File exists'."""
+    src = kit.base / "s"
+    src.mkdir()
+    (src / "a").write_text("a\n")
+    kit.publish("plain", 1, kit.put(src))
+    files = kit.base / "cache" / "files"
+    files.parent.mkdir(mode=0o700)
+    if plant == "fifo":
+        os.mkfifo(files)
+    elif plant == "file":
+        files.write_text("x")
+    else:
+        files.symlink_to(kit.base / "nowhere")
+    (kit.base / "m").mkdir()
+    res = run_cas("mount", "--config", str(kit.config), "plain", str(kit.base / "m"))
+    assert res.returncode == UnsafeFolder.exit_code, res.stderr
+    assert "not a directory" in res.stderr and "File exists" not in res.stderr
+    assert len(res.stderr.splitlines()) == 1
+    assert not (kit.base / "nowhere").exists()

@@ -130,3 +130,20 @@ def test_gc_refuses_grace_that_is_not_finite_and_non_negative(tmp_path: Path) ->
         assert res.code == 2 and "finite" in res.err, (grace, res)
         assert _objects(store) == total, grace
     assert cas(store, "gc", "--grace=0s", check=True).code == 0
+
+
+def test_a_ref_file_over_the_format_limit_stops_gc(tmp_path: Path) -> None:
+    """FORMAT §10.1: a ref file holds at most 1 KiB.  Readers refuse a larger one, so gc
+    must not take it for a root either: it is damage, and gc deletes nothing."""
+    store = tmp_path / "store"
+    oid = cas(store, "put", str(_tree(tmp_path / "a", 1)), check=True).out.strip()
+    (store / "refs" / "big").write_text(oid + "\n" + " " * 2000)
+    assert 1024 < (store / "refs" / "big").stat().st_size < 4096
+    _age(store, 2 * 86400)
+    total = _objects(store)
+    res = cas(store, "gc")
+    assert res.code == 31 and "refs/big" in res.err and "too large" in res.err, res
+    assert _objects(store) == total
+    res = cas(store, "fsck")
+    assert res.code == 1 and "refs/big" in res.out, res
+    assert cas(store, "cat", "big").code != 0  # the readers' limit is the same one

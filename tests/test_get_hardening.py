@@ -52,9 +52,9 @@ def _store(tmp_path: Path) -> Store:
 def test_get_of_a_1500_level_tree(tmp_path: Path) -> None:
     """No RecursionError (and no PATH_MAX trouble): the restore walk is iterative."""
     store = _store(tmp_path)
-    oid, _ = store.put_raw(ObjType.TREE, encode_tree([_file(b"leaf", b"bottom\n")]))
+    oid = store.put_raw(ObjType.TREE, encode_tree([_file(b"leaf", b"bottom\n")]))
     for _ in range(1500):
-        oid, _ = store.put_raw(ObjType.TREE, encode_tree(
+        oid = store.put_raw(ObjType.TREE, encode_tree(
             [Entry(b"d", Kind.DIR, 0o755, 0, 1, None, oid)]))
     cas(tmp_path / "store", "get", str(oid), str(tmp_path / "out"), check=True)
     fd = os.open(tmp_path / "out", os.O_RDONLY | os.O_DIRECTORY)
@@ -74,7 +74,7 @@ def test_get_of_a_1500_level_tree(tmp_path: Path) -> None:
 def test_symlink_target_with_nul_is_one_line(tmp_path: Path) -> None:
     store = _store(tmp_path)
     bad = Entry(b"ln", Kind.SYMLINK, 0o777, 3, 1, data=b"a\0b")
-    oid, _ = store.put_raw(ObjType.TREE, _raw_tree([bad, _file(b"ok", b"fine")]))
+    oid = store.put_raw(ObjType.TREE, _raw_tree([bad, _file(b"ok", b"fine")]))
     res = cas(tmp_path / "store", "get", str(oid), str(tmp_path / "out"))
     assert_one_line_error(res)
     assert res.code == FormatError.exit_code and "ln" in res.err, res
@@ -83,11 +83,11 @@ def test_symlink_target_with_nul_is_one_line(tmp_path: Path) -> None:
 def test_blob_with_wrong_chunk_lengths_is_refused(tmp_path: Path) -> None:
     """Lengths that add up but do not match each chunk: nothing under the real name."""
     store = _store(tmp_path)
-    a, _ = store.put_raw(ObjType.CHUNK, b"A" * 100)
-    b, _ = store.put_raw(ObjType.CHUNK, b"B" * 200)
-    blob, _ = store.put_raw(ObjType.BLOB, encode_blob([ChunkRef(a, 150), ChunkRef(b, 150)]))
+    a = store.put_raw(ObjType.CHUNK, b"A" * 100)
+    b = store.put_raw(ObjType.CHUNK, b"B" * 200)
+    blob = store.put_raw(ObjType.BLOB, encode_blob([ChunkRef(a, 150), ChunkRef(b, 150)]))
     entry = Entry(b"f", Kind.FILE, 0o644, 300, 1, Storage.BLOB, blob)
-    oid, _ = store.put_raw(ObjType.TREE, encode_tree([entry]))
+    oid = store.put_raw(ObjType.TREE, encode_tree([entry]))
     res = cas(tmp_path / "store", "get", str(oid), str(tmp_path / "out"))
     assert_one_line_error(res)
     assert res.code == FormatError.exit_code and "150" in res.err, res
@@ -107,7 +107,7 @@ def test_names_over_255_bytes_are_skipped_not_fatal(tmp_path: Path, caplog) -> N
     assert "4096 bytes" in caplog.text
     assert decode_tree_checked(raw)[1] == [long]
     store = _store(tmp_path)
-    oid, _ = store.put_raw(ObjType.TREE, raw)
+    oid = store.put_raw(ObjType.TREE, raw)
     res = cas(tmp_path / "store", "get", str(oid), str(tmp_path / "out"))
     assert res.code == 0, res
     assert sorted(os.listdir(tmp_path / "out")) == ["a", "z"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from net_fixtures import NGINX, Nginx
 
+from casstore.errors import UnsafeFolder
 from casstore.fileio.fsutil import alive
 from casstore.format.objects import ObjectId
 
@@ -171,3 +172,21 @@ def test_cold_stat_storm_over_http_fetches_only_trees(kit: Kit, mounter: Mounter
     finally:
         mounter.cleanup()
         nginx.stop()
+
+
+def test_objects_cache_as_a_symlink_is_refused(kit: Kit, served) -> None:
+    """``cache_dir/objects`` planted as a symlink to another private folder of the
+    daemon's user: the mount is refused (unsafe cache, one line) and nothing is
+    written where the link points."""
+    elsewhere = kit.base / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (kit.base / "cache").mkdir(mode=0o700)
+    (kit.base / "cache" / "objects").symlink_to(elsewhere)
+    mp = kit.base / "m"
+    mp.mkdir()
+    res = run_cas("mount", "--config", str(kit.config), "app", str(mp))
+    assert res.returncode == UnsafeFolder.exit_code, res.stderr
+    assert "not a directory" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert list(elsewhere.iterdir()) == []
+    with open("/proc/self/mounts") as f:
+        assert str(mp) not in f.read()

@@ -152,3 +152,84 @@ def test_clustering_matches_brute_force(built, tmp_path) -> None:
                      {"JULIA_DEPOT_PATH": f"{tmp_path}:/depot"}, readonly=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "CLUSTERING OK 75"
+
+
+def test_default_jobs_bounded_by_cores_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from casstore.julia import builder
+    from casstore.julia.limits import SYSIMAGE_PEAK_BYTES
+
+    monkeypatch.setattr(builder.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    monkeypatch.setattr(builder, "_mem_available", lambda: 3 * SYSIMAGE_PEAK_BYTES - 1)
+    assert builder.default_jobs() == 2  # memory for two, cores for four
+    monkeypatch.setattr(builder, "_mem_available", lambda: 100 * SYSIMAGE_PEAK_BYTES)
+    assert builder.default_jobs() == 4  # cores for four
+    monkeypatch.setattr(builder, "_mem_available", lambda: 0)
+    assert builder.default_jobs() == 1  # never fewer than one
+    assert builder.default_jobs(3) == 3  # asked for: as asked
+
+
+def test_variant_subset_and_unknown_variant_name() -> None:
+    from casstore.julia.builder import choose_variants
+
+    spec = load_spec(SPEC)
+    assert [v.name for v in choose_variants(spec, ["x86-64-v3"])] == ["x86-64-v3"]
+    assert [v.name for v in choose_variants(spec, None)] == ["x86-64", "x86-64-v3"]
+    with pytest.raises(UnknownVariant, match="x86-64-v9"):
+        choose_variants(spec, ["x86-64-v9"])
+
+
+def test_concurrent_variant_work_raises_the_first_failure_in_spec_order() -> None:
+    import threading
+
+    from casstore.errors import BuildError
+    from casstore.julia.builder import _each
+
+    spec = load_spec(SPEC)
+    started, both = [], threading.Barrier(2, timeout=30)
+
+    def work(v):
+        started.append(v.name)
+        both.wait()  # both run at once, or this times out
+        raise BuildError(f"{v.name} failed")
+
+    with pytest.raises(BuildError, match="^x86-64 failed"):
+        _each(spec.variants, 2, work)
+    assert sorted(started) == ["x86-64", "x86-64-v3"]
+
+
+def test_variant_log_names_the_variant_on_untagged_lines() -> None:
+    from casstore.julia.builder import variant_log
+
+    lines: list[str] = []
+    log = variant_log(lines.append, "x86-64-v3")
+    log("[sysimage x86-64-v3] start")
+    log("casstore-sysimage: replayed 10 precompile statements, skipped 0")
+    assert lines == ["[sysimage x86-64-v3] start",
+                     "[x86-64-v3] casstore-sysimage: replayed 10 precompile statements, skipped 0"]
+
+
+@pytest.mark.julia
+@needs_ns
+def test_parallel_build_has_the_serial_keys_tree_and_paths(built, tmp_path,
+                                                           monkeypatch) -> None:
+    """Both sysimages built at once from an empty cache: same input and variant keys,
+    same common tree and overlay paths as the serial build, every line attributable."""
+    monkeypatch.setenv("CAS_BUILD_CACHE", str(tmp_path / "cache"))
+    lines: list[str] = []
+    par = build_depot(SPEC, tmp_path / "par", lines.append, jobs=2)
+    assert par.meta["jobs"] == 2
+    assert not any(v["cache_hit"] for v in par.meta["variants"].values())
+    assert par.meta["input_key"] == built.meta["input_key"]
+    for level, v in built.meta["variants"].items():
+        assert par.meta["variants"][level]["key"] == v["key"]
+        assert rel_files(par.variants[level]) == rel_files(built.variants[level])
+    assert tree_digest(par.root, mtimes=True) == tree_digest(built.root, mtimes=True)
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("[sysimage ") and "start" in ln]
+    first_done = min(i for i, ln in enumerate(lines)
+                     if ln.startswith("[sysimage ") and "done in" in ln)
+    assert len(starts) == 2 and max(starts) < first_done  # the two builds overlapped
+    inner = [ln for ln in lines if "casstore-sysimage:" in ln]
+    assert len(inner) == 4  # replayed + ran workload, per variant
+    assert sorted(ln.split("]")[0] for ln in inner) == ["[x86-64", "[x86-64",
+                                                        "[x86-64-v3", "[x86-64-v3"]
+    shutil.rmtree(tmp_path / "cache")

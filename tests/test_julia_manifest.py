@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -370,6 +371,52 @@ def test_stacked_writable_depot_adds_one_package_and_reuses_the_rest(
     assert f"ADDED {EXTRA}" in proc.stdout
     assert sorted(os.listdir(scratch / "packages")) == [EXTRA]
     assert not (scratch / "registries").exists()
+
+
+
+@pytest.mark.julia
+@pytest.mark.slow
+def test_pkg_add_of_a_package_newer_than_the_depots_registry(
+        built: dict, reg: dict, tmp_path: Path) -> None:
+    """Crayons is registered (a new revision of registry-General) after the depot was
+    built, so /depot's registry lacks it.  After ``eval "$(cas env --online)"`` a plain
+    ``Pkg.add`` on the stacked depot finds and installs it; /depot stays untouched."""
+    new = "Crayons"
+    assert new not in SUBSET
+    cas(reg["store"], "registry", "build",
+        *[str(BUNDLES / f"{n}.bundle") for n in [*SUBSET, new]], "--key", str(reg["key"]),
+        "--repo-urls", str(unreachable_repo_urls(tmp_path / "urls.toml")), check=True)
+    depot_reg = built["view"] / "registries" / "General" / "Registry.toml"
+    assert new not in depot_reg.read_text()
+
+    def add(scratch: Path, setup: str):
+        code = f"""
+        using Pkg
+        Pkg.activate("{scratch}/environments/v1.5")
+        Pkg.add("{new}")
+        using {new}
+        println("ADDED ", {new})
+        """
+        script = f'{setup} && exec /depot/julia/bin/julia --startup-file=no -e "$CODE"'
+        return run_bound(built["view"], ["sh", "-c", script],
+                         {"PY": sys.executable, "PYTHONPATH": str(REPO), "S": str(scratch),
+                          "CODE": code, "JULIA_PKG_SERVER": reg["url"],
+                          "JULIA_PKG_PRECOMPILE_AUTO": "0", "no_proxy": "127.0.0.1"},
+                         readonly=True, timeout=900)
+
+    # The stacked depot alone (no registry in the scratch depot): Pkg's own error.
+    plain = add(tmp_path / "plain", 'mkdir -p "$S" && export JULIA_DEPOT_PATH="$S:/depot"')
+    assert plain.returncode != 0 and "ADDED" not in plain.stdout
+    assert "registry" in plain.stderr, plain.stderr[-2000:]
+    scratch = tmp_path / "scratch"
+    proc = add(scratch, 'eval "$("$PY" -m casstore env --online --mountpoint /depot '
+                        '--scratch "$S")"')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"ADDED {new}" in proc.stdout
+    assert sorted(os.listdir(scratch / "packages")) == [new]
+    reg_dir = scratch / "registries" / "General"
+    assert reg_dir.is_dir() and not reg_dir.is_symlink()  # updated into the scratch depot
+    assert new in (reg_dir / "Registry.toml").read_text()
 
 
 # -- artifacts, and the Pkg server as a source (staging only, plain Julia) -----------------

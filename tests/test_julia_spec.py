@@ -225,3 +225,20 @@ def test_cpu_lists_are_what_this_julia_reports() -> None:
     lay = layout_for("1.5.3")
     assert found["cpus"] == set(lay.llvm_cpus) and "haswell" in found["cpus"]
     assert found["features"] == set(lay.llvm_features) and "rdrnd" in found["features"]
+
+
+def test_later_julia_versions_are_described_but_refused() -> None:
+    """1.9-1.12 are data in versions.py (pkgimages per CPU target, @depot from 1.11),
+    refused until a build has run with them; 1.5 caches need no target at all."""
+    from casstore.errors import UnsupportedJuliaVersion
+    from casstore.julia.versions import UNTESTED_LAYOUTS, layout_for
+
+    for version in ("1.9.4", "1.10.5", "1.11.1", "1.12.0"):
+        with pytest.raises(UnsupportedJuliaVersion, match="untested"):
+            layout_for(version)
+    assert layout_for("1.5.3").precompile_env("haswell,-rdrnd") == {}
+    lay = UNTESTED_LAYOUTS["1.10"]
+    assert lay.precompile_env("haswell,-rdrnd") == {"JULIA_CPU_TARGET": "haswell,-rdrnd"}
+    assert lay.cache_suffixes() == (".ji", ".so") and lay.compiled_subdir() == "compiled/v1.10"
+    assert [m for m, v in sorted(UNTESTED_LAYOUTS.items()) if v.relocatable_caches] == \
+        ["1.11", "1.12"]

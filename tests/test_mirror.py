@@ -228,13 +228,13 @@ def test_releases_and_index_are_written_last(pub: Pub, tmp_path: Path) -> None:
     # a tree is written only after all of its children
     pos = {w: i for i, w in enumerate(writes)}
     src = LocalSource(pub.store.root)
-    from casstore.store.maintenance import children
+    from casstore.format.trees import children
     for w in writes:
         if w.startswith("objects/") and not w.endswith(CATALOG_MARKER):
             oid = ObjectId.parse("b3-" + w[8:10] + w[11:])
             kind, raw = decode(oid, src.read_stored(oid))
-            for child, _k, _n in children(kind, raw):
-                rel = f"objects/{child.hex[:2]}/{child.hex[2:]}"
+            for child in children(kind, raw):
+                rel = f"objects/{child.oid.hex[:2]}/{child.oid.hex[2:]}"
                 assert pos[rel] < pos[w], (rel, w)
 
 
@@ -378,3 +378,49 @@ echo DONE
     assert not (dest / "probe").exists() and not (dest / "index").exists()
     with open("/proc/self/mounts") as f:  # nothing leaked into our namespace
         assert not [ln for ln in f if str(tmp_path) in ln]
+
+
+@pytest.mark.parametrize("where", ["objects", "objects/XX", "releases", "releases/app"])
+def test_links_planted_in_the_destination_are_never_followed(pub: Pub, tmp_path: Path,
+                                                             where: str) -> None:
+    """Like the client caches: a symlink planted at a folder of the destination is
+    refused with one line, and nothing is written through it."""
+    root = pub.publish("app", tree(tmp_path, 1, big=1 << 20), 1)
+    dest, outside = tmp_path / "mirror", tmp_path / "outside"
+    outside.mkdir()
+    where = where.replace("XX", root.hex[:2])
+    (dest / where).parent.mkdir(parents=True, exist_ok=True)
+    if where != "objects":  # an earlier mirror, then
+        (dest / "objects").mkdir(exist_ok=True)
+    os.symlink(outside, dest / where)
+    res, _rep = mirror_json(pub.store.root, dest)
+    assert res.code != 0 and "Traceback" not in res.err, res
+    lines = [ln for ln in res.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "symlink" in lines[0] and where in lines[0], res.err
+    assert list(outside.iterdir()) == []
+    # once the link is gone the same command completes
+    os.unlink(dest / where)
+    res, rep = mirror_json(pub.store.root, dest)
+    assert res.code == 0 and rep["releases_copied"] == 1, res
+    assert check_mirror(dest).problems == []
+
+
+def test_links_at_file_names_are_replaced_not_written_through(pub: Pub,
+                                                              tmp_path: Path) -> None:
+    root = pub.publish("app", tree(tmp_path, 1, big=1 << 20), 1)
+    dest, outside = tmp_path / "mirror", tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_bytes(b"not the mirror's")
+    obj = dest / "objects" / root.hex[:2] / root.hex[2:]
+    obj.parent.mkdir(parents=True)
+    os.symlink(victim, obj)
+    os.symlink(outside, dest / TMP_DIR)
+    (dest / "releases").mkdir()
+    os.symlink(victim, dest / "releases" / "_index.json")
+    res, rep = mirror_json(pub.store.root, dest)
+    assert res.code == 0 and rep["releases_copied"] == 1, res
+    assert victim.read_bytes() == b"not the mirror's" and sorted(os.listdir(outside)) == ["victim"]
+    assert not obj.is_symlink() and obj.is_file()
+    assert not (dest / "releases" / "_index.json").is_symlink()
+    assert check_mirror(dest).problems == []

@@ -2,10 +2,11 @@
 
 Every mount happens in a private mount namespace (``unshare -m --propagation
 private``), so the host's table never changes.  There, the test lays a copy of
-``/usr/sbin`` (symlinks) with ``mount.fuse.cas`` pointing at THIS checkout's
-``tools/mount.fuse.cas`` over ``/usr/sbin``: the test runs this code whatever
-``tools/setup`` installed on the host.  A trap unmounts lazily on any exit, and the
-fixture ends only processes that name the test's own folder.
+``/usr/sbin`` (symlinks) with ``mount.fuse.cas`` pointing at the ``mount.fuse.cas``
+console script installed into THIS venv (what a wheel install gives) over
+``/usr/sbin``: the test runs this code whatever ``tools/setup`` installed on the
+host.  A trap unmounts lazily on any exit, and the fixture ends only processes that
+name the test's own folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from casstore.errors import UntrustedKey, UsageError
 
 from fuse_fixtures import ROOT, Kit, mounted
 
-HELPER = ROOT / "tools" / "mount.fuse.cas"
+HELPER = Path(sys.executable).parent / "mount.fuse.cas"
 needs_ns = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
                               reason="needs root and unshare(1)")
 
@@ -101,9 +103,11 @@ kill -0 "$pid" 2>/dev/null && echo alive > "$base/daemon" || echo gone > "$base/
 '''
 
 
-def check_mounted_read_unmounted(kit: Kit) -> None:
+def check_mounted_read_unmounted(kit: Kit, source: str = "rel") -> None:
+    """``source``: the mount table shows the source as mount(8) was given it, so that
+    mount(8) (``mount -a``) finds an fstab line's mount already there."""
     b = kit.base
-    assert (b / "table").read_text().split() == ["cas:rel", "fuse.cas"]
+    assert (b / "table").read_text().split() == [source, "fuse.cas"]
     assert (b / "read").read_text() == "hello through mount(8)\n"
     st = json.loads((b / "status.json").read_text())
     assert st["release"] == "rel" and st["revision"] == 1 and st["owner"] is None
@@ -141,6 +145,22 @@ mount -T "$base/fstab" "$base/mnt"; echo "mount=$?" > "$base/mount"
     check_mounted_read_unmounted(rel)
 
 
+
+@needs_ns
+def test_fstab_mount_a_twice_is_idempotent(rel: Kit) -> None:
+    """The documented fstab form (``NAME /depot fuse.cas ...``): a second ``mount -a``
+    sees the mount as there (exit 0), and the table still holds it once."""
+    (rel.base / "fstab").write_text(
+        f"rel {rel.base}/mnt fuse.cas config={rel.config},_netdev,nofail 0 0\n")
+    res = in_namespace(rel, f'''
+mount -a -T "$base/fstab"; echo "first=$?" > "$base/mount"
+mount -a -T "$base/fstab"; echo "second=$?" >> "$base/mount"
+grep -c " $base/mnt fuse.cas " /proc/self/mounts >> "$base/mount"
+{READ_AND_UMOUNT}''')
+    assert (rel.base / "mount").read_text().split() == ["first=0", "second=0", "1"], res.stderr
+    assert "already" not in res.stderr, res.stderr
+    check_mounted_read_unmounted(rel, source="rel")
+
 @pytest.mark.slow
 @needs_ns
 @pytest.mark.parametrize("opts,code,words", [
@@ -177,8 +197,8 @@ def test_helper_argv_model() -> None:
     a = parse_argv(["cas:rel@3", "/depot", "-n", "-o",
                     "config=/etc/c.toml,arch=x86-64,noprefetch,defaults,x-systemd.idle-timeout=5,"
                     "comment=systemd.automount", "-t", "fuse.cas"])
-    assert a.argv() == ["mount", "rel@3", "/depot", "--config", "/etc/c.toml", "--arch",
-                        "x86-64", "--no-prefetch"]
+    assert a.argv() == ["mount", "rel@3", "/depot", "--fsname", "cas:rel@3", "--config",
+                        "/etc/c.toml", "--arch", "x86-64", "--no-prefetch"]
     assert a.dropped == ["defaults", "x-systemd.idle-timeout=5", "comment=systemd.automount"]
     assert parse_argv([":rel", "/depot", "-fv"]).fake and parse_argv([":rel", "/d"]).source == "rel"
     sloppy = parse_argv(["rel", "/depot", "-s", "-o", "whatever=1"])

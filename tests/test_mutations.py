@@ -36,7 +36,7 @@ from casstore.format.layout import release_path
 from casstore.format.objects import HEADER, ObjectId, decode
 from casstore.releases.release import parse_public, unverified, verify
 from casstore.sources.local import LocalSource
-from casstore.store.maintenance import fsck
+from casstore.store.fsck import fsck
 from casstore.store.restore import restore
 from casstore.store.writable import Store
 

@@ -29,7 +29,7 @@ def store(tmp_path: Path) -> Store:
 
 def _objects(store: Store, n: int, size: int = 10_000) -> list[ObjectId]:
     # random bytes do not compress: stored size ~ size + 16
-    return [store.put_raw(ObjType.CHUNK, os.urandom(size))[0] for _ in range(n)]
+    return [store.put_raw(ObjType.CHUNK, os.urandom(size)) for _ in range(n)]
 
 
 def _cached(folder: Path) -> set[str]:
@@ -228,3 +228,14 @@ def test_two_instances_share_one_folder_and_one_quota(store: Store, tmp_path: Pa
         b.fetch(o)  # b's rescans count a's files too
     assert b.usage() <= 60_000
     assert a.fetch(oids[7]) == store.fetch(oids[7]) and oids[7] not in a_inner.reads
+
+
+def test_refuses_a_symlink_to_a_private_folder_elsewhere(tmp_path: Path, store: Store) -> None:
+    """``cache_dir/objects`` as a symlink to a folder of ours (0700, same owner): the
+    target passes every ownership check, but objects must not land there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (tmp_path / "objects").symlink_to(elsewhere)
+    with pytest.raises(UnsafeFolder, match="not a directory"):
+        ObjectCache(store.source, tmp_path / "objects", 1 << 20)
+    assert list(elsewhere.iterdir()) == []

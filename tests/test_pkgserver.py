@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -196,6 +197,58 @@ def test_altered_cached_tarball_is_rebuilt_not_served(built: dict, tmp_path: Pat
     assert "was altered on disk" in caplog.text
 
 
+def test_planted_fifo_or_symlink_at_a_cached_name_is_rebuilt(built: dict, tmp_path: Path,
+                                                             caplog) -> None:
+    url = f"/package/{DF['uuid']}/{DF['tree_sha1']}"
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(b"not a tarball")
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c")) as srv:
+        good = http(srv.url + url)[2]
+        for plant in (os.mkfifo, lambda p: p.symlink_to(decoy)):
+            [cached] = list((tmp_path / "c").iterdir())
+            cached.unlink()
+            plant(cached)
+            code, _h, body = http(srv.url + url)  # a hang fails on urllib's timeout
+            assert (code, body) == (200, good)
+            assert cached.is_file() and not cached.is_symlink()
+        builds = srv.app[PKG].cache.builds
+    assert builds == 3
+    assert "not a regular file" in caplog.text
+
+
+def test_tarball_conditional_requests_range_and_metrics(built: dict, tmp_path: Path) -> None:
+    url = f"/package/{DF['uuid']}/{DF['tree_sha1']}"
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c")) as srv:
+        _s, h, body = serve_helpers.raw(srv.url, "GET", url)
+        etag, modified = h["etag"], h["last-modified"]
+        assert etag == f'"{DF["tree_sha1"]}"'
+        s304, h304, b304 = serve_helpers.raw(srv.url, "GET", url, headers={"If-None-Match": etag})
+        s_ims = serve_helpers.raw(srv.url, "GET", url, headers={"If-Modified-Since": modified})[0]
+        s206, h206, b206 = serve_helpers.raw(srv.url, "GET", url, headers={"Range": "bytes=10-19"})
+        s_head, h_head, b_head = serve_helpers.raw(srv.url, "HEAD", url)
+        hits = serve_helpers.metric(srv.url, "cas_pkg_tarball_hits_total")
+        builds = serve_helpers.metric(srv.url, "cas_pkg_tarball_builds_total")
+        built_bytes = serve_helpers.metric(srv.url, "cas_pkg_tarball_builds_bytes_total")
+    assert (s304, b304, h304["etag"]) == (304, b"", etag)
+    assert s_ims == 304
+    assert (s206, b206, h206["content-range"]) == (206, body[10:20], f"bytes 10-19/{len(body)}")
+    assert (s_head, b_head, int(h_head["content-length"])) == (200, b"", len(body))
+    assert (builds, built_bytes, hits) == (1, len(body), 4)
+
+
+def test_slow_build_answers_503_then_serves_the_finished_tarball(built: dict,
+                                                                tmp_path: Path) -> None:
+    url = f"/package/{DF['uuid']}/{DF['tree_sha1']}"
+    with ThreadServer(cfg(built, built["store"], tmp_path / "c", build_timeout=0.001)) as srv:
+        code, headers, _b = http(srv.url + url)
+        deadline = time.monotonic() + 120
+        while srv.app[PKG].cache.builds == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        again = http(srv.url + url)[0]
+    assert (code, headers.get("Retry-After")) == (503, "10")
+    assert again == 200
+
+
 def _corrupt_first_pack(store: Path, tree: ObjectId) -> None:
     reader = TreeReader(Store.open(store))
     for _path, e in reader.walk(root_entry(tree)):
@@ -223,17 +276,25 @@ def test_cache_is_bounded_lru_and_survives_restart(built: dict, tmp_path: Path) 
     folder = tmp_path / "c"
     cache = TarballCache(folder, df_size + 1)
     cache.get(reader, df_tree, DF["tree_sha1"])
-    held = cache.pin(cache.get(reader, tb_tree, tb["tree_sha1"]))  # DF is evicted (LRU)
+    cache.get(reader, tb_tree, tb["tree_sha1"])  # DF is evicted (LRU)
     assert [p.name.split("-")[1] for p in folder.iterdir()] == [tb["tree_sha1"]]
-    again = cache.get(reader, df_tree, DF["tree_sha1"])  # Tables is pinned: it stays
+    held = cache.open_verified((tb_tree.hex, tb["tree_sha1"]))  # a send in progress
+    assert held is not None
+    again = cache.get(reader, df_tree, DF["tree_sha1"])  # Tables goes, but stays readable
     assert again.path.read_bytes() == first and cache.builds == 3
-    assert len(list(folder.iterdir())) == 2
-    cache.unpin(held)
+    assert [p.name.split("-")[1] for p in folder.iterdir()] == [DF["tree_sha1"]]
+    fd, st = held
+    assert len(os.pread(fd, st.st_size + 1, 0)) == st.st_size
+    os.close(fd)
 
-    (folder / "tmp-1-2-3").write_bytes(b"half a tarball")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid no process has now
+    (folder / f"tmp-{dead.pid}-2-3").write_bytes(b"half a tarball of a dead build")
+    (folder / f"tmp-{os.getpid()}-4-5").write_bytes(b"a build in progress (another worker)")
     restarted = TarballCache(folder, 1 << 30)
     assert restarted.get(reader, df_tree, DF["tree_sha1"]).path.read_bytes() == first
-    assert restarted.builds == 0 and not (folder / "tmp-1-2-3").exists()
+    assert restarted.builds == 0 and not (folder / f"tmp-{dead.pid}-2-3").exists()
+    assert (folder / f"tmp-{os.getpid()}-4-5").exists()
 
 
 def test_corrupt_store_object_gives_500_and_nothing_cached(built: dict, tmp_path: Path,
@@ -299,6 +360,18 @@ def test_cas_serve_process_serves_and_stops_on_sigterm(built: dict, tmp_path: Pa
         assert http(srv.url + "/registries", "POST")[0] == 405
     assert srv.proc.returncode == 0
     assert "serving registry-General@1" in (tmp_path / "log").read_text()
+
+
+def test_two_workers_share_a_cold_cache(built: dict, tmp_path: Path) -> None:
+    """Workers start together on one empty cache folder: one worker's start-up scan
+    must not remove the temporary file of another's build in progress."""
+    srv = ProcessServer(built["store"], built["pub"], tmp_path / "c", tmp_path / "log")
+    srv.args += ["--workers", "2"]
+    with srv:
+        codes = [http(f"{srv.url}/package/{p['uuid']}/{p['tree_sha1']}")[0]
+                 for name, p in packages().items() if name != HELD_BACK]
+    assert codes == [200] * len(codes)
+    assert "Traceback" not in (tmp_path / "log").read_text()
 
 
 def test_cas_serve_needs_a_trusted_key_and_a_valid_listen(built: dict) -> None:

@@ -130,7 +130,7 @@ def test_windowed_reads_cut_exactly_like_one_pass(tmp_path: Path) -> None:
 _GC_LOOP = r"""
 import random, sys, time
 from casstore.errors import CasError
-from casstore.store.maintenance import gc
+from casstore.store.gc import gc
 from casstore.store.writable import Store
 store = Store.open(sys.argv[1])
 rnd = random.Random(1)
@@ -258,6 +258,8 @@ def test_unreadable_path_is_one_line(other_uid_cas: OtherUidPython) -> None:
     store.mkdir()
     os.chmod(store, 0o777)
     try:
+        p = other_uid_cas.run("--store", str(store), "init")  # only cas init creates it
+        assert p.returncode == 0, p.stderr
         for target in (locked, locked / "sub" / "f"):
             p = other_uid_cas.run("--store", str(store), "put", str(target))
             res = Result(p.returncode, p.stdout.decode(), p.stderr.decode())

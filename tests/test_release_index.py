@@ -27,7 +27,7 @@ def pub(tmp_path: Path):
     store = Store.init(tmp_path / "store", StoreSettings(durable=False))
     key = tmp_path / "k"
     pk = keygen(key)
-    tree, _ = store.put_raw(ObjType.TREE, encode_tree([]))
+    tree = store.put_raw(ObjType.TREE, encode_tree([]))
     sk = load_secret(key)
 
     def release(name: str) -> int:
@@ -197,7 +197,7 @@ def test_writer_view_includes_unlisted_documents(pub) -> None:
     assert LocalSource(store.root).release_names() == []
     assert store.release_names() == ["a"]
     assert store.release_revisions("a") == [1, 2]
-    from casstore.store.maintenance import roots
+    from casstore.store.roots import roots
 
     problems: list[str] = []
     assert any("a@2" in label for label, _ in roots(store, problems))  # gc marks its trees

@@ -28,6 +28,7 @@ from serve_helpers import (
     ThreadServer,
     copy_store,
     metric,
+    metric_settled,
     new_store,
     object_files,
     raw,
@@ -350,7 +351,7 @@ def test_real_process_serves_without_pkg_options(pub: dict, tmp_path: Path) -> N
         s, h, body = raw(srv.url, "GET", path_of(oid))
         assert (s, body) == (200, (store / object_relpath(oid)).read_bytes())
         assert raw(srv.url, "GET", "/objects/%2e%2e/" + "c" * 62)[0] == 400
-        assert metric(srv.url, "cas_http_requests_total", route=OBJ, status="200") == 1
+        assert metric_settled(srv.url, "cas_http_requests_total", route=OBJ, status="200") == 1
         s, _h, _ = raw(srv.url, "PUT", "/" + release_relpath("app", 7), b"{}",
                        {"Authorization": "Bearer nope"})
         assert s == 401
@@ -369,8 +370,35 @@ def test_workers_share_the_socket_and_sum_metrics(pub: dict, tmp_path: Path) -> 
         n = 3 * len(pub["oids"])
         # every request opens a new connection, so both workers answer some; the
         # counters of both are summed
-        assert metric(srv.url, "cas_http_requests_total", route=OBJ, status="200") == n
+        assert metric_settled(srv.url, "cas_http_requests_total", route=OBJ, status="200") == n
     assert srv.proc.returncode == 0
     for pid in kids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
             f"/proc/{pid}/status").read_text()
+
+
+@pytest.mark.parametrize("how", ["truncated", "fifo"])
+def test_a_damaged_index_is_an_error_answer_not_a_dead_server(pub: dict, tmp_path: Path,
+                                                              how: str) -> None:
+    """The first authenticated POST /objects/missing opens the index: a truncated data.mdb
+    killed the real process with SIGBUS, a FIFO hung it.  Now it answers 500, logs one
+    line naming --rebuild-index for the operator, and keeps serving reads."""
+    store, _cfg = serve_copy(pub, tmp_path)
+    auth = {"Authorization": f"Bearer {token_for(store)}"}
+    data = store / "index" / "data.mdb"
+    assert data.stat().st_size >= 8192
+    if how == "truncated":
+        data.write_bytes(data.read_bytes()[:5000])
+    else:
+        data.unlink()
+        os.mkfifo(data)
+    with ProcessServer(store, tmp_path / "serve.log") as srv:
+        s, _h, body = raw(srv.url, "POST", "/objects/missing",
+                          json.dumps({"ids": [str(pub["oids"][0])]}).encode(), auth)
+        assert s == 500, (s, body)
+        oid = pub["oids"][0]
+        assert raw(srv.url, "GET", path_of(oid))[0] == 200
+        assert srv.proc.poll() is None
+    assert srv.proc.returncode == 0
+    log = (tmp_path / "serve.log").read_text()
+    assert "data.mdb" in log and "--rebuild-index" in log, log

@@ -121,7 +121,7 @@ class Leg:
 
 def _folder_ops(store: Store) -> dict:
     def add(kind: ObjType, raw: bytes) -> ObjectId:
-        return store.put_raw(kind, raw)[0]
+        return store.put_raw(kind, raw)
 
     def put_stored(oid: ObjectId, stored: bytes) -> None:
         path = object_path(store.root, oid)

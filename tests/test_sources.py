@@ -39,7 +39,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def _put(store: Store, data: bytes, kind: ObjType = ObjType.CHUNK) -> ObjectId:
-    oid, _ = store.put_raw(kind, data)
+    oid = store.put_raw(kind, data)
     return oid
 
 

@@ -20,7 +20,7 @@ import pytest
 from net_fixtures import NGINX, SQUID, Nginx, Squid
 
 from fuse_fixtures import Kit, Mounter
-from serve_helpers import ProcessServer, metric
+from serve_helpers import ProcessServer, metric_settled
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (os.path.exists(SQUID) and os.path.exists(NGINX) and os.path.exists("/dev/fuse")
@@ -45,10 +45,10 @@ def origin(request, kit: Kit) -> Iterator[Origin]:
     if request.param == "cas-serve":
         with ProcessServer(kit.store.root, kit.base / "serve.log", "--max-age", "60") as srv:
             yield Origin(srv.url,
-                         lambda: metric(srv.url, "cas_http_response_body_bytes_total",
-                                        route=OBJ_ROUTE),
-                         lambda: int(metric(srv.url, "cas_http_requests_total",
-                                            route=OBJ_ROUTE, method="GET")))
+                         lambda: metric_settled(srv.url, "cas_http_response_body_bytes_total",
+                                                route=OBJ_ROUTE),
+                         lambda: int(metric_settled(srv.url, "cas_http_requests_total",
+                                                    route=OBJ_ROUTE, method="GET")))
     else:
         ng = Nginx(kit.store.root, kit.base / "nginx").start()
         try:

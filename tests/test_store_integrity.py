@@ -134,8 +134,8 @@ def test_fsck_names_a_tree_reference_to_a_chunk_typed_object(tmp_path: Path) -> 
     """The poisoned state itself (a directory entry pointing at a chunk-typed object)."""
     s = Store.init(tmp_path / "store")
     try:
-        sub, _ = s.put_raw(ObjType.TREE, encode_tree([]))
-        top, e = s.put_raw(ObjType.TREE, encode_tree([Entry(b"d", Kind.DIR, 0o755, 0, 0,
+        sub = s.put_raw(ObjType.TREE, encode_tree([]))
+        top = s.put_raw(ObjType.TREE, encode_tree([Entry(b"d", Kind.DIR, 0o755, 0, 0,
                                                             None, sub)]))
         s.set_ref("main", top)
     finally:
@@ -170,17 +170,16 @@ def test_has_and_lookup_come_from_the_index_without_touching_files(tmp_path: Pat
 def test_put_records_a_verified_marker_that_matches_the_file(tmp_path: Path) -> None:
     s = Store.init(tmp_path / "store")
     try:
-        oid, entry = s.put_raw(ObjType.CHUNK, b"z" * 30_000)
-        assert entry is not None
-        s.index.add([(oid, entry)])
+        oid = s.put_raw(ObjType.CHUNK, b"z" * 30_000)  # recorded in the index by the store
         st = object_path(s.root, oid).stat()
         assert s.lookup(oid).verified_ctime == st.st_ctime_ns
         # the file changes behind the store's back: the marker no longer matches,
         # so the next reuse decodes it (and repairs it)
         path = object_path(s.root, oid)
         path.write_bytes(b"garbage")
-        oid2, entry2 = s.put_raw(ObjType.CHUNK, b"z" * 30_000)
-        assert oid2 == oid and entry2 is not None
+        oid2 = s.put_raw(ObjType.CHUNK, b"z" * 30_000)
+        assert oid2 == oid
+        assert s.lookup(oid).verified_ctime == path.stat().st_ctime_ns  # the repair, recorded
         assert decode(oid, path.read_bytes()) == (ObjType.CHUNK, b"z" * 30_000)
     finally:
         s.close()
@@ -212,3 +211,65 @@ def test_bad_casstore_json_is_a_one_line_error(tmp_path: Path, doc: object) -> N
         res = cas(store, *args)
         assert_one_line_error(res)
         assert res.code == 3, res
+
+
+def _damage_index(store: Path, how: str) -> None:
+    data = store / "index" / "data.mdb"
+    if how == "truncated":  # keep the first 5,000 of its 32,768 bytes
+        data.write_bytes(data.read_bytes()[:5000])
+    elif how == "fifo":
+        data.unlink()
+        os.mkfifo(data)
+    elif how == "garbage-meta":
+        raw = bytearray(data.read_bytes())
+        raw[16:20] = b"\0\0\0\0"  # LMDB's magic on meta page 0
+        data.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("how", ["truncated", "fifo", "garbage-meta"])
+def test_a_damaged_index_file_is_one_line_naming_rebuild_index(tmp_path: Path,
+                                                              how: str) -> None:
+    """LMDB would map a truncated data.mdb (SIGBUS, exit 135) and block on a FIFO; every
+    command that opens the index refuses it first, and --rebuild-index recovers."""
+    store = tmp_path / "store"
+    (tmp_path / "f").write_bytes(random.Random(5).randbytes(40_000))
+    cas(store, "init", check=True)
+    oid = cas(store, "put", str(tmp_path / "f"), check=True).out.strip()
+    assert (store / "index" / "data.mdb").stat().st_size == 32768
+    _damage_index(store, how)
+    for args in (("stat",), ("put", str(tmp_path / "f"))):
+        res = cas(store, *args, timeout=60)
+        assert_one_line_error(res)
+        assert "--rebuild-index" in res.err and "data.mdb" in res.err, res
+        assert res.code == 30, res
+    res = cas(store, "fsck", timeout=60)
+    assert res.code == 1 and "--rebuild-index" in res.out and "data.mdb" in res.out, res
+    assert "Traceback" not in res.err
+    cas(store, "fsck", "--rebuild-index", check=True, timeout=60)
+    assert cas(store, "put", str(tmp_path / "f"), check=True).out.strip() == oid
+    assert cas(store, "fsck", check=True).code == 0
+
+
+def test_put_replaces_a_folder_planted_at_an_object_path(tmp_path: Path) -> None:
+    """FORMAT §3.3: anything at an object path that is not a regular file is damage the
+    next put of the same data repairs; a folder, too (a rename cannot replace one)."""
+    store = tmp_path / "store"
+    data = random.Random(8).randbytes(60_000)
+    (tmp_path / "f").write_bytes(data)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("not the store's")
+    oid = cas(store, "put", str(tmp_path / "f"), check=True).out.strip()
+    path = _chunk_of(store, data)
+    path.unlink()
+    (path / "sub").mkdir(parents=True)
+    (path / "sub" / "x").write_text("planted")
+    os.symlink(outside, path / "link")
+    assert cas(store, "fsck").code == 1
+    res = cas(store, "put", str(tmp_path / "f"))
+    assert res.code == 0 and res.out.strip() == oid, res
+    assert path.is_file() and not path.is_symlink()
+    assert decode(ObjectId.parse(oid), path.read_bytes()) == (ObjType.CHUNK, data)
+    assert (outside / "keep").read_text() == "not the store's"
+    assert os.listdir(store / "tmp") == []
+    assert cas(store, "fsck").code == 0

@@ -197,9 +197,9 @@ def test_reader_refuses_sizes_that_disagree(tmp_path: Path) -> None:
     from casstore.view.reader import TreeReader, root_entry
 
     store = Store.open(tmp_path / "store", create=True)
-    chunk, _ = store.put_raw(ObjType.CHUNK, b"y" * 20000)
+    chunk = store.put_raw(ObjType.CHUNK, b"y" * 20000)
     lying = Entry(b"f", Kind.FILE, 0o644, 30000, 0, Storage.CHUNK, chunk)
-    tree, _ = store.put_raw(ObjType.TREE, encode_tree([lying]))
+    tree = store.put_raw(ObjType.TREE, encode_tree([lying]))
     reader = TreeReader(store)
     with pytest.raises(FormatError, match="entry says"):
         reader.read(reader.lookup(root_entry(tree), "f"), 0, 100)

@@ -213,9 +213,9 @@ def _deep_tree(store: Store, depth: int) -> ObjectId:
     """A chain of ``depth`` directories built from objects directly (no disk walk)."""
     leaf = encode_tree([Entry(b"end.txt", Kind.FILE, 0o644, 3, 0, Storage.INLINE,
                               data=b"end")])
-    oid, _ = store.put_raw(ObjType.TREE, leaf)
+    oid = store.put_raw(ObjType.TREE, leaf)
     for _ in range(depth):
-        oid, _ = store.put_raw(ObjType.TREE, encode_tree(
+        oid = store.put_raw(ObjType.TREE, encode_tree(
             [Entry(b"d", Kind.DIR, 0o755, 0, 0, None, oid)]))
     return oid
 
@@ -522,8 +522,8 @@ def test_file_with_a_trees_id_has_no_children(tmp_path: Path) -> None:
     inner = encode_tree([Entry(b"secret", Kind.FILE, 0o644, 1, 0, Storage.INLINE,
                                data=b"s")])
     store = Store.open(tmp_path / "store", create=True)
-    tid, _ = store.put_raw(ObjType.TREE, inner)
-    root, _ = store.put_raw(ObjType.TREE, encode_tree([
+    tid = store.put_raw(ObjType.TREE, inner)
+    root = store.put_raw(ObjType.TREE, encode_tree([
         Entry(b"dir", Kind.DIR, 0o755, 0, 0, None, tid),
         Entry(b"file", Kind.FILE, 0o644, len(inner), 0, Storage.CHUNK, tid)]))
     store.close()

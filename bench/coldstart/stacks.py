@@ -95,6 +95,7 @@ def publish(stack: Stack, work: Path, log) -> dict:
             raise BenchError(f"keygen failed: {p.stderr.strip()}")
     if not (SHARED / "bundles").is_dir():
         raise BenchError(f"no package bundles at {SHARED}/bundles")
+    cas(store, "init")  # the only command that creates a store (a no-op if it exists)
     p = cas(store, "registry", "build", str(SHARED / "bundles"), "--key", str(key),
             "--repo-urls", str(SHARED / "packages.toml"))
     if p.returncode != 0:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from casstore.errors import CasError, StoreError
+from casstore.store.progress import Progress, no_progress
 
 F = TypeVar("F", bound=Callable[..., Any])
 INTERNAL_EXIT = 70  # EX_SOFTWARE: not a CasError, so not a user mistake
@@ -67,10 +68,10 @@ class Ctx:
             click.echo(text if text is not None else str(data))
 
     @contextmanager
-    def progress(self, total: int, desc: str) -> Iterator[Callable[[int], None]]:
+    def progress(self, total: int, desc: str) -> Iterator[Progress]:
         """A tqdm bar on a terminal; silent when piped, quiet or in --json mode."""
         if self.quiet or self.as_json or not sys.stderr.isatty():
-            yield lambda n: None
+            yield no_progress
             return
         from tqdm import tqdm
 
@@ -129,10 +130,30 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def command(group: click.Group, name: str, **kw: Any) -> Callable[[F], F]:
-    """Register a subcommand on ``group`` with the error boundary applied."""
+def command(group: click.Group, name: str, json_option: bool = True,
+            **kw: Any) -> Callable[[F], F]:
+    """Register a subcommand on ``group`` with the error boundary applied.
+
+    Each subcommand also takes ``--json`` itself (``cas status X --json`` is
+    ``cas --json status X``), unless ``json_option`` is False: ``cas exec`` passes
+    everything after RELEASE to the command it runs."""
 
     def deco(fn: F) -> F:
-        return group.command(name, **kw)(handle_errors(fn))  # type: ignore[return-value]
+        target = handle_errors(fn)
+        if json_option:
+            target = _json_after(target)
+        return group.command(name, **kw)(target)  # type: ignore[return-value]
 
     return deco
+
+
+def _json_after(fn: F) -> F:
+    @click.option("--json", "json_after", is_flag=True,
+                  help="Machine-readable JSON output (same as cas --json).")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, json_after: bool = False, **kwargs: Any) -> Any:
+        if json_after:
+            click.get_current_context().find_object(Ctx).as_json = True
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -77,9 +77,21 @@ def _publish(store, name: str, key: Path, root: str, overlays: dict[str, str], r
 @click.option("--trusted-key", "trusted_keys", multiple=True,
               help="Public key of a registry release the spec takes packages from "
                    "([sources] store; --key's own public key is trusted too).")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=None,
+              help="Variant sysimages built at once (default: one per core, as many as "
+                   "memory holds at 2.5 GB each).")
+@click.option("--variant", "only", multiple=True, metavar="LEVEL",
+              help="Build only this variant (repeatable); with --release, sign a part "
+                   "release NAME.part-LEVEL for `cas depot compose` instead of NAME.")
+@click.option("--push", "push_url", default=None, metavar="URL",
+              help="Push the signed release to the `cas serve` at URL (token from "
+                   "--token-file or $CAS_TOKEN).")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding the write token for --push.")
 @pass_ctx
 def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key: Path | None,
-          expires_days: float, trusted_keys: tuple[str, ...]) -> None:
+          expires_days: float, trusted_keys: tuple[str, ...], jobs: int | None,
+          only: tuple[str, ...], push_url: str | None, token_file: Path | None) -> None:
     """Build the depot described by SPEC (TOML), store it, and optionally release it.
 
     \b
@@ -95,20 +107,27 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
 
     if release_name and not key:
         raise UsageError("--release needs --key to sign it")
+    if push_url and not release_name:
+        raise UsageError("--push needs --release: a release is what is pushed")
+    token = _push_token(push_url, token_file)
     out = out or Path("build") / spec.stem
     log = _log(ctx.quiet or ctx.as_json)
-    store = ctx.open_store(create=True)
+    store = ctx.open_store()
     trusted = [parse_public(k) for k in trusted_keys]
     if key:
         trusted.append(load_secret(key).verify_key.encode().hex())
-    res = build_depot(spec, out, log, store, trusted)
+    res = build_depot(spec, out, log, store, trusted, jobs=jobs, only=list(only) or None)
     t0 = time.monotonic()
     root = _put(ctx, store, res.root, "root")
     overlays = {lvl: _put(ctx, store, path, lvl) for lvl, path in res.variants.items()}
     log(f"[put] {time.monotonic() - t0:.1f}s root {root}")
     summary = {"root": root, "variants": overlays, "baseline": res.baseline,
                "timings": res.meta.get("timings"), "staging": str(out)}
-    if release_name and key:
+    if release_name and key and only:
+        summary["parts"] = _publish_parts(store, release_name, key, root, overlays, res,
+                                          expires_days, log)
+        names = [p["name"] for p in summary["parts"]]
+    elif release_name and key:
         summary["release"] = _publish(store, release_name, key, root, overlays, res,
                                       expires_days)
         log(f"[release] {release_name} revision {summary['release']['revision']}"
@@ -117,11 +136,112 @@ def build(ctx: Ctx, spec: Path, out: Path | None, release_name: str | None, key:
 
         summary["prefetch"] = record_release(store, ctx.store_path, release_name, key, out,
                                              expires_days, log)
+        names = [release_name]
+    if push_url:
+        summary["pushed"] = [_push(store, push_url, n, token, log) for n in names]
     if ctx.as_json:
         ctx.emit(summary)
     else:
         json.dump(summary, sys.stdout, indent=1)
         click.echo()
+
+
+def _push_token(url: str | None, token_file: Path | None) -> str:
+    """The write token for --push, read before the build so a missing one fails fast."""
+    from casstore.cli.push_cmd import _check_url, _read_token
+
+    if url is None:
+        return ""
+    _check_url(url)
+    token = _read_token(token_file)
+    if not token:
+        raise UsageError("--push needs a token: --token-file FILE or $CAS_TOKEN")
+    return token
+
+
+def _push(store, url: str, name: str, token: str, log) -> dict:
+    """Push the newest revision of `name` with its objects (only what the server lacks)."""
+    from casstore.distribute.transfer import push
+
+    stats = push(store, url, name, None, token)
+    log(f"[push] {name}@{stats.revision}: {stats.moved} of {stats.objects} objects sent")
+    return {"name": name, "revision": stats.revision, "moved": stats.moved,
+            "objects": stats.objects, "release_written": stats.release_written}
+
+
+def _publish_parts(store, release: str, key: Path, root: str, overlays: dict[str, str], res,
+                   expires_days: float, log) -> list[dict]:
+    """One signed part release per built level, for `cas depot compose` to join."""
+    from casstore.julia.compose import part_meta, part_name
+    from casstore.store.publish import latest_own, publish
+
+    sk = load_secret(key)
+    out = []
+    for level, overlay in overlays.items():
+        name, meta = part_name(release, level), part_meta(res.meta, release, level)
+        last = latest_own(store, name, sk)
+        if last is not None and (last.root, last.variants, last.meta) == \
+                (root, {level: overlay}, meta) and last.expires > time.time() + DAY:
+            out.append({"name": name, "revision": last.revision, "unchanged": True})
+        else:
+            rel = publish(store, sk, name, root, {level: overlay}, level, meta, expires_days)
+            out.append({"name": name, "revision": rel.revision, "unchanged": False})
+        log(f"[part] {name} revision {out[-1]['revision']}"
+            + (" (unchanged)" if out[-1]["unchanged"] else ""))
+    return out
+
+
+@command(depot, "compose")
+@click.argument("release_name", metavar="NAME")
+@click.option("--key", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Secret key that signs the composed release.")
+@click.option("--builder-key", "builder_keys", multiple=True, required=True,
+              help="Public key (or .pub file) a builder signs its part with (repeatable).")
+@click.option("--expires-days", default=90.0, show_default=True, type=float)
+@click.option("--push", "push_url", default=None, metavar="URL",
+              help="Push the composed release to the `cas serve` at URL.")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding the write token for --push (default: $CAS_TOKEN).")
+@pass_ctx
+def compose_cmd(ctx: Ctx, release_name: str, key: Path, builder_keys: tuple[str, ...],
+                expires_days: float, push_url: str | None, token_file: Path | None) -> None:
+    """Sign release NAME from the part releases NAME.part-LEVEL that builders of single
+    levels pushed (`cas depot build SPEC --variant LEVEL --release NAME --push URL`).
+
+    \b
+    Run it on the store the parts arrived in (the `cas serve` store, or one that
+    pulled them).  Every level of the spec must have a part signed by a builder key,
+    all built from the same input key with the same common tree; otherwise nothing
+    is signed and the error names each missing or different part.
+    """
+    from casstore.julia.compose import compose
+    from casstore.releases.release import parse_public
+    from casstore.store.publish import latest_own, publish
+
+    token = _push_token(push_url, token_file)
+    keys = [parse_public(k) for k in builder_keys]
+    sk = load_secret(key)
+    store = ctx.open_store()
+    try:
+        c = compose(store, release_name, keys)
+        last = latest_own(store, release_name, sk)
+        if last is not None and (last.root, last.variants, last.baseline) == \
+                (c.root, c.variants, c.baseline) and last.expires > time.time() + DAY:
+            summary = {"name": release_name, "revision": last.revision, "unchanged": True}
+        else:
+            rel = publish(store, sk, release_name, c.root, c.variants, c.baseline, c.meta,
+                          expires_days)
+            summary = {"name": release_name, "revision": rel.revision, "unchanged": False}
+        summary.update(root=c.root, variants=c.variants, baseline=c.baseline,
+                       composed_from=c.meta["composed_from"])
+        if push_url:
+            summary["pushed"] = _push(store, push_url, release_name, token, lambda _m: None)
+    finally:
+        store.close()
+    ctx.emit(summary, f"{release_name} revision {summary['revision']}"
+                      f"{' (unchanged)' if summary['unchanged'] else ''}: "
+                      f"{', '.join(sorted(c.variants))} from "
+                      f"{', '.join(summary['composed_from'].values())}")
 
 
 def _view(build_dir: Path, level: str, dest: Path) -> Path:

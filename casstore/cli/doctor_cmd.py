@@ -8,7 +8,7 @@ import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
-from casstore.cli.mount_cmd import CONFIG_HELP, _explicit_store
+from casstore.cli.mount_cmd import CONFIG_HELP, _explicit_store, config_source
 
 
 @command(cli, "doctor")
@@ -38,8 +38,9 @@ def doctor(ctx: Ctx, target: str | None, config_path: Path | None, arch: str | N
     from casstore.client.doctor import Options, failed, run
     from casstore.errors import DoctorFailed
 
-    opts = Options(config_path=config_path, target=target, store=_explicit_store(ctx),
-                   arch=arch, min_free=parse_size(min_free), julia=not no_julia,
+    store = _explicit_store(ctx, config_source(config_path))
+    opts = Options(config_path=config_path, target=target, store=store, arch=arch,
+                   min_free=parse_size(min_free), julia=not no_julia,
                    julia_timeout=julia_timeout)
     if ctx.as_json:
         checks = run(opts)

@@ -35,16 +35,26 @@ def env(ctx: Ctx, config_path: Path | None, mountpoint: Path, scratch: Path | No
     environment is not Julia's default, PATH with /depot/julia/bin first, and,
     when MOUNTPOINT is a casstore mount visible here, CAS_DEPOT_RELEASE
     (NAME@REVISION) and CAS_DEPOT_VARIANT for the job's log.  Values are
-    shell-quoted.  Example (Slurm, bash):
+    shell-quoted.  With --online, the depot's registries are linked into the
+    scratch depot, so Pkg.add can update them from the site's Pkg server and add
+    packages registered after the release was built.  Example (Slurm, bash):
       cas exec depot -- bash -c 'eval "$(cas env)"; julia job.jl'
     """
-    from casstore.client.jobenv import default_scratch, ensure_scratch, job_env, render
+    from casstore.client.jobenv import (
+        default_scratch,
+        ensure_scratch,
+        job_env,
+        link_registries,
+        render,
+    )
 
     mountpoint = Path(os.path.abspath(mountpoint))
     scratch = Path(os.path.abspath(scratch or default_scratch(os.environ)))
     values = {**_release_vars(config_path, mountpoint),
               **job_env(mountpoint, scratch, online=online, project=project)}
     ensure_scratch(scratch)
+    if online:
+        link_registries(mountpoint, scratch)
     click.echo(render(values, "json" if ctx.as_json else shell, os.environ.get("PATH")))
 
 

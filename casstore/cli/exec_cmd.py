@@ -30,7 +30,7 @@ CLONE_NEWNS = 0x00020000
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 
 
-@command(cli, "exec", context_settings={"ignore_unknown_options": True})
+@command(cli, "exec", json_option=False, context_settings={"ignore_unknown_options": True})
 @click.argument("release")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--mountpoint", type=click.Path(path_type=Path), default=Path("/depot"),
@@ -140,7 +140,7 @@ def _serve(ctx: Ctx, cfg: ClientConfig, release: str, mountpoint: Path, arch: st
 
     policy = follow_policy(cfg, None, pinned=parse_spec(release)[1] is not None, owned=True,
                            recording=record is not None)
-    p = select(release, cfg, _explicit_store(ctx), arch, None)
+    p = select(release, cfg, _explicit_store(ctx, cfg), arch, None)
     click.echo(mounting_text(p, mountpoint, None), err=True)  # on stderr: stdout is CMD's
     serve(p, cfg, mountpoint, foreground=False, record_to=record, prefetch=prefetch,
           policy=policy, arch=arch)
@@ -149,14 +149,17 @@ def _serve(ctx: Ctx, cfg: ClientConfig, release: str, mountpoint: Path, arch: st
 def _unmount(cfg: ClientConfig, mountpoint: Path) -> None:
     """Unmount and wait for the daemon; lazily if the command left the mount busy."""
     from casstore.client.fuse.unmount import unmount
+    from casstore.errors import MountBusy
 
     try:
         unmount(cfg, mountpoint)
-    except CasError:
+    except MountBusy:
         try:
             unmount(cfg, mountpoint, lazy=True)
         except CasError as exc:
             click.echo(f"cas: error: {exc}", err=True)
+    except CasError as exc:
+        click.echo(f"cas: error: {exc}", err=True)
 
 
 def _status(code: int) -> int:

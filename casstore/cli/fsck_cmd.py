@@ -8,7 +8,7 @@ import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
-from casstore.store.maintenance import fsck
+from casstore.store.fsck import fsck
 
 
 @command(cli, "fsck")

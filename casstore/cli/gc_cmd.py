@@ -6,7 +6,7 @@ import click
 
 from casstore.cli.common import Ctx, command, pass_ctx
 from casstore.cli.main import cli
-from casstore.store.maintenance import gc
+from casstore.store.gc import gc
 
 
 @command(cli, "gc")
@@ -39,7 +39,7 @@ def _seconds(text: str) -> float:
     """A duration; NaN, infinity and negative values are refused (they would sweep a
     fresh put, or never expire anything by accident)."""
     from casstore.errors import UsageError
-    from casstore.store.maintenance import check_grace
+    from casstore.store.gc import check_grace
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:

@@ -1,4 +1,5 @@
-"""``cas init``: create an empty store (``cas put`` also creates one on first use)."""
+"""``cas init``: create an empty store; the only command that creates one (a mistyped
+``--store`` given to any other command is an error, not a new store)."""
 
 from __future__ import annotations
 

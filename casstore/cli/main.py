@@ -47,8 +47,9 @@ class _LazyGroup(click.Group):
 def cli(ctx: click.Context, store: str | None, as_json: bool, quiet: bool) -> None:
     """casstore: a content-addressed artifact store for read-only Julia depots.
 
-    Put files in (`cas put`), sign a release of a tree (`cas release create`), and
-    mount it read-only on nodes (`cas mount`).  See README.md and docs/FORMAT.md.
+    Create a store (`cas init`), put files in (`cas put`), sign a release of a tree
+    (`cas release create`), and mount it read-only on nodes (`cas mount`).  See
+    README.md and docs/FORMAT.md.
     """
     ctx.obj = Ctx(store, as_json, quiet)
 

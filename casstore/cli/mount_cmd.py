@@ -24,11 +24,27 @@ def _config(path: Path | None) -> ClientConfig:
     return load(path)
 
 
-def _explicit_store(ctx: Ctx) -> str | None:
-    """--store or $CAS_STORE wins over the config's 'source'; the XDG default does not.
-    Kept as given (a string), so an http(s) URL reaches open_source intact."""
-    given = click.get_current_context().find_root().params.get("store")
-    return ctx.store_spec if given or os.environ.get("CAS_STORE") else None
+def _explicit_store(ctx: Ctx, cfg: ClientConfig | None) -> str | None:
+    """Where a mount's objects come from, if not the config's 'source': ``--store``
+    always wins (given on this command line); ``$CAS_STORE`` only when the config
+    names no source, so an exported variable meant for `cas put` never replaces a
+    node's configured server.  The XDG default never does.  Kept as given (a
+    string), so an http(s) URL reaches open_source intact."""
+    if click.get_current_context().find_root().params.get("store"):
+        return ctx.store_spec
+    if cfg is not None and cfg.source is not None:
+        return None
+    return os.environ.get("CAS_STORE") or None
+
+
+def config_source(path: Path | None) -> ClientConfig | None:
+    """The config, or None if it does not load (``cas doctor`` reports that itself)."""
+    from casstore.errors import CasError
+
+    try:
+        return load(path)
+    except CasError:
+        return None
 
 
 @command(cli, "mount")
@@ -47,10 +63,13 @@ def _explicit_store(ctx: Ctx) -> str | None:
               help="Do not replay the release's prefetch list on mount.")
 @click.option("--record-access", type=click.Path(path_type=Path), hidden=True,
               help="Write the paths served to FILE at unmount (cas depot build).")
+@click.option("--fsname", hidden=True,
+              help="The mount's source in the mount table (mount.fuse.cas: as mount(8) "
+                   "was given it, so `mount -a` finds an fstab line already mounted).")
 @pass_ctx
 def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
           arch: str | None, revision: int | None, follow: bool | None, foreground: bool,
-          no_prefetch: bool, record_access: Path | None) -> None:
+          no_prefetch: bool, record_access: Path | None, fsname: str | None) -> None:
     """Mount signed release RELEASE read-only at MOUNTPOINT.
 
     \b
@@ -73,30 +92,33 @@ def mount(ctx: Ctx, release: str, mountpoint: Path, config_path: Path | None,
     pins the mount (no following); so do cas exec's private per-job mounts.
     """
     from casstore.client.follow import follow_policy
-    from casstore.client.fuse.mount import canon, serve
+    from casstore.client.fuse.mount import canon, preflight, serve
     from casstore.client.selection import select
     from casstore.client.watchdog import owner_from_env
     from casstore.releases.release import parse_spec
 
-    cfg = _config(config_path)
-    store = _explicit_store(ctx)
+    preflight()
+    cfg = load(config_path, required=True)
+    store = _explicit_store(ctx, cfg)
     policy = follow_policy(cfg, follow,
                            pinned=revision is not None or parse_spec(release)[1] is not None,
                            owned=bool(owner_from_env()), recording=record_access is not None)
     p = select(release, cfg, store, arch, revision)
     info = {"release": p.release.name, "revision": p.release.revision, "variant": p.level,
             "variant_choice": p.how, "mountpoint": str(canon(mountpoint)),
-            "offline": p.offline or None, "following": policy.follow}
+            "offline": p.offline or None, "following": policy.follow,
+            "source": str(p.source_path)}
     ctx.emit(info, mounting_text(p, mountpoint, policy.ttl if policy.follow else None))
     record = record_access.resolve() if record_access else None  # the daemon cds to /
     serve(p, cfg, mountpoint, foreground, record_to=record, prefetch=not no_prefetch,
-          policy=policy, arch=arch)
+          policy=policy, arch=arch, fsname=fsname)
 
 
 def mounting_text(p: Selection, mountpoint: Path, follow_ttl: float | None) -> str:
-    """The line a mount prints: what is mounted where, and which variant and why."""
+    """The line a mount prints: what is mounted where, from which source, and which
+    variant and why."""
     return (f"mounting {p.release.name} revision {p.release.revision} at {mountpoint} "
-            f"(variant: {p.level or 'none'}, {p.how})"
+            f"from {p.source_path} (variant: {p.level or 'none'}, {p.how})"
             + (f", following every {follow_ttl:g} s" if follow_ttl is not None else "")
             + (f"\n{p.offline}" if p.offline else ""))
 
@@ -109,12 +131,17 @@ def mounting_text(p: Selection, mountpoint: Path, follow_ttl: float | None) -> s
 def umount(ctx: Ctx, mountpoint: Path, config_path: Path | None, lazy: bool) -> None:
     """Unmount a casstore mount and wait for its daemon to exit.
 
-    Refuses (exit 28) anything that is not a casstore FUSE mount (fstype fuse.cas).
+    \b
+    Succeeds only once the daemon has exited.  Exit 28: not a casstore FUSE mount
+    (fstype fuse.cas), refused.  Exit 29: busy (use --lazy).  Exit 33: unmounted here
+    but the daemon lives on; the message names what holds it (another mount
+    namespace's copy of the mount and its PIDs, or open files after --lazy).
     """
     from casstore.client.fuse.unmount import unmount
 
-    unmount(_config(config_path), mountpoint, lazy)
-    ctx.emit({"unmounted": str(mountpoint)}, f"unmounted {mountpoint}")
+    pid = unmount(_config(config_path), mountpoint, lazy)
+    ctx.emit({"unmounted": str(mountpoint), "daemon_pid": pid},
+             f"unmounted {mountpoint}" + (f" (daemon {pid} exited)" if pid else ""))
 
 
 @command(cli, "status")
@@ -131,7 +158,8 @@ def status(ctx: Ctx, mountpoint: Path | None, config_path: Path | None, all_: bo
     With --all (and no MOUNTPOINT): one line per mount, with its mount namespace,
     daemon PID, owner PID (the `cas exec` that owns it, else -) and state:
     mounted, not mounted (daemon alive, mount gone), dead (a stale status file
-    left by a killed daemon: shown, never used) or damaged (an unreadable file).
+    left by a killed daemon: shown, never used), damaged (an unreadable file), or
+    copy (a namespace's copy of a mount whose daemon runs in another namespace).
     """
     from casstore.client.status import read_status
     from casstore.errors import UsageError
@@ -176,12 +204,21 @@ def _status_all(ctx: Ctx, cfg: ClientConfig) -> None:
         str(r.get("revision") or "-"), str(r.get("variant") or "-"),
         f"{r.get('mount_ns')}{' (this)' if r.get('mount_ns') == here else ''}",
         str(r.get("pid") or "-"), str(r.get("owner") or "-"),
-        r["state"] + ("" if r.get("status_file", "") is not None else " (no status file)"),
+        _state_text(r),
     ) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in table)
     ctx.emit(rows, text if rows else "no casstore mounts")
+
+
+def _state_text(row: dict) -> str:
+    if row["state"] == "copy":
+        return f"copy (of the mount of daemon {row.get('pid')} in {row.get('daemon_ns')})"
+    return row["state"] + ("" if row.get("status_file", "") is not None else
+                           " (no status file)")
+
+
 def _ago(t: float | None) -> str:
     return "never" if not t else f"{max(0.0, time.time() - t):.0f} s ago"
 

@@ -25,6 +25,10 @@ SOURCE is ``NAME`` or ``NAME@N``; a leading ``:`` (autofs's "no host" form) or
 ``cas:`` (how ``/proc/mounts`` shows the mount) is removed.  ``-f`` (fake) checks
 the arguments and mounts nothing, ``-v`` prints the "mounting ..." line, ``-n``
 is accepted (there is no mtab to write).
+
+The mount table shows SOURCE exactly as mount(8) gave it (``rel`` for an fstab line
+``rel /depot fuse.cas ...``), so a second ``mount -a`` finds the line's mount
+already there and skips it, as for any other filesystem.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class HelperArgs:
 
     source: str
     mountpoint: str
+    given: str  # SOURCE as mount(8) passed it: the mount table shows this
     cas_args: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -62,7 +67,7 @@ class HelperArgs:
 
     def argv(self) -> list[str]:
         """The ``cas`` command line (without the program name)."""
-        return ["mount", self.source, self.mountpoint, *self.cas_args]
+        return ["mount", self.source, self.mountpoint, "--fsname", self.given, *self.cas_args]
 
 
 def _dropped(name: str) -> bool:
@@ -146,13 +151,14 @@ def parse_argv(argv: list[str]) -> HelperArgs:
     if len(positional) != 2:
         raise UsageError(f"{PROG}: need RELEASE and MOUNTPOINT (got {len(positional)} "
                          "arguments); usage: mount -t fuse.cas RELEASE MOUNTPOINT -o config=FILE")
-    source, mountpoint = positional
+    given, mountpoint = positional
+    source = given
     for prefix in (":", "cas:"):
         source = source.removeprefix(prefix)
     if not source:
         raise UsageError(f"{PROG}: empty release name")
     cas_args, dropped, warnings = parse_options(",".join(opts), sloppy="s" in flags)
-    return HelperArgs(source, mountpoint, cas_args, dropped, warnings, fake="f" in flags,
+    return HelperArgs(source, mountpoint, given, cas_args, dropped, warnings, fake="f" in flags,
                       verbose="v" in flags)
 
 

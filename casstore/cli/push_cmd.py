@@ -95,7 +95,7 @@ def pull(ctx: Ctx, url: str, spec: str, keys: tuple[str, ...], jobs: int | None)
     cfg = load(None)
     trusted = [parse_public(k) for k in keys] if keys else cfg.trusted()
     settings = connect.http_settings(cfg, parallel=jobs)
-    store = ctx.open_store(create=True)
+    store = ctx.open_store()
     try:
         with ctx.progress(None, f"pull {name}") as bar:
             stats = do_pull(store, url, name, rev, trusted, settings=settings, progress=bar)

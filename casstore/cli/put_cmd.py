@@ -24,7 +24,7 @@ def put(ctx: Ctx, paths: tuple[Path, ...], ref: str | None) -> None:
     are kept; hard links, devices, sockets and fifos are refused.
     """
     # readable=False above: an unreadable path is put's one-line error, not click's usage.
-    store = ctx.open_store(create=True)
+    store = ctx.open_store()
     total = total_size(list(paths))
     start = time.perf_counter()
     with ctx.progress(total, "put") as tick:

@@ -61,7 +61,7 @@ def build_cmd(ctx: Ctx, sources: tuple[Path, ...], key: Path, name: str, uuid: s
         check_uuid(uuid)
     opts = BuildOptions(name, uuid, repo, list(sources), list(artifacts), base,
                         _repo_urls(repo_urls), expires_days)
-    store = ctx.open_store(create=True)
+    store = ctx.open_store()
     res = build(store, load_secret(key), opts)
     data = vars(res) | {"unchanged": res.revision is None}
     what = (f"{res.release} unchanged" if res.revision is None

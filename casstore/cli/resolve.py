@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from casstore.errors import NotFound, StoreError
+from casstore.format.layout import ref_relpath
+from casstore.format.names import check_ref_name
 from casstore.format.objects import ObjectId, is_object_id
 from casstore.sources import ObjectSource
 
@@ -24,11 +26,14 @@ def resolve(source: ObjectSource, head: str) -> ObjectId:
     """
     if is_object_id(head):
         return ObjectId.parse(head)
-    if "@" not in head:
+    damaged: StoreError | None = None
+    if "@" not in head and _is_name(head):
         try:
             return source.read_ref(head)
-        except (NotFound, StoreError):
-            pass  # not a ref (or not even a valid ref name): maybe a release
+        except NotFound:
+            pass  # not a ref: maybe a release
+        except StoreError as exc:  # the ref exists but cannot be read: say so, unless
+            damaged = exc  # a release of that name is what was meant
     name = head.partition("@")[0]
     if name in source.release_names():
         from casstore.client.selection import release_for
@@ -36,7 +41,18 @@ def resolve(source: ObjectSource, head: str) -> ObjectId:
 
         name, revision = parse_spec(head)
         return release_for(source, name, revision).root_id
+    if damaged is not None:
+        raise type(damaged)(f"{damaged}; the file is {ref_relpath(head)} in the store, "
+                            "and 'cas fsck' lists every damaged file")
     raise NotFound(f"{head!r} is not an object id, ref or release")
+
+
+def _is_name(text: str) -> bool:
+    try:
+        check_ref_name(text)
+    except StoreError:
+        return False
+    return True
 
 
 def resolve_spec(source: ObjectSource, spec: str) -> tuple[ObjectId, str]:

@@ -76,15 +76,25 @@ def serve() -> None:
 @click.option("--tokens", "tokens", type=click.Path(path_type=Path, dir_okay=False),
               default=None, help="Token file (default: STORE/server/tokens.json).")
 @click.option("--access-log", is_flag=True, help="Log every request on stderr.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Processes accepting on the same socket (like nginx's worker_processes).")
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Processes accepting on the same socket (like nginx's worker_processes; "
+                   "default: the number of cores).")
+@click.option("--max-client-connections", "per_client", default=256, show_default=True,
+              type=click.IntRange(1, 1 << 20),
+              help="Open connections one client address may hold (per worker); more are "
+                   "closed at once.")
+@click.option("--idle-timeout", default=15.0, show_default=True,
+              type=click.FloatRange(0.5, 3600),
+              help="Seconds a connection may stay idle, or take to send a request's headers.")
 @pass_ctx
 def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
         registries: tuple[str, ...], cache_dir: Path | None, cache_size: str, max_age: int,
-        tokens: Path | None, access_log: bool, workers: int) -> None:
+        tokens: Path | None, access_log: bool, workers: int | None, per_client: int,
+        idle_timeout: float) -> None:
     """Serve STORE (see `cas serve --help` and docs/HTTP.md)."""
     from casstore.server import workers as wk
 
+    workers = workers or wk.default_workers()
     metrics_dir = wk.prepare_multiprocess(workers)  # before prometheus_client is imported
     from casstore.format.names import check_ref_name
     from casstore.releases.release import parse_public
@@ -123,8 +133,10 @@ def run(ctx: Ctx, store: Path | None, listen: str, keys: tuple[str, ...],
         click.echo(f"cas serve: listening on {wk.address(sock)}")
         sys.stdout.flush()
 
-    if not wk.serve(make_app, sock, workers, access_log, _loop_factory(), ready, metrics_dir):
-        raise ServeError("a worker process stopped unexpectedly; the server stopped")
+    limits = wk.Limits(per_client=per_client, idle_timeout=idle_timeout)
+    if not wk.serve(make_app, sock, workers, access_log, _loop_factory(), ready, metrics_dir,
+                    limits):
+        raise ServeError("worker processes kept dying at start; the server stopped")
 
 
 def _loop_factory():

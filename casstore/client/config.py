@@ -157,7 +157,10 @@ def load(path: Path | None = None, *, required: bool = False) -> ClientConfig:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         if required or explicit:
-            raise UsageError(f"client config {path} does not exist") from None
+            raise UsageError(f"client config {path} does not exist: write one with at "
+                             f"least trusted_keys = [\"/etc/casstore/release.pub\"] and "
+                             f"source = \"STORE-DIR-OR-URL\" (docs/CLIENT.md, Setup), or "
+                             f"name another with --config FILE or ${ENV_VAR}") from None
         return ClientConfig()
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"client config {path} is not valid TOML: {exc}") from None

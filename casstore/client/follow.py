@@ -156,12 +156,17 @@ class Follower:
         if new.release.revision <= self.state.revision:  # e.g. an offline fallback
             self._ok()
             return "current"
-        self.switch(new)
+        try:
+            self.switch(new)
+        except CasError as exc:  # its root tree unreadable: not applied, tried again
+            return self._error(f"revision {newest} verified, but its content cannot be "
+                               f"read: {exc}")
         self._ok()
         return "switched"
 
     def switch(self, new: Selection) -> None:
-        """THE revision switch: apply ``new`` (already verified), then record it."""
+        """THE revision switch: apply ``new`` (already verified), then record it.
+        If ``apply`` raises (the new root cannot be read), nothing changes."""
         old = self.state.revision
         self._apply(new)
         self.sel = new

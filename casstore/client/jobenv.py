@@ -10,7 +10,10 @@
 ``JULIA_PKG_OFFLINE=true``
     Pkg does not try to reach the network (no registry update on a node without
     internet).  ``--online`` leaves it out, e.g. for ``Pkg.add`` of one more package
-    into the scratch depot from a site Pkg server (docs/JULIA.md).
+    into the scratch depot from a site Pkg server (docs/JULIA.md).  With ``--online``
+    each registry of the depot that came from a Pkg server is also linked into the
+    scratch depot (:func:`link_registries`), so ``Pkg.add`` finds packages registered
+    after the release was built.
 ``JULIA_PROJECT=<mountpoint>/environments/<name>``
     only when the depot's one environment is not Julia's default ``v<major>.<minor>``
     (which Julia's default load path already finds), or when ``--project`` names one.
@@ -63,6 +66,36 @@ def default_scratch(env: Mapping[str, str], uid: int | None = None) -> Path:
 def ensure_scratch(path: Path) -> Path:
     """Create ``path`` 0700 (parents as needed), or check an existing one is ours alone."""
     return make_private_dir(Path(os.path.abspath(path)), "scratch depot", "use --scratch DIR")
+
+
+def link_registries(mountpoint: Path, scratch: Path) -> list[str]:
+    """Link ``<scratch>/registries/NAME`` to ``<mountpoint>/registries/NAME`` for each
+    registry of the depot that came from a Pkg server (it has ``.tree_info.toml``)
+    and is not in the scratch depot yet; returns the names linked.
+
+    Pkg 1.5 updates only the registries of the first depot (the scratch one) and
+    finds packages in the registries of every depot.  Without a registry in the
+    scratch depot, a package registered after the release was built is "not found
+    in project, manifest or registry".  Through the link, ``Pkg.add`` updates the
+    registry from the Pkg server: it replaces the link (never the read-only target)
+    with the new registry when the server's is newer, and keeps reading through it
+    otherwise."""
+    source = mountpoint / "registries"
+    try:
+        names = sorted(e.name for e in os.scandir(source) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+    linked = []
+    for name in names:
+        if not (source / name / ".tree_info.toml").is_file():
+            continue  # from bundles: no Pkg server can update it
+        dest = scratch / "registries" / name
+        if os.path.lexists(dest):
+            continue  # the job's own (updated) copy, or an earlier link
+        dest.parent.mkdir(mode=0o700, exist_ok=True)
+        os.symlink(source / name, dest)
+        linked.append(name)
+    return linked
 
 
 def project_for(mountpoint: Path, name: str | None = None) -> str | None:

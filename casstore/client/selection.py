@@ -17,7 +17,7 @@ from pathlib import Path
 from casstore.client.config import ClientConfig
 from casstore.client.connect import open_client_source
 from casstore.client.lastgood import load_verified_or_cached
-from casstore.errors import KeyFileError, MountError, UsageError
+from casstore.errors import CasError, KeyFileError, MountError, NotFound, UsageError
 from casstore.releases.release import Release, SeenRevisions, load_verified, parse_spec, unverified
 from casstore.releases.variants import choose
 from casstore.sources import ObjectSource
@@ -62,7 +62,10 @@ def select(spec: str, cfg: ClientConfig, store: Path | None = None, arch: str | 
         raise KeyFileError("no trusted_keys in the client config; refusing to mount anything")
     # HTTP sources get the config's proxies, timeouts and the object cache.
     source = open_client_source(cfg, src_path)
-    return _verify_and_choose(source, src_path, name, revision, cfg, trusted, arch)
+    try:
+        return _verify_and_choose(source, src_path, name, revision, cfg, trusted, arch)
+    except NotFound as exc:
+        raise NotFound(f"{exc}{did_you_mean(source, name)}") from None
 
 
 def _verify_and_choose(source: ObjectSource, src_path: Path | str | list[str], name: str,
@@ -91,6 +94,24 @@ def reselect(sel: Selection, cfg: ClientConfig, arch: str | None = None,
                               trusted, arch)
 
 
+def did_you_mean(source: ObjectSource, name: str) -> str:
+    """``"; did you mean 'demo'?"`` when ``name`` is not a release of ``source`` and a
+    release with a close name is (else ""): a release-name typo names the fix."""
+    import difflib
+
+    try:
+        names = source.release_names()
+    except CasError:
+        return ""
+    if name in names:
+        return ""
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if not close:
+        return f" (releases here: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" \
+            if names else " (this source has no releases)"
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
 def _source_spec(src: Path | str | list[str]) -> Path | str | list[str]:
     """URLs as they are; a folder made absolute (the daemon changes directory to /)."""
     if isinstance(src, list):
@@ -115,12 +136,13 @@ def release_for(source: ObjectSource, name: str, revision: int | None,
         cfg = load(None)
     trusted = cfg.trusted()
     if trusted:
-        return load_verified(source, name, trusted, None, revision)
+        try:
+            return load_verified(source, name, trusted, None, revision)
+        except NotFound as exc:
+            raise NotFound(f"{exc}{did_you_mean(source, name)}") from None
     if revision is None:
         revs = source.release_revisions(name)
         if not revs:
-            from casstore.errors import NotFound
-
             raise NotFound(f"release {name!r} has no revisions")
         revision = revs[-1]
     print(f"cas: warning: release {name}@{revision} used without a signature check "

@@ -24,6 +24,7 @@ from casstore.client.mounttable import (
     CAS_FSTYPE,
     canon,
     cas_mounts_everywhere,
+    fuse_daemon,
     is_mounted,
     mount_ns,
     mounts_of,
@@ -142,8 +143,11 @@ def all_mounts(cfg: ClientConfig) -> list[dict]:
     the mount in that namespace's table), ``not mounted`` (daemon alive, mount not
     (yet or any more) in its table), ``dead`` (a stale file: its daemon is gone),
     or ``damaged`` (the file does not parse).  Then every ``fuse.cas`` mount found
-    in any namespace that has no status file here (another config's, or a daemon
-    that lost its file) is added with ``state: mounted`` and ``status_file: None``.
+    in any namespace that has no status file here is added with ``status_file: None``
+    and ``state``: ``copy`` when its daemon runs in another namespace (a copy of a
+    mount taken by a namespace created after it; it keeps the daemon alive), ``no
+    daemon`` (root found no process serving it: its reads fail, ENOTCONN), else
+    ``mounted`` (another config's mount, or a daemon that lost its file).
     """
     rows, known = [], set()
     folder = cfg.run_dir
@@ -152,11 +156,33 @@ def all_mounts(cfg: ClientConfig) -> list[dict]:
         known.add((row.get("mount_ns"), row.get("mountpoint")))
         rows.append(row)
     for ns, (pid, found) in sorted(cas_mounts_everywhere().items()):
-        for mp, src in found:
+        for mp, src, dev in found:
             if (ns, mp) not in known:
-                rows.append({"mountpoint": mp, "mount_ns": ns, "release": src.partition(":")[2],
-                             "state": "mounted", "status_file": None, "seen_via_pid": pid})
+                rows.append({"mountpoint": mp, "mount_ns": ns, "release": _release_of(src),
+                             "status_file": None, "seen_via_pid": pid, "device": dev,
+                             **_judge_unlisted(ns, dev)})
     return rows
+
+
+def _judge_unlisted(ns: str, dev: str) -> dict:
+    """A mount with no status file here: ``copy`` if its daemon runs in another mount
+    namespace (a namespace made after the mount took a copy of it, and keeps the
+    daemon alive after ``cas umount`` there), else ``mounted`` (another config's)."""
+    daemon = fuse_daemon(dev)
+    daemon_ns = ns_of(daemon) if daemon else None
+    if daemon_ns is not None and daemon_ns != ns:
+        return {"state": "copy", "pid": daemon, "daemon_ns": daemon_ns}
+    if daemon is None and os.geteuid() == 0:  # root sees every daemon's descriptors
+        return {"state": "no daemon", "pid": None}
+    return {"state": "mounted", "pid": daemon}
+
+
+def _release_of(source: str) -> str:
+    """The release named by a mount table source: ``cas:NAME`` (``cas mount``), or
+    ``NAME``, ``:NAME`` or ``cas:NAME`` as mount(8) was given it; ``@N`` dropped."""
+    for prefix in (":", "cas:"):
+        source = source.removeprefix(prefix)
+    return source.partition("@")[0]
 
 
 def _status_row(path: Path) -> dict:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,15 +55,12 @@ from casstore.format.layout import (
     revisions_index_relpath,
 )
 from casstore.format.objects import ObjectId, ObjType, decode
-from casstore.format.trees import Kind, Storage, decode_blob, decode_tree
 from casstore.releases.release import Release, load_unverified, verify
 from casstore.sources.http import object_bound
 from casstore.sources.transport import MISSING, Fail, HTTPSettings, Transport, as_error
+from casstore.store.progress import Progress, no_progress
+from casstore.store.reachable import Node, reachable_ids, roots, walk_async
 from casstore.store.writable import Store
-
-Progress = Callable[[int], None]
-_CHILD = {Storage.CHUNK: ObjType.CHUNK, Storage.PACKED: ObjType.CHUNK,
-          Storage.BLOB: ObjType.BLOB}
 
 
 @dataclass
@@ -79,35 +76,14 @@ class TransferStats:
     missing_ids: list[str] = field(default_factory=list, repr=False)
 
 
-def children(kind: ObjType, raw: bytes) -> list[tuple[ObjectId, ObjType]]:
-    """The objects a verified tree or blob manifest refers to, with expected types."""
-    if kind == ObjType.BLOB:
-        return [(c.oid, ObjType.CHUNK) for c in decode_blob(raw)[1]]
-    out: list[tuple[ObjectId, ObjType]] = []
-    for e in decode_tree(raw):
-        if e.kind == Kind.DIR:
-            out.append((e.oid, ObjType.TREE))  # type: ignore[arg-type]
-        elif e.kind == Kind.FILE and e.storage in _CHILD:
-            out.append((e.oid, _CHILD[e.storage]))  # type: ignore[arg-type]
-    return out
-
-
-def tops(rel: Release) -> list[ObjectId]:
-    return list(rel.trees().values())
+def tops(rel: Release) -> list[Node]:
+    """Where a release's walk starts: its root and variant trees."""
+    return roots((f"{rel.name}@{rel.revision} {what}", oid) for what, oid in rel.trees().items())
 
 
 def local_reachable(store: Store, rel: Release) -> list[ObjectId]:
     """Every object a local release reaches (trees and blobs read and verified)."""
-    seen: dict[bytes, ObjectId] = {}
-    stack = [(oid, ObjType.TREE) for oid in tops(rel)]
-    while stack:
-        oid, kind = stack.pop()
-        if oid.digest in seen:
-            continue
-        seen[oid.digest] = oid
-        if kind != ObjType.CHUNK:
-            stack.extend(children(kind, store.fetch(oid, kind)))
-    return list(seen.values())
+    return reachable_ids(tops(rel), store.fetch)
 
 
 # -- HTTP ------------------------------------------------------------------------------
@@ -243,14 +219,10 @@ def push(store: Store, url: str, name: str, revision: int | None, token: str, *,
     http = Transport([url], settings)
     try:
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-push") as pool:
-            return http.run(_push(store, http, rel, doc, token, progress or _none, pool),
+            return http.run(_push(store, http, rel, doc, token, progress or no_progress, pool),
                             math.inf)
     finally:
         http.close()
-
-
-def _none(_n: int) -> None:
-    pass
 
 
 # -- pull ------------------------------------------------------------------------------
@@ -275,9 +247,7 @@ def _store_fetched(store: Store, oid: ObjectId, stored: bytes,
                    expect: ObjType) -> tuple[ObjType, bytes]:
     """Verify remote bytes (hash, and type for a tree or blob), then store them."""
     kind, raw = decode(oid, stored, expect)
-    oid, entry = store.put_raw(kind, raw, oid)
-    if entry is not None:
-        store.index.add([(oid, entry)])
+    store.put_raw(kind, raw, oid)
     return kind, raw
 
 
@@ -301,52 +271,24 @@ async def _pull(store: Store, http: Transport, name: str, revision: int | None,
             raise TransferError(f"the local store has another {name}@{rev}")
         stats.objects = len(await loop.run_in_executor(pool, local_reachable, store, rel))
         return stats
-    seen: set[bytes] = set()
-    queue: asyncio.Queue[tuple[ObjectId, ObjType]] = asyncio.Queue()
-    for oid in tops(rel):
-        queue.put_nowait((oid, ObjType.TREE))
 
-    async def one(oid: ObjectId, kind: ObjType) -> None:
+    async def one(node: Node) -> Sequence[Node]:
+        oid, kind = node.oid, node.kind
         if await loop.run_in_executor(pool, store.verified_present, oid):
-            if kind != ObjType.CHUNK:
-                raw = await loop.run_in_executor(pool, store.fetch, oid, kind)
-                for child in children(kind, raw):
-                    queue.put_nowait(child)
-            return
+            if kind == ObjType.CHUNK:
+                return ()
+            return node.expand(await loop.run_in_executor(pool, store.fetch, oid, kind))
         stored = await get_file(http, object_relpath(oid), MAX_STORED_SIZE)
         if stored is None:
             raise TransferError(f"{base} lacks object {oid} of {name}@{rev}")
-        _kind, raw = await loop.run_in_executor(pool, _store_fetched, store, oid, stored, kind)
+        got, raw = await loop.run_in_executor(pool, _store_fetched, store, oid, stored, kind)
         stats.moved += 1
         stats.bytes += len(stored)
         progress(len(stored))
-        if kind != ObjType.CHUNK:
-            for child in children(kind, raw):
-                queue.put_nowait(child)
-
-    busy = 0  # workers fetching: an empty queue means "done" only when none is
-
-    async def worker() -> None:
-        nonlocal busy
-        while True:
-            if queue.empty():
-                if busy == 0:
-                    return
-                await asyncio.sleep(0.005)
-                continue
-            oid, kind = queue.get_nowait()
-            if oid.digest in seen:
-                continue
-            seen.add(oid.digest)
-            busy += 1
-            try:
-                await one(oid, kind)
-            finally:
-                busy -= 1
+        return node.expand(raw, got) if kind != ObjType.CHUNK else ()
 
     with store.lock():
-        await _gather([worker() for _ in range(max(1, http.settings.parallel))])
-        stats.objects = len(seen)
+        stats.objects = await walk_async(tops(rel), one, jobs=http.settings.parallel)
         await loop.run_in_executor(pool, store.write_release, name, rev, doc)
     stats.release_written = True
     return stats
@@ -363,7 +305,7 @@ def pull(store: Store, url: str, name: str, revision: int | None, trusted: list[
     http = Transport([url], settings)
     try:
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-pull") as pool:
-            return http.run(_pull(store, http, name, revision, trusted, progress or _none,
+            return http.run(_pull(store, http, name, revision, trusted, progress or no_progress,
                                   pool), math.inf)
     finally:
         http.close()

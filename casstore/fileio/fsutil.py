@@ -11,6 +11,8 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from casstore.errors import NoSpace, StoreError, UnsafeFolder
@@ -125,8 +127,32 @@ def atomic_write(dest: Path, data: bytes | memoryview, tmpdir: Path, *, durable:
 def os_error(exc: OSError, dest: Path | str) -> StoreError | NoSpace:
     """The CasError for a failed write: disk full, no free inodes or over quota is NoSpace."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpace(f"no space left on device (or no free inodes) while writing {dest}")
+        return _no_space(dest)
     return StoreError(f"cannot write {dest}: {exc.strerror or exc}")
+
+
+def _no_space(label: Path | str) -> NoSpace:
+    return NoSpace(f"no space left on device (or no free inodes) while writing {label}")
+
+
+@contextmanager
+def os_errors(label: Path | str) -> Iterator[None]:
+    """Turn an OSError in the block into one line naming the file (or ``label``).
+
+    ENOSPC also means "no free inodes" (mkdir, creat), and EDQUOT a quota: both are
+    :class:`NoSpace` (its own exit code) wherever a command writes.  EMFILE says which
+    limit to raise.  Everything else is a StoreError.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(label) from None
+        if exc.errno == errno.EMFILE:
+            raise StoreError(f"{label}: too many open files (directory nesting deeper "
+                             "than the open-file limit, see ulimit -n)") from None
+        where = exc.filename if isinstance(exc.filename, str) else label
+        raise StoreError(f"{where}: {exc.strerror or exc}") from None
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -12,9 +12,10 @@ import enum
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from casstore.errors import FormatError
-from casstore.format.objects import ID_BYTES, ObjectId
+from casstore.format.objects import ID_BYTES, ObjectId, ObjType
 
 TREE_MAGIC = b"CASTREE1"
 BLOB_MAGIC = b"CASBLOB1"
@@ -262,3 +263,58 @@ def decode_blob(raw: bytes) -> tuple[int, list[ChunkRef]]:
     if sum(c.length for c in chunks) != total or any(c.length == 0 for c in chunks):
         raise FormatError("blob manifest chunk lengths do not add up")
     return total, chunks
+
+
+# What a reference demands of its target's size: ("exact", n) or ("within", end).
+Need = tuple[str, int] | None
+
+
+class Child(NamedTuple):
+    """One reference a tree or blob manifest holds: the object, the type the
+    reference needs it to have, the size it demands, and the entry name (trees).
+    A tuple: a walk makes one per entry of every tree."""
+
+    oid: ObjectId
+    kind: ObjType
+    need: Need
+    name: bytes = b""
+
+
+def children(kind: ObjType, raw: bytes) -> list[Child]:
+    """The objects one decoded tree or blob manifest refers to (a chunk has none).
+
+    The one definition of the object graph's edges: every walk over reachable
+    objects (fsck, gc, publish, push, pull, mirror) takes its children from here.
+    """
+    return [Child._make(t) for t in edges(kind, raw)]
+
+
+def edges(kind: ObjType, raw: bytes) -> list[tuple[ObjectId, ObjType, Need, bytes]]:
+    """:func:`children` as plain ``(oid, kind, need, name)`` tuples, for a walk that
+    wraps each in its own node (one object per tree entry instead of two)."""
+    if kind == ObjType.BLOB:
+        return [(c.oid, ObjType.CHUNK, ("exact", c.length), b"") for c in decode_blob(raw)[1]]
+    if kind != ObjType.TREE:
+        return []
+    out: list[tuple[ObjectId, ObjType, Need, bytes]] = []
+    add = out.append
+    for e in decode_tree(raw):
+        how = _EDGE.get((e.kind, e.storage))
+        if how is None or e.oid is None:
+            continue
+        ckind, need = how
+        if need is None:
+            add((e.oid, ckind, None, e.name))
+        else:
+            add((e.oid, ckind, (need, e.size if need == "exact" else e.offset + e.size),
+                 e.name))
+    return out
+
+
+# (entry kind, storage) -> (child type, what the entry demands of its size)
+_EDGE: dict[tuple[Kind, Storage | None], tuple[ObjType, str | None]] = {
+    (Kind.DIR, None): (ObjType.TREE, None),
+    (Kind.FILE, Storage.CHUNK): (ObjType.CHUNK, "exact"),
+    (Kind.FILE, Storage.PACKED): (ObjType.CHUNK, "within"),
+    (Kind.FILE, Storage.BLOB): (ObjType.BLOB, "exact"),
+}

@@ -17,13 +17,16 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from casstore.errors import BuildError, InstallError, NamespaceError
+from casstore.errors import BuildError, InstallError, NamespaceError, UnknownVariant
 from casstore.julia import sysimage as si
 from casstore.julia.abcheck import parse_loading_log
 from casstore.julia.environment import check_package, write_environment
@@ -36,18 +39,19 @@ from casstore.julia.filetree import (
     tree_digest,
     unpack_package,
 )
-from casstore.julia.limits import JULIA_RUN_TIMEOUT
+from casstore.julia.limits import JULIA_RUN_TIMEOUT, SYSIMAGE_PEAK_BYTES
 from casstore.julia.namespace import DEPOT_MOUNT, namespaces_available, run_bound
 from casstore.julia.spec import DepotSpec, VariantSpec, load_spec
 from casstore.julia.userenv import ImagePlan, stage_user_env
 
-__all__ = ["BuildError", "BuildResult", "build_depot"]
+__all__ = ["BuildError", "BuildResult", "build_depot", "default_jobs"]
 
 FORMAT = "casstore-julia-depot-1"
 # Bumped when what a cached overlay entry holds changes (2: a <key>.json sidecar
 # with the trace outcome, so a cache hit still reports a crashed trace).
 CACHE_VERSION = 2
 Log = Callable[[str], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -149,6 +153,34 @@ def variant_key(base: str, v: VariantSpec) -> str:
     return hashlib.sha256(f"{base}\0{v.cpu_target}\0{CACHE_VERSION}".encode()).hexdigest()[:32]
 
 
+def default_jobs(wanted: int | None = None) -> int:
+    """How many variant builds run at once: one per core, as many as memory holds.
+
+    Each `julia --output-o` peaks at about 2.2 GB, so a job is counted at
+    SYSIMAGE_PEAK_BYTES of MemAvailable; never fewer than one.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limit = max(1, min(cores or 1, _mem_available() // SYSIMAGE_PEAK_BYTES))
+    return limit if wanted is None else max(1, wanted)
+
+
+def _mem_available() -> int:
+    """MemAvailable from /proc/meminfo in bytes (unknown: room for one job)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return SYSIMAGE_PEAK_BYTES
+
+
+def variant_log(log: Log, name: str) -> Log:
+    """The log of one variant's work: lines that do not start with a `[stage NAME]`
+    tag get `[NAME]`, so interleaved lines of concurrent builds stay attributable."""
+    return lambda msg: log(msg if msg.startswith("[") else f"[{name}] {msg}")
+
+
 def _tail_to_log(stderr: str, log: Log) -> None:
     for line in stderr[-4000:].splitlines():
         log(f"  | {line}")
@@ -164,6 +196,7 @@ class _Builder:
         self.work = out_dir / ".work"
         self.env = _julia_env(spec)
         self._trace: Path | None = None
+        self._trace_lock = threading.Lock()
         self.trace_result: si.TraceResult | None = None
         self.timings: dict[str, float] = {}
 
@@ -177,8 +210,14 @@ class _Builder:
         """Run the workload once with --trace-compile (shared by all variants).
 
         A crashed trace run is not fatal (see sysimage.py): its outcome is kept in
-        `trace_result` for the log, the cache sidecar and meta.json.
+        `trace_result` for the log, the cache sidecar and meta.json.  Locked: a
+        level whose cached overlay vanished after the build checked for it asks for
+        the trace from its own thread.
         """
+        with self._trace_lock:
+            return self._run_trace()
+
+    def _run_trace(self) -> Path:
         if self._trace is None:
             path = self.work / "trace.jl"
             with _stage("trace workload", self.timings, self.log):
@@ -196,23 +235,27 @@ class _Builder:
         link_tree(overlay, tree)
         return tree
 
-    def build_overlay(self, v: VariantSpec, dst: Path) -> None:
-        """Sysimage for `v`, then precompile caches of the non-image packages."""
+    def build_overlay(self, v: VariantSpec, dst: Path, log: Log) -> None:
+        """Sysimage for `v`, then precompile caches of the non-image packages.
+
+        Runs concurrently with other variants' builds: everything it writes is
+        named after the variant, and the shared trace exists before any starts.
+        """
         lay = self.spec.layout
         script = self.work / f"sysimage-{v.name}.jl"
         script.write_text(si.output_script(lay, self.plan.roots, self.trace(),
                                            self.spec.workload, self.plan.excluded_uuids))
         obj = self.work / f"sys-{v.name}.o"
-        with _stage(f"sysimage {v.name}", self.timings, self.log):
+        with _stage(f"sysimage {v.name}", self.timings, log):
             si.generate_object(self.root, lay, v.cpu_target, script, obj,
-                               self.scratch(v.name), self.env, self.log)
+                               self.scratch(v.name), self.env, log)
             si.link_sysimage(obj, dst / "julia" / lay.sysimage, self.spec.julia_prefix, lay,
-                             self.log)
+                             log)
         obj.unlink()
-        with _stage(f"precompile {v.name}", self.timings, self.log):
-            self.precompile(v, dst)
+        with _stage(f"precompile {v.name}", self.timings, log):
+            self.precompile(v, dst, log)
 
-    def precompile(self, v: VariantSpec, dst: Path) -> None:
+    def precompile(self, v: VariantSpec, dst: Path, log: Log) -> None:
         """Create .ji caches against the variant's image; copy them into the overlay."""
         names = self.plan.precompile
         if not names:
@@ -221,10 +264,11 @@ class _Builder:
         scratch = self.scratch(f"pc-{v.name}")
         code = "for p in ARGS; Base.require(Main, Symbol(p)); end"
         argv = si.julia_argv(self.spec.layout, "-e", code, *names)
-        env = {**self.env, "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}"}
+        env = {**self.env, **self.spec.layout.precompile_env(v.cpu_target),
+               "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}"}
         proc = run_bound(tree, argv, env, readonly=True, timeout=JULIA_RUN_TIMEOUT)
         if proc.returncode != 0:
-            _tail_to_log(proc.stderr, self.log)
+            _tail_to_log(proc.stderr, log)
             raise BuildError(f"precompile for {v.name} failed ({proc.returncode}): "
                              f"{si.first_error(proc.stderr)}")
         compiled = self.spec.layout.compiled_subdir()
@@ -233,7 +277,7 @@ class _Builder:
         copy_tree(scratch / compiled, dst / compiled)
         shutil.rmtree(tree)
 
-    def overlay(self, v: VariantSpec, key: str) -> tuple[Path, bool, dict]:
+    def overlay(self, v: VariantSpec, key: str, log: Log) -> tuple[Path, bool, dict]:
         """The cached overlay for `key` and its trace outcome, building it on a miss."""
         cached = cache_root() / "overlays" / key
         sidecar = cached.with_name(f"{key}.json")
@@ -244,7 +288,7 @@ class _Builder:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            self.build_overlay(v, tmp)
+            self.build_overlay(v, tmp, log)
             set_mtimes(tmp, self.spec.epoch)
             assert self.trace_result is not None  # build_overlay ran the trace
             info = {"trace": self.trace_result.as_meta()}
@@ -258,7 +302,16 @@ class _Builder:
             shutil.rmtree(tmp, ignore_errors=True)
         return cached, False, info
 
-    def validate(self, v: VariantSpec, overlay: Path) -> dict:
+    def write_preload(self) -> Path:
+        """The script that loads the non-image packages from their .ji (written once,
+        before concurrent validations read it)."""
+        preload = self.work / "preload.jl"
+        if not preload.is_file():
+            self.work.mkdir(parents=True, exist_ok=True)
+            preload.write_text("".join(f"using {n}\n" for n in self.plan.precompile))
+        return preload
+
+    def validate(self, v: VariantSpec, overlay: Path, log: Log) -> dict:
         """Run the workload on root+overlay bound read-only at /depot.
 
         Evidence that the variant is complete: no rejected cache, no
@@ -266,8 +319,7 @@ class _Builder:
         """
         tree = self.variant_tree(v, overlay)
         scratch = self.scratch(f"val-{v.name}")
-        preload = self.work / "preload.jl"  # the non-image packages, from their .ji
-        preload.write_text("".join(f"using {n}\n" for n in self.plan.precompile))
+        preload = self.write_preload()
         argv = si.julia_argv(self.spec.layout, "-L", str(preload),
                              str(DEPOT_MOUNT / self.spec.workload))
         env = {**self.env, "JULIA_DEPOT_PATH": f"{scratch}:{DEPOT_MOUNT}",
@@ -275,12 +327,12 @@ class _Builder:
         proc = run_bound(tree, argv, env, readonly=True, timeout=JULIA_RUN_TIMEOUT)
         shutil.rmtree(tree)
         if "Unable to find compatible target" in proc.stderr:
-            self.log(f"[validate {v.name}] host CPU cannot run {v.cpu_target}; not validated")
+            log(f"[validate {v.name}] host CPU cannot run {v.cpu_target}; not validated")
             return {"validated": False, "reason": "host cpu lacks target"}
         rejected, precompiled = parse_loading_log(proc.stderr)
         written = sorted(rel_files(scratch / "compiled")) if (scratch / "compiled").exists() else []
         if proc.returncode != 0 or rejected or precompiled or written:
-            _tail_to_log(proc.stderr, self.log)
+            _tail_to_log(proc.stderr, log)
             raise BuildError(f"variant {v.name} does not load cleanly: rc={proc.returncode}, "
                              f"{len(rejected)} rejected caches, {len(precompiled)} "
                              f"precompiled, wrote {written[:3]}: {si.first_error(proc.stderr)}")
@@ -325,15 +377,72 @@ def _prepare(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def choose_variants(spec: DepotSpec, only: list[str] | None) -> list[VariantSpec]:
+    """The spec's variants, or the named subset of them (in spec order)."""
+    if not only:
+        return list(spec.variants)
+    known = {v.name for v in spec.variants}
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        raise UnknownVariant(f"variant {unknown[0]!r} is not in the spec "
+                             f"(it has: {', '.join(v.name for v in spec.variants)})")
+    return [v for v in spec.variants if v.name in only]
+
+
+def _each(variants: list[VariantSpec], jobs: int, fn: Callable[[VariantSpec], T]) -> dict[str, T]:
+    """fn(v) for every variant, `jobs` at a time (threads: the work is in subprocesses).
+
+    On a failure no further variant starts; the running ones finish (their Julia
+    runs are bounded by the limits in limits.py) and the first failure in spec
+    order is raised, as the serial build would have raised it.
+    """
+    if jobs <= 1:
+        return {v.name: fn(v) for v in variants}
+    with ThreadPoolExecutor(jobs, thread_name_prefix="cas-variant") as pool:
+        futures: dict[str, Future[T]] = {v.name: pool.submit(fn, v) for v in variants}
+        wait(futures.values(), return_when=FIRST_EXCEPTION)
+        for f in futures.values():
+            f.cancel()
+    for f in futures.values():
+        if not f.cancelled() and f.exception() is not None:
+            raise f.exception()  # type: ignore[misc]
+    return {name: f.result() for name, f in futures.items()}
+
+
+def _overlays(b: _Builder, variants: list[VariantSpec], base: str, jobs: int,
+              log: Log) -> dict[str, tuple[Path, bool, dict, str]]:
+    """Each variant's cached overlay, building the misses `jobs` at a time."""
+    keys = {v.name: variant_key(base, v) for v in variants}
+    misses = [v.name for v in variants if not (cache_root() / "overlays" / keys[v.name]).is_dir()]
+    if misses:  # the trace is shared: run it once before the builds start
+        b.trace()
+    log(f"[overlays] {len(misses)} of {len(variants)} to build, "
+        f"{min(jobs, max(1, len(misses)))} at a time")
+
+    def one(v: VariantSpec) -> tuple[Path, bool, dict, str]:
+        vlog = variant_log(log, v.name)
+        with _stage(f"overlay {v.name}", b.timings, vlog):
+            cached, hit, info = b.overlay(v, keys[v.name], vlog)
+        vlog(f"[overlay {v.name}] key {keys[v.name]} {'cache hit' if hit else 'built'}")
+        return cached, hit, info, keys[v.name]
+
+    return _each(variants, min(jobs, max(1, len(misses))), one)
+
+
 def build_depot(spec_path: Path, out_dir: Path, log: Log, store=None,
-                trusted: list[str] | None = None) -> BuildResult:
+                trusted: list[str] | None = None, jobs: int | None = None,
+                only: list[str] | None = None) -> BuildResult:
     """Build the depot described by `spec_path` into `out_dir` (replacing it).
 
     Expensive overlays (sysimage + caches per cpu target) come from
-    $CAS_BUILD_CACHE when their input key matches.  `store` and `trusted` (public
-    keys) serve a spec whose packages come from a registry release in the store.
+    $CAS_BUILD_CACHE when their input key matches; misses build `jobs` at a time
+    (default: default_jobs()).  `only` names the variants to build (default all:
+    a builder of one CPU level builds just its own).  `store` and `trusted`
+    (public keys) serve a spec whose packages come from a registry release.
     """
     spec = load_spec(spec_path)
+    chosen = choose_variants(spec, only)
+    jobs = default_jobs(jobs)
     check_runtime(spec)
     out_dir = Path(out_dir).resolve()
     _prepare(out_dir)
@@ -346,36 +455,43 @@ def build_depot(spec_path: Path, out_dir: Path, log: Log, store=None,
         set_mtimes(b.root, spec.epoch)
     with _stage("input key", b.timings, log):
         base = input_key(spec, b.root, b.plan)
+    built = _overlays(b, chosen, base, jobs, log)
     variants, vmeta = {}, {}
-    for v in spec.variants:
-        key = variant_key(base, v)
-        with _stage(f"overlay {v.name}", b.timings, log):
-            cached, hit, info = b.overlay(v, key)
-            log(f"[overlay {v.name}] key {key} {'cache hit' if hit else 'built'}")
-            if info["trace"].get("ok") is False:
-                log(f"[overlay {v.name}] WARNING: {info['trace']['note']}")
-            dst = out_dir / "variants" / v.name
-            copy_tree(cached, dst)
-            set_mtimes(dst, spec.epoch)
+    for v in chosen:
+        cached, hit, info, key = built[v.name]
+        if info["trace"].get("ok") is False:
+            log(f"[overlay {v.name}] WARNING: {info['trace']['note']}")
+        dst = out_dir / "variants" / v.name
+        copy_tree(cached, dst)
+        set_mtimes(dst, spec.epoch)
         variants[v.name] = dst
         vmeta[v.name] = {"cpu_target": v.cpu_target, "key": key, "cache_hit": hit,
                          "sizes": _sizes(dst, spec), "trace": info["trace"]}
     _check_same_paths(variants)
-    for v in spec.variants:
-        with _stage(f"validate {v.name}", b.timings, log):
-            vmeta[v.name].update(b.validate(v, variants[v.name]))
+    b.write_preload()
+
+    def check(v: VariantSpec) -> dict:
+        vlog = variant_log(log, v.name)
+        with _stage(f"validate {v.name}", b.timings, vlog):
+            return b.validate(v, variants[v.name], vlog)
+
+    for name, checked in _each(chosen, min(jobs, len(chosen)), check).items():
+        vmeta[name].update(checked)
     shutil.rmtree(b.work, ignore_errors=True)
     set_mtimes(b.root, spec.epoch)
     b.timings["total"] = round(time.monotonic() - t0, 2)
+    baseline = spec.baseline if spec.baseline in variants else chosen[0].name
     meta = {
         "format": FORMAT, "julia_version": spec.julia_version, "environment": spec.env_name,
-        "baseline": spec.baseline, "variants": vmeta, "input_key": base,
+        "baseline": baseline, "variants": vmeta, "input_key": base,
+        "spec_variants": {v.name: v.cpu_target for v in spec.variants},
+        "spec_baseline": spec.baseline, "jobs": jobs,
         "packages": b.plan.packages,
-        "variant_paths": sorted(rel_files(variants[spec.baseline])),
+        "variant_paths": sorted(rel_files(variants[baseline])),
         "timings": b.timings, "epoch": spec.epoch,
         "trace_crashed": sorted(k for k, m in vmeta.items() if m["trace"].get("ok") is False),
         "job": None if spec.job is None else {"command": list(spec.job.command),
                                               "setup": list(spec.job.setup)},
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return BuildResult(root=b.root, variants=variants, baseline=spec.baseline, meta=meta)
+    return BuildResult(root=b.root, variants=variants, baseline=baseline, meta=meta)

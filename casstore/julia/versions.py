@@ -2,9 +2,14 @@
 
 Julia changes where precompile output lives and what it depends on between
 releases (1.5: `compiled/v1.5/*.ji` holding no native code; 1.9: pkgimages
-with native `.so` next to the `.ji`; 1.11: relocatable caches).  The builder
-asks this module instead of hard-coding paths, so supporting a new release is
-an addition here plus whatever new stage it needs.
+with native `.so` next to the `.ji`, compiled for `JULIA_CPU_TARGET`; 1.11:
+relocatable caches with `@depot` paths).  The builder asks this module instead
+of hard-coding paths, so supporting a new release is an addition here plus
+whatever new stage it needs.
+
+Only 1.5 is tested (the one Julia that installs on the build machines).  The
+1.9-1.12 entries in UNTESTED_LAYOUTS write down what those releases change
+(docs/JULIA.md §6b); :func:`layout_for` refuses them until a build has run.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ class JuliaLayout:
     stdlib: str
     compiled_dir: str
     default_env: str
-    pkgimages: bool
-    relocatable_caches: bool
+    pkgimages: bool  # native code in compiled/ (.so beside .ji), checked against the CPU
+    relocatable_caches: bool  # cache headers name sources as @depot/..., not absolute
+    precompile_pidlock: bool = False  # `<cache>.pidfile` locks while precompiling
     cpu_targets: dict[str, str] = field(default_factory=dict)
     llvm_cpus: frozenset[str] = frozenset()
     llvm_features: frozenset[str] = frozenset()
@@ -37,6 +43,20 @@ class JuliaLayout:
     def compiled_subdir(self) -> str:
         """Depot-relative folder of precompile caches (variant-specific content)."""
         return self.compiled_dir
+
+    def precompile_env(self, cpu_target: str) -> dict[str, str]:
+        """Environment of the run that writes a level's caches.
+
+        With pkgimages the native code in each cache is compiled for
+        JULIA_CPU_TARGET and rejected on a CPU none of its targets fits, so the
+        caches of a level are written with the level's target; 1.5 caches hold
+        no native code and need nothing.
+        """
+        return {"JULIA_CPU_TARGET": cpu_target} if self.pkgimages else {}
+
+    def cache_suffixes(self) -> tuple[str, ...]:
+        """File suffixes of one package's cache (all of them belong in the overlay)."""
+        return (".ji", ".so") if self.pkgimages else (".ji",)
 
 
 # LLVM 9 (Julia 1.5) knows no `x86-64-v3` CPU name.  `haswell,-rdrnd` is the
@@ -98,6 +118,27 @@ LAYOUTS: dict[str, JuliaLayout] = {
 }
 
 
+def _official(minor: str, relocatable: bool) -> JuliaLayout:
+    """An official julialang.org binary of `minor` (not a Debian package): libjulia in
+    lib/, the image in lib/julia/.  Written from the release notes; untested here."""
+    return JuliaLayout(
+        minor=minor, libdir="lib", sysimage="lib/julia/sys.so",
+        stock_sysimage="lib/julia/sys-stock.so", stdlib=f"share/julia/stdlib/v{minor}",
+        compiled_dir=f"compiled/v{minor}", default_env=f"v{minor}", pkgimages=True,
+        relocatable_caches=relocatable, precompile_pidlock=True,
+        cpu_targets=_CPU_TARGETS_LLVM9)
+
+
+# What 1.9-1.12 change (see docs/JULIA.md §6b).  Not in LAYOUTS: no build has run
+# with them, and their `julia -C help` lists (llvm_cpus, llvm_features) are unknown.
+UNTESTED_LAYOUTS: dict[str, JuliaLayout] = {
+    "1.9": _official("1.9", relocatable=False),
+    "1.10": _official("1.10", relocatable=False),
+    "1.11": _official("1.11", relocatable=True),
+    "1.12": _official("1.12", relocatable=True),
+}
+
+
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 # Julia's own words inside a target (processor.cpp): not LLVM features.
 _JULIA_TARGET_FLAGS = frozenset({"clone_all", "opt_size", "min_size"})
@@ -109,6 +150,9 @@ def layout_for(version: str) -> JuliaLayout:
     if not _VERSION.match(version):
         raise UnsupportedJuliaVersion(f"Julia version {version!r} is not of the form X.Y.Z")
     minor = ".".join(version.split(".")[:2])
+    if minor in UNTESTED_LAYOUTS:
+        raise UnsupportedJuliaVersion(f"Julia {version} is described in versions.py but untested "
+                                      f"(see docs/JULIA.md); known: {', '.join(sorted(LAYOUTS))}")
     try:
         return LAYOUTS[minor]
     except KeyError:

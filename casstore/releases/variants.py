@@ -45,7 +45,8 @@ def choose(available: list[str], baseline: str | None, forced: str | None = None
     """The best available level the host (or ``forced``) can run.
 
     The baseline is the fallback only if it can run here too; a release whose
-    every variant is above this host's level is refused with VariantRefused.
+    every variant is above this host's level, or is a level not known here, is
+    refused with VariantRefused.
     """
     if not available:
         return None
@@ -58,11 +59,14 @@ def choose(available: list[str], baseline: str | None, forced: str | None = None
     for lvl in runnable:
         if lvl in available:
             return lvl
-    if baseline in available and baseline not in all_levels():
-        return baseline  # a family-neutral baseline (not a CPU level) runs anywhere
+    # A level this client does not know (x86-64-v5, a typo) may need anything: it is
+    # treated as above the host, baseline or not (FORMAT §6.3).
+    unknown = sorted(set(available) - set(all_levels()))
     who = f"forced level {forced}" if forced else f"this CPU ({', '.join(runnable) or '?'})"
     raise VariantRefused(f"no variant {who} can run: the release has "
-                         f"{', '.join(sorted(available))} (baseline {baseline})")
+                         f"{', '.join(sorted(available))} (baseline {baseline})"
+                         + (f"; unknown level {', '.join(unknown)} is never chosen"
+                            if unknown else ""))
 
 
 def _at_or_below(level: str) -> list[str]:

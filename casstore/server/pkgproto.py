@@ -25,15 +25,19 @@ from casstore.format.objects import ObjectId
 from casstore.pkg.content import RegistryContent
 from casstore.pkg.gittree import SHA1_RE, UUID_RE
 from casstore.releases.release import verify
-from casstore.server.tarcache import Cached, TarballCache
+from casstore.server.filesend import file_response
+from casstore.server.httpcache import IMMUTABLE
+from casstore.server.metrics import METRICS
+from casstore.server.params import params
+from casstore.server.tarcache import Event, TarballCache
 from casstore.sources.knownbad import KnownBad
 from casstore.sources.local import LocalSource
 from casstore.view.reader import TreeReader
 
 log = logging.getLogger(__name__)
-IMMUTABLE = "public, max-age=31536000, immutable"
 SHORT = "public, max-age=30"
 REGISTRY_PREFIX = "registry-"
+MAX_REMEMBERED = 100_000
 
 
 @dataclass
@@ -48,6 +52,7 @@ class PkgConfig:
     refresh_s: float = 2.0
     check_tree_hash: bool = True  # off only in tests, to show that Pkg's own check fires
     build_workers: int = 2
+    build_timeout: float = 300.0  # a request waits this long for a tarball, then 503
 
 
 @dataclass
@@ -61,6 +66,7 @@ class PkgService:
     """The model behind the routes: registry releases loaded, tarballs cached."""
 
     cfg: PkgConfig
+    event: Event | None = None
     loaded: dict[tuple[str, int], _Loaded] = field(default_factory=dict)
     refused: set[tuple[str, int]] = field(default_factory=set)
     mismatched: set[tuple[str, str]] = field(default_factory=set)  # (tree hex, sha1)
@@ -68,12 +74,40 @@ class PkgService:
     def __post_init__(self) -> None:
         self.source = KnownBad(LocalSource(self.cfg.store))
         self.reader = TreeReader(self.source)
-        self.cache = TarballCache(self.cfg.cache_dir, self.cfg.cache_size)
+        self.cache = TarballCache(self.cfg.cache_dir, self.cfg.cache_size, self.event)
         self.pool = ThreadPoolExecutor(max_workers=self.cfg.build_workers,
                                        thread_name_prefix="cas-tar")
         self._refreshed = 0.0
         self._refresh_lock = asyncio.Lock()
-        self._builds: dict[tuple[str, str], asyncio.Lock] = {}
+        self._builds: dict[tuple[str, str], asyncio.Future] = {}
+        self.found: dict[tuple[str, str, str], ObjectId] = {}  # (kind, uuid, sha1) -> tree
+
+    def remember(self, kind: str, uuid: str, sha1: str, tree: ObjectId) -> None:
+        """Remember a lookup: verified revisions are only ever added, so a hash found
+        once keeps its tree (bounded: forgotten wholesale when it grows too big)."""
+        if len(self.found) >= MAX_REMEMBERED:
+            self.found = {}
+        self.found[(kind, uuid, sha1)] = tree
+
+    async def build(self, tree: ObjectId, sha1: str) -> None:
+        """Make (or check) the cached tarball; one build per key however many wait, and
+        each waiter gives up after ``build_timeout`` (the build itself carries on)."""
+        key = (tree.hex, sha1)
+        fut = self._builds.get(key)
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = asyncio.ensure_future(loop.run_in_executor(self.pool, lambda: self.cache.get(
+                self.reader, tree, sha1, check=self.cfg.check_tree_hash)))
+            self._builds[key] = fut
+            fut.add_done_callback(lambda f: self._built(key, f))
+        await asyncio.wait_for(asyncio.shield(fut), self.cfg.build_timeout)
+
+    def _built(self, key: tuple[str, str], fut: asyncio.Future) -> None:
+        """Forget a finished build; its error was answered to whoever still waited (a
+        build all waiters gave up on logs its error here, once)."""
+        self._builds.pop(key, None)
+        if not fut.cancelled() and (exc := fut.exception()) is not None:
+            log.debug("tarball build for %s ended: %s", key[1], exc)
 
     # -- releases ----------------------------------------------------------------
     def _names(self) -> list[str]:
@@ -159,11 +193,16 @@ PKG: web.AppKey[PkgService] = web.AppKey("pkg", PkgService)
 
 # -- HTTP ------------------------------------------------------------------------
 def _bad(text: str) -> web.Response:
-    return web.Response(status=400, text=text + "\n")
+    return web.Response(status=400, text=text + "\n", headers={"Cache-Control": "no-store"})
 
 
 def _missing(text: str) -> web.Response:
     return web.Response(status=404, text=text + "\n", headers={"Cache-Control": "no-store"})
+
+
+def _failed(status: int, text: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n",
+                        headers={"Cache-Control": "no-store", **headers})
 
 
 async def registries(request: web.Request) -> web.Response:
@@ -175,17 +214,17 @@ async def registries(request: web.Request) -> web.Response:
 
 
 async def registry(request: web.Request) -> web.StreamResponse:
-    return await _content(request, "registry", request.match_info["uuid"],
-                          request.match_info["hash"])
+    return await _content(request, "registry", params(request)["uuid"],
+                          params(request)["hash"])
 
 
 async def package(request: web.Request) -> web.StreamResponse:
-    return await _content(request, "package", request.match_info["uuid"],
-                          request.match_info["hash"])
+    return await _content(request, "package", params(request)["uuid"],
+                          params(request)["hash"])
 
 
 async def artifact(request: web.Request) -> web.StreamResponse:
-    return await _content(request, "artifact", "", request.match_info["hash"])
+    return await _content(request, "artifact", "", params(request)["hash"])
 
 
 async def _content(request: web.Request, kind: str, uuid: str, sha1: str) -> web.StreamResponse:
@@ -194,6 +233,11 @@ async def _content(request: web.Request, kind: str, uuid: str, sha1: str) -> web
     if not SHA1_RE.match(sha1):
         return _bad("malformed hash (40 lower-case hex digits expected)")
     svc: PkgService = request.app[PKG]
+    tree = svc.found.get((kind, uuid, sha1))
+    if tree is not None:  # the common case: served before, cached and checked
+        opened = svc.cache.open_verified((tree.hex, sha1))
+        if opened is not None:
+            return _send(request, sha1, *opened)
     loop = asyncio.get_running_loop()
     try:
         tree = await loop.run_in_executor(None, svc.find, kind, uuid, sha1)
@@ -202,56 +246,48 @@ async def _content(request: web.Request, kind: str, uuid: str, sha1: str) -> web
             tree = await loop.run_in_executor(None, svc.find, kind, uuid, sha1)
     except CasError as exc:  # a map object damaged since the release was loaded
         log.error("cannot look up %s %s: %s", kind, sha1, exc)
-        return web.Response(status=500, text="store object damaged or missing\n")
+        return _failed(500, "store object damaged or missing")
     if tree is None:
         return _missing(f"no {kind} with that hash here")
     key = (tree.hex, sha1)
     if key in svc.mismatched:  # content never changes: refuse again without rebuilding
-        return web.Response(status=500, text="content does not match its hash\n")
-    lock = svc._builds.setdefault(key, asyncio.Lock())
+        return _failed(500, "content does not match its hash")
+    opened = svc.cache.open_verified(key)  # made and checked already (another request)
+    if opened is not None:
+        svc.remember(kind, uuid, sha1, tree)
+        return _send(request, sha1, *opened)
     try:
-        async with lock:
-            cached = await loop.run_in_executor(svc.pool, lambda: svc.cache.get(
-                svc.reader, tree, sha1, check=svc.cfg.check_tree_hash))
+        await svc.build(tree, sha1)
+    except TimeoutError:
+        log.error("making the tarball of %s %s takes over %.0f s; answering 503",
+                  kind, sha1, svc.cfg.build_timeout)
+        return _failed(503, "the tarball is not ready, retry later", **{"Retry-After": "10"})
     except TreeHashMismatch as exc:
         svc.mismatched.add(key)
         log.error("refusing %s %s: %s", kind, sha1, exc)
-        return web.Response(status=500, text="content does not match its hash\n")
+        return _failed(500, "content does not match its hash")
     except (ObjectCorrupt, ObjectMissing) as exc:
         log.error("cannot serve %s %s: store object damaged or missing: %s", kind, sha1, exc)
-        return web.Response(status=500, text="store object damaged or missing\n")
-    finally:
-        if not lock.locked():
-            svc._builds.pop(key, None)
-    return await _send(request, svc, cached, sha1)
+        return _failed(500, "store object damaged or missing")
+    except CasError as exc:
+        log.error("cannot make the tarball of %s %s: %s", kind, sha1, exc)
+        return _failed(500, "cannot make the tarball")
+    svc.remember(kind, uuid, sha1, tree)
+    opened = svc.cache.open_verified(key, count=False)
+    if opened is None:  # altered or evicted between the build and now
+        return _failed(503, "busy, retry", **{"Retry-After": "1"})
+    return _send(request, sha1, *opened)
 
 
-async def _send(request: web.Request, svc: PkgService, c: Cached, sha1: str) -> web.StreamResponse:
-    try:
-        f = open(c.path, "rb")  # noqa: SIM115 - open before eviction may unlink it
-    except FileNotFoundError:
-        return web.Response(status=503, text="busy, retry\n", headers={"Retry-After": "1"})
-    key = svc.cache.pin(c)
-    try:
-        resp = web.StreamResponse(headers={
-            "Content-Type": "application/gzip", "Cache-Control": IMMUTABLE,
-            "ETag": f'"{sha1}"'})
-        resp.content_length = c.size
-        await resp.prepare(request)
-        if request.method != "HEAD":
-            loop = asyncio.get_running_loop()
-            while block := await loop.run_in_executor(None, f.read, 1 << 20):
-                await resp.write(block)
-        await resp.write_eof()
-        return resp
-    finally:
-        f.close()
-        svc.cache.unpin(key)
+def _send(request: web.Request, sha1: str, fd: int, st) -> web.StreamResponse:
+    """The tarball, as an object is sent: validators, conditional requests, Range."""
+    return file_response(request, fd, st, f'"{sha1}"',
+                         {"Content-Type": "application/gzip", "Cache-Control": IMMUTABLE})
 
 
 def add_pkg_routes(app: web.Application, cfg: PkgConfig) -> PkgService:
-    """Attach the Pkg protocol to an app."""
-    svc = PkgService(cfg)
+    """Attach the Pkg protocol to an app (after :func:`add_metrics`: it counts there)."""
+    svc = PkgService(cfg, app[METRICS].tarball_event)
     app[PKG] = svc
 
     async def startup(_app: web.Application) -> None:
@@ -260,7 +296,7 @@ def add_pkg_routes(app: web.Application, cfg: PkgConfig) -> PkgService:
             log.warning("no registry release verifies with the trusted keys yet")
 
     async def cleanup(_app: web.Application) -> None:
-        svc.pool.shutdown(wait=True, cancel_futures=True)
+        svc.pool.shutdown(wait=False, cancel_futures=True)  # never wait on a stuck build
 
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)

@@ -85,6 +85,14 @@ class KnownBad(SourceWrapper):
     def stored_size(self, oid: ObjectId) -> int | None:
         return self.inner.stored_size(oid)  # presence only: a corrupt object is present
 
+    def forget(self, oids: list[ObjectId]) -> None:
+        """Fetch these again next time: a revision switch that failed on them is retried
+        at the next check, which a repaired source must be able to pass."""
+        with self._lock:
+            for oid in oids:
+                self.corrupt.pop(oid, None)
+                self.missing.pop(oid, None)
+
     def summary(self, limit: int = 20) -> dict:
         with self._lock:
             return {"corrupt": [str(o) for o in list(self.corrupt)[:limit]],

@@ -31,6 +31,7 @@ Refs, the format document and releases are mutable: they are passed through to
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -65,8 +66,13 @@ def open_cache_dir(folder: Path, uid: int) -> int:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             os.mkdir(folder, 0o700)
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # O_NOFOLLOW: a symlink planted here (to a folder of ours elsewhere) is refused,
+        # or objects would be written wherever it points.
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeFolder(f"refusing cache folder {folder}: it is not a directory "
+                              "(a symlink or a file?)") from None
         raise UnsafeFolder(f"cannot use cache folder {folder}: {exc.strerror or exc}") from None
     problem = private_dir_problem(os.fstat(fd), uid)
     if problem:

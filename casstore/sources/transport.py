@@ -30,7 +30,6 @@ way it does:
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import logging
@@ -166,6 +165,7 @@ class Transport:
         self._pid = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._finalizer: weakref.finalize | None = None
         self._closed = False
         self._start = (0, 0)  # index of the server and proxy that last worked
 
@@ -178,7 +178,10 @@ class Transport:
             if self._closed:
                 raise UsageError("HTTP source is closed")
             if self._loop is None or self._pid != os.getpid():
-                # First use, or we are a forked child: the parent's thread is not here.
+                # First use, or we are a forked child: the parent's thread is not here
+                # (nor may its loop be stopped from here).
+                if self._finalizer is not None:
+                    self._finalizer.detach()
                 self._loop = asyncio.new_event_loop()
                 self._pid = os.getpid()
                 self._sem: asyncio.Semaphore | None = None
@@ -187,7 +190,11 @@ class Transport:
                 self._thread = threading.Thread(target=self._loop.run_forever,
                                                 name="casstore-http", daemon=True)
                 self._thread.start()
-                atexit.register(_close_at_exit, weakref.ref(self))
+                # Closes the sessions and stops the loop on close(), when the transport
+                # is garbage collected, or at exit, whichever comes first: a source its
+                # user dropped (a CLI error path) leaves no "Unclosed client session".
+                self._finalizer = weakref.finalize(self, _stop_loop, self._loop,
+                                                   self._thread, self._sessions)
             return self._loop
 
     def call_deadline(self) -> float:
@@ -220,9 +227,9 @@ class Transport:
             if self._closed:
                 return
             self._closed = True
-            loop, thread, mine = self._loop, self._thread, self._pid == os.getpid()
-        if loop is not None and mine:
-            self._stop_loop(loop, thread)
+            fin = self._finalizer if self._pid == os.getpid() else None
+        if fin is not None:
+            fin()
 
     def suspend(self) -> None:
         """Stop the loop thread and its executor threads, but stay usable: the next
@@ -233,25 +240,10 @@ class Transport:
         at exit the daemon would wait for ever for the check threads of a verification
         done before the fork (``concurrent.futures`` joins its workers at exit)."""
         with self._lock:
-            loop, thread, mine = self._loop, self._thread, self._pid == os.getpid()
-            self._loop = self._thread = None
-        if loop is not None and mine:
-            self._stop_loop(loop, thread)
-
-    def _stop_loop(self, loop: asyncio.AbstractEventLoop,
-                   thread: threading.Thread | None) -> None:
-        async def shut() -> None:
-            for s in self._sessions.values():
-                await s.close()
-            await asyncio.get_running_loop().shutdown_default_executor()  # the check threads
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(shut(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(timeout=10)
-        if thread is None or not thread.is_alive():
-            loop.close()
+            fin = self._finalizer if self._pid == os.getpid() else None
+            self._loop = self._thread = self._finalizer = None
+        if fin is not None:
+            fin()
 
     # -- one request ---------------------------------------------------------------
     def _session(self, env: bool) -> aiohttp.ClientSession:
@@ -533,9 +525,23 @@ def as_error(f: Fail, missing: Callable[[str], CasError], corrupt: type[CasError
     return RemoteError(f"{f.msg} ({retry})")
 
 
-def _close_at_exit(ref: weakref.ref) -> None:
-    """Close a transport its user forgot (a CLI error path): no "unclosed session" noise."""
-    src = ref()
-    if src is not None:
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread,
+               sessions: dict[bool, aiohttp.ClientSession]) -> None:
+    """Close the sessions, the executor's check threads and the loop of one transport
+    (its finalizer: it holds no reference to the transport itself)."""
+    if thread is threading.current_thread():  # collected on the loop's own thread
+        loop.call_soon(loop.stop)
+        return
+
+    async def shut() -> None:
+        for s in list(sessions.values()):
+            await s.close()
+        await asyncio.get_running_loop().shutdown_default_executor()  # the check threads
+
+    if thread.is_alive():
         with contextlib.suppress(Exception):
-            src.close()
+            asyncio.run_coroutine_threadsafe(shut(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+    if not thread.is_alive():
+        loop.close()

@@ -17,7 +17,9 @@ the ctime, so the next put re-verifies and repairs it (docs/FORMAT.md §3.3, §8
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -32,6 +34,13 @@ from casstore.format.objects import ID_BYTES, ObjectId, ObjType
 _ENTRY = struct.Struct("<BQQq")  # type, raw size, stored size, verified ctime_ns (0: never)
 _OLD_ENTRY = struct.Struct("<BQQ")  # entries written before the marker existed
 MAP_SIZE = 1 << 40  # sparse; LMDB only uses what it writes
+# LMDB's meta pages (pages 0 and 1): a 16-byte page header (pgno, pad, flags, ...), then
+# magic, version, address, map size, the free and main db records (48 bytes each; the
+# free db's first field holds the page size), the last page number and the txn id.
+_META_MAGIC = 0xBEEFC0DE
+_META_FLAG = 0x08
+_META = struct.Struct("<Q2xH4xIIQQI44x48xQQ")
+_REBUILD = "run 'cas fsck --rebuild-index' to rebuild it from the objects"
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,68 @@ def _guard(path: Path) -> Iterator[None]:
                            "--rebuild-index' to rebuild it from the objects") from None
 
 
+def check_files(path: Path) -> None:
+    """Refuse an index LMDB must not map (IndexDamaged, naming ``--rebuild-index``).
+
+    LMDB maps ``data.mdb`` and trusts its meta pages: a truncated file kills the
+    process with SIGBUS when a page past its end is touched, and a FIFO in its place
+    hangs the open.  So before LMDB sees it, the file must be a regular file (opened
+    with O_NOFOLLOW | O_NONBLOCK), hold two meta pages with LMDB's magic, and be long
+    enough for the last page both of them name; ``lock.mdb`` must be a regular file.
+    Missing files are fine (LMDB creates them).
+    """
+    data = path / "data.mdb"
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1
+    except OSError as exc:
+        raise IndexDamaged(f"the index file {data} cannot be opened ({exc.strerror}); "
+                           f"{_REBUILD}") from None
+    if fd >= 0:
+        try:
+            _check_data(fd, data)
+        finally:
+            os.close(fd)
+    try:
+        st = os.lstat(path / "lock.mdb")
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise IndexDamaged(f"the index lock file {path / 'lock.mdb'} is not a regular file; "
+                           f"{_REBUILD}")
+
+
+def _check_data(fd: int, data: Path) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise IndexDamaged(f"the index file {data} is not a regular file; {_REBUILD}")
+    if st.st_size == 0:
+        return  # LMDB initialises an empty file (a crash right after creating it)
+    head = os.pread(fd, _META.size, 0)
+    try:
+        psize = _meta(head, 0, 0)[0]
+        metas = [_meta(head, 0, psize), _meta(os.pread(fd, _META.size, psize), 1, psize)]
+    except ValueError as exc:
+        raise IndexDamaged(f"the index file {data} is damaged ({exc}); {_REBUILD}") from None
+    need = max((last + 1) * psize for _p, last in metas)
+    if st.st_size < max(need, 2 * psize):
+        raise IndexDamaged(f"the index file {data} is truncated ({st.st_size} bytes, its "
+                           f"meta pages need {max(need, 2 * psize)}); {_REBUILD}")
+
+
+def _meta(page: bytes, pgno: int, psize: int) -> tuple[int, int]:
+    """(page size, last page) from one meta page; ValueError if it is not one."""
+    if len(page) < _META.size:
+        raise ValueError(f"meta page {pgno} is cut short")
+    got, flags, magic, version, _addr, _mapsize, pad, last, _txn = _META.unpack(page)
+    if magic != _META_MAGIC or version != 1 or not flags & _META_FLAG or got != pgno:
+        raise ValueError(f"meta page {pgno} is not an LMDB meta page")
+    if not 512 <= pad <= 65536 or pad & (pad - 1) or (psize and pad != psize):
+        raise ValueError(f"meta page {pgno} names a bad page size {pad}")
+    return pad, last
+
+
 class Index:
     """A thin typed wrapper over one LMDB environment."""
 
@@ -84,6 +155,7 @@ class Index:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create index folder {path}: {exc.strerror}") from None
+        check_files(self.path)
         with _guard(self.path):
             self._env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=4, subdir=True,
                                   metasync=False)

@@ -10,15 +10,16 @@ the store is re-signed without first verifying it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import nacl.signing
 
 from casstore.errors import CasError, NotFound, ObjectMissing, UsageError
 from casstore.format.objects import ObjectId, ObjType
-from casstore.format.trees import Kind, Storage, decode_blob, decode_tree
 from casstore.releases.release import Release, check_body, expiry, load_verified, sign
 from casstore.releases.variants import all_levels
 from casstore.sources.base import ObjectSource, stored_type
+from casstore.store.reachable import Node, roots, walk
 from casstore.store.writable import Store
 
 
@@ -45,46 +46,27 @@ def latest_own(store: Store, name: str, sk: nacl.signing.SigningKey) -> Release 
         return None
 
 
-_CHILD_TYPE = {Storage.CHUNK: ObjType.CHUNK, Storage.PACKED: ObjType.CHUNK,
-               Storage.BLOB: ObjType.BLOB}
-
-
 def check_complete(source: ObjectSource, tops: list[tuple[str, ObjectId]]) -> int:
     """Refuse (ObjectMissing, naming the path) unless every object reachable from the
     trees ``tops`` is present; returns how many objects were checked.
 
     Trees and blob manifests are read (verified, with their expected type) to find
     their children; chunks are checked for presence only (``stored_size``, a HEAD
-    over HTTP), as ``cas serve`` will.  Iterative, so depth costs no stack.
+    over HTTP), as ``cas serve`` will.
     """
-    seen: set[bytes] = set()
-    stack: list[tuple[ObjectId, ObjType, str]] = [(oid, ObjType.TREE, label)
-                                                  for label, oid in reversed(tops)]
-    while stack:
-        oid, kind, where = stack.pop()
-        if oid.digest in seen:
-            continue
-        seen.add(oid.digest)
-        if kind == ObjType.CHUNK:
-            if source.stored_size(oid) is None:
-                raise ObjectMissing(f"{where}: object {oid} is missing from the store; "
-                                    "refusing to sign an incomplete tree")
-            continue
+    def visit(node: Node) -> tuple[None, Sequence[Node]]:
+        if node.kind == ObjType.CHUNK:
+            if source.stored_size(node.oid) is None:
+                raise ObjectMissing(f"{node.path}: object {node.oid} is missing from the "
+                                    "store; refusing to sign an incomplete tree")
+            return None, ()
         try:
-            raw = source.fetch(oid, kind)
+            return None, node.expand(source.fetch(node.oid, node.kind))
         except ObjectMissing:
-            raise ObjectMissing(f"{where}: {kind.name.lower()} {oid} is missing from the "
-                                "store; refusing to sign an incomplete tree") from None
-        if kind == ObjType.BLOB:
-            stack.extend((c.oid, ObjType.CHUNK, where) for c in decode_blob(raw)[1])
-            continue
-        for e in decode_tree(raw):
-            path = f"{where}/{e.name.decode(errors='replace')}"
-            if e.kind == Kind.DIR:
-                stack.append((e.oid, ObjType.TREE, path))  # type: ignore[arg-type]
-            elif e.kind == Kind.FILE and e.storage in _CHILD_TYPE:
-                stack.append((e.oid, _CHILD_TYPE[e.storage], path))  # type: ignore[arg-type]
-    return len(seen)
+            raise ObjectMissing(f"{node.path}: {node.kind.name.lower()} {node.oid} is missing "
+                                "from the store; refusing to sign an incomplete tree") from None
+
+    return sum(1 for _ in walk(roots(tops), visit))
 
 
 def check_publishable(store: Store, rel: Release) -> None:

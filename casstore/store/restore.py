@@ -15,31 +15,22 @@ free inodes is :class:`NoSpace`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from casstore.errors import FormatError, NotFound, StoreError
-from casstore.fileio.fsutil import os_error
+from casstore.fileio.fsutil import os_errors
 from casstore.format.objects import ObjectId, ObjType
 from casstore.format.trees import Entry, Kind, Storage
 from casstore.sources.base import ObjectSource, fetch, stored_type
+from casstore.store.progress import Progress, no_progress
 from casstore.view.reader import TreeReader, packed_bytes, root_entry
 
-Progress = Callable[[int], None]
 _WINDOW = 8
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-@contextmanager
-def _os_errors(label: str) -> Iterator[None]:
-    try:
-        yield
-    except OSError as exc:
-        raise os_error(exc, label) from None
 
 
 @dataclass
@@ -58,7 +49,7 @@ class Restorer:
     def __init__(self, source: ObjectSource, progress: Progress | None = None) -> None:
         self.source = source
         self.reader = TreeReader(source, chunk_cache_bytes=0)
-        self.progress = progress or (lambda n: None)
+        self.progress = progress or no_progress
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
         self._last_pack: tuple[ObjectId | None, bytes] = (None, b"")
 
@@ -158,7 +149,7 @@ class Restorer:
                    mtime_ns: int | None, size: int | None = None,
                    blob: tuple[ObjectId, Entry | None] | None = None) -> None:
         """Write a file at a path (see :meth:`write_file_at`)."""
-        with _os_errors(str(dest)):
+        with os_errors(str(dest)):
             dfd = os.open(dest.parent, _DIR_FLAGS)
         try:
             self.write_file_at(dfd, os.fsencode(dest.name), str(dest), pieces, mode, mtime_ns,
@@ -175,10 +166,10 @@ class Restorer:
         The bytes are ``pieces`` in order, or with ``blob`` a blob's chunks written
         in parallel at their offsets."""
         tmp = b"." + name[:40] + b"." + os.urandom(6).hex().encode() + b".cas-tmp"
-        with _os_errors(label):
+        with os_errors(label):
             fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=dir_fd)
         try:
-            with _os_errors(label):
+            with os_errors(label):
                 written = 0
                 if blob is not None:
                     written = self._write_blob(fd, *blob)
@@ -207,7 +198,7 @@ class Restorer:
 
     def entry(self, e: Entry, dest: Path) -> None:
         """Write one entry (a whole subtree for a directory) at ``dest``."""
-        with _os_errors(str(dest)):
+        with os_errors(str(dest)):
             dfd = os.open(dest.parent, _DIR_FLAGS)
         try:
             if e.kind == Kind.DIR:
@@ -219,7 +210,7 @@ class Restorer:
 
     def tree(self, oid: ObjectId, dest: Path) -> None:
         """Write a tree at ``dest`` (left 0700: the caller sets the root's mode)."""
-        with _os_errors(str(dest)):
+        with os_errors(str(dest)):
             dfd = os.open(dest.parent, _DIR_FLAGS)
         try:
             self._tree_at(dfd, os.fsencode(dest.name), str(dest), oid, None)
@@ -230,7 +221,7 @@ class Restorer:
         if e.kind == Kind.SYMLINK:
             if not e.data or b"\0" in e.data:
                 raise FormatError(f"{label}: symlink target is empty or contains a NUL byte")
-            with _os_errors(label):
+            with os_errors(label):
                 os.symlink(e.data, name, dir_fd=dir_fd)
                 os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dir_fd,
                          follow_symlinks=False)
@@ -259,7 +250,7 @@ class Restorer:
                     stack.pop()
                     try:
                         if f.entry is not None:
-                            with _os_errors(f.label):
+                            with os_errors(f.label):
                                 os.fchmod(f.fd, f.entry.mode)
                                 os.utime(f.fd, ns=(f.entry.mtime_ns, f.entry.mtime_ns))
                     finally:
@@ -278,7 +269,7 @@ class Restorer:
 
     @staticmethod
     def _mkdir(dir_fd: int, name: bytes, label: str) -> int:
-        with _os_errors(label):
+        with os_errors(label):
             os.mkdir(name, 0o700, dir_fd=dir_fd)
             return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
 
@@ -297,7 +288,7 @@ def restore(source: ObjectSource, oid: ObjectId, dest: Path, subpath: str = "",
             r.entry(r.reader.lookup(root_entry(oid), subpath), dest)
         elif kind == ObjType.TREE:
             r.tree(oid, dest)
-            with _os_errors(str(dest)):
+            with os_errors(str(dest)):
                 os.chmod(dest, 0o755)
         elif kind == ObjType.BLOB:
             r.write_file(dest, None, None, None, blob=(oid, None))

@@ -19,22 +19,18 @@ calls), so neither Python's recursion limit nor PATH_MAX bounds the depth.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from casstore.errors import (
     FileChanged,
     NameTooLong,
-    NoSpace,
-    StoreError,
     UnsupportedFile,
 )
+from casstore.fileio.fsutil import os_errors
 from casstore.format.chunking import chunk_spans
 from casstore.format.objects import ObjectId, ObjType
 from casstore.format.trees import (
@@ -47,11 +43,9 @@ from casstore.format.trees import (
     encode_blob,
     encode_tree,
 )
-from casstore.store.index import IndexEntry
+from casstore.store.progress import Progress, no_progress
 from casstore.store.writable import Store
 
-Progress = Callable[[int], None]
-_INDEX_BATCH = 512
 _WINDOW = 32 << 20  # bytes read per pread window (at least 4 * chunk_max is used)
 _READ_TRIES = 3  # a file that keeps changing is read at most this often, then refused
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -64,26 +58,6 @@ def _default_workers() -> int:
     another that compresses, and on a shared node more runnable threads hold their
     share of the CPU.  Memory stays bounded by the two read windows."""
     return min(32, max(4, 2 * (os.cpu_count() or 2)))
-
-
-@contextmanager
-def os_errors(label: str) -> Iterator[None]:
-    """Turn OSErrors into one-line CasErrors naming ``label``; disk full is NoSpace.
-
-    ENOSPC also means "no free inodes" (mkdir, creat), and EDQUOT a quota: both
-    get the disk-full exit code wherever a put writes.
-    """
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpace(f"no space left on device (or no free inodes) "
-                          f"while storing {label}") from None
-        if exc.errno == errno.EMFILE:
-            raise StoreError(f"{label}: too many open files (directory nesting deeper "
-                             "than the open-file limit, see ulimit -n)") from None
-        where = exc.filename if isinstance(exc.filename, str) else label
-        raise StoreError(f"{where}: {exc.strerror or exc}") from None
 
 
 def _fmt(label: str | bytes) -> str:
@@ -110,36 +84,24 @@ class Snapshot:
                  workers: int | None = None) -> None:
         self.store = store
         self.s = store.settings
-        self.progress = progress or (lambda n: None)
+        self.progress = progress or no_progress
         self.pool = ThreadPoolExecutor(max_workers=workers or _default_workers())
-        self.new: list[tuple[ObjectId, IndexEntry]] = []
-        self.new_bytes = 0
         self.window = max(_WINDOW, 4 * self.s.chunk_max, 1 << 16)
         self._bufs: list[bytearray] = []
 
     def __enter__(self) -> Snapshot:
+        self._batch = self.store.batched_index()
+        self._batch.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.pool.shutdown(wait=True)
-        self.flush()
-
-    def flush(self) -> None:
-        if self.new:
-            self.store.index.add(self.new)
-            self.new = []
-
-    def _record(self, oid: ObjectId, entry: IndexEntry | None) -> None:
-        if entry is not None:
-            self.new.append((oid, entry))
-            self.new_bytes += entry.stored_size
-            if len(self.new) >= _INDEX_BATCH:
-                self.flush()
+        try:
+            self.pool.shutdown(wait=True)
+        finally:
+            self._batch.__exit__(None, None, None)
 
     def put_meta(self, kind: ObjType, raw: bytes) -> ObjectId:
-        oid, entry = self.store.put_raw(kind, raw)
-        self._record(oid, entry)
-        return oid
+        return self.store.put_raw(kind, raw)
 
     # -- files -------------------------------------------------------------------
     def put_file_at(self, dir_fd: int | None, name: bytes, label: str,
@@ -259,9 +221,7 @@ class Snapshot:
 
     def _drain(self, inflight: list[tuple[int, Future]], refs: list[ChunkRef]) -> None:
         for i, fut in inflight:
-            oid, entry = fut.result()
-            self._record(oid, entry)
-            refs[i] = ChunkRef(oid, refs[i].length)
+            refs[i] = ChunkRef(fut.result(), refs[i].length)
             self.progress(refs[i].length)
         inflight.clear()
 

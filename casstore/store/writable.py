@@ -18,7 +18,9 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import stat
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casstore.errors import CasError, NotFound, ObjectCorrupt, ObjectMissing, StoreError
-from casstore.fileio.fsutil import atomic_write
+from casstore.fileio.fsutil import TMP_PREFIX, atomic_write, os_error
 from casstore.fileio.safeio import read_regular_stat
 from casstore.format import release_index
 from casstore.format.layout import (
@@ -53,6 +55,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "casstore.json"
 # Writers store a payload raw when zstd does not make it smaller (FORMAT §3.2).
 log = logging.getLogger(__name__)
+INDEX_BATCH = 512  # index entries per LMDB write transaction inside batched_index()
 _INDEX_OPEN = threading.Lock()  # LMDB refuses to open one environment twice per process
 
 
@@ -143,15 +146,21 @@ class Store:
         self.settings = settings
         self.tmp = self.root / "tmp"
         self._index: Index | None = None
+        self._pending: list[tuple[ObjectId, IndexEntry]] = []
+        self._pending_lock = threading.Lock()
+        self._batching = 0
 
     # -- opening -----------------------------------------------------------------
     @classmethod
     def open(cls, root: Path, *, create: bool = False) -> Store:
+        """Open the store at ``root``; only ``create`` (``cas init``) makes a new one, so
+        a mistyped ``--store`` is an error, never a fresh empty store."""
         root = Path(root)
         cfg = root / CONFIG_FILE
-        if not cfg.exists():
+        if not os.path.lexists(cfg):
             if not create:
-                raise StoreError(f"no store at {root} (run 'cas init' or 'cas put' first)")
+                raise StoreError(f"no store at {root}: 'cas init' creates one (with the "
+                                 "same --store or $CAS_STORE)")
             return cls.init(root)
         source = LocalSource(root)  # checks the format document (bounded read)
         try:
@@ -271,8 +280,34 @@ class Store:
         return (stat.S_ISREG(st.st_mode) and st.st_ctime_ns == entry.verified_ctime
                 and st.st_size == entry.stored_size)
 
+    @contextmanager
+    def batched_index(self) -> Iterator[None]:
+        """Record the index entries of puts in this block a few hundred per LMDB write
+        transaction instead of one each (``cas put`` stores thousands of objects);
+        whatever is still buffered is recorded on the way out, even on error."""
+        with self._pending_lock:
+            self._batching += 1
+        try:
+            yield
+        finally:
+            with self._pending_lock:
+                self._batching -= 1
+                items, self._pending = self._pending, []
+            if items:
+                self.index.add(items)
+
+    def _record(self, oid: ObjectId, entry: IndexEntry) -> None:
+        """The one place a write reaches the index (FORMAT §8)."""
+        items: list[tuple[ObjectId, IndexEntry]] = []
+        with self._pending_lock:
+            self._pending.append((oid, entry))
+            if not self._batching or len(self._pending) >= INDEX_BATCH:
+                items, self._pending = self._pending, []
+        if items:
+            self.index.add(items)
+
     def put_raw(self, kind: ObjType, raw: bytes | memoryview,
-                oid: ObjectId | None = None) -> tuple[ObjectId, IndexEntry | None]:
+                oid: ObjectId | None = None) -> ObjectId:
         """Store an object, or reuse a present copy once it is proven good.
 
         A present file is trusted without reading it only while the index's
@@ -280,10 +315,19 @@ class Store:
         corrupt, unreadable or (for a tree or blob) wrong-typed file is replaced
         atomically by the good copy being put (FORMAT §3.3: the one case where an
         object file is rewritten).  Every reuse refreshes the file's mtime, so gc's
-        grace period protects objects a new tree reuses.  The returned entry (a new
-        object, a repair, or a refreshed marker) must be recorded in the index.
+        grace period protects objects a new tree reuses.  The new entry (a new
+        object, a repair, or a refreshed marker) goes into the index here
+        (see :meth:`batched_index`).
         """
         oid = oid or ObjectId.of(raw)
+        entry = self._put_file(kind, raw, oid)
+        if entry is not None:
+            self._record(oid, entry)
+        return oid
+
+    def _put_file(self, kind: ObjType, raw: bytes | memoryview,
+                  oid: ObjectId) -> IndexEntry | None:
+        """put_raw's file work; the entry to record, or None if nothing changed."""
         path = object_path(self.root, oid)
         known = self.index.get(oid)
         for _attempt in range(4):
@@ -292,19 +336,19 @@ class Store:
             except FileNotFoundError:
                 entry = self._write_object(kind, raw, path, replace=False)
                 if entry is not None:
-                    return oid, entry
+                    return entry
                 continue  # a concurrent writer stored it first: check its copy
             if known is None or not self._trusted(known, st, kind, len(raw)):
                 known = self._check_present(kind, oid, path, len(raw))
                 if known is None:
-                    return oid, self._write_object(kind, raw, path, replace=True)
+                    return self._write_object(kind, raw, path, replace=True)
             try:
                 os.utime(path)  # gc's grace period counts from the last reuse
                 st = os.lstat(path)
             except FileNotFoundError:
                 known = None
                 continue
-            return oid, IndexEntry(known.kind, len(raw), st.st_size, st.st_ctime_ns)
+            return IndexEntry(known.kind, len(raw), st.st_size, st.st_ctime_ns)
         raise StoreError(f"object {oid} keeps changing under {path}; is another "
                          "program writing to the store?")
 
@@ -339,11 +383,29 @@ class Store:
             path.parent.mkdir(exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create {path.parent}: {exc.strerror}") from None
+        if replace:
+            self._move_folder_aside(path)
         if not atomic_write(path, stored, self.tmp, durable=self.settings.durable,
                             replace=replace):
             return None
         st = os.lstat(path)
         return IndexEntry(kind, len(raw), len(stored), st.st_ctime_ns)
+
+    def _move_folder_aside(self, path: Path) -> None:
+        """A folder planted at an object path is damage like any other non-file (FORMAT
+        §3.3), but a rename cannot replace a folder: move it into ``tmp/`` (same file
+        system, atomic), then delete it there, never following a link inside it."""
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return
+            aside = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.tmp))
+            os.rename(path, aside / "planted")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise os_error(exc, path) from None
+        log.warning("replaced a folder planted at object path %s", path)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def iter_object_ids(self) -> Iterator[ObjectId]:
         """Every well-named object file in the store (the ground truth, not the index).

@@ -126,9 +126,13 @@ class ReleaseFS:
         - the page cache may hold different content (a switch happened since it
           was filled): drop it at this open (``keep_cache`` false);
         - else keep it (the fast, common case).
+
+        A detached path (a switch moved an open file's inode there) is opened in
+        its handles' view: ``/proc/PID/fd/N`` of such a file reopens it by that name.
         """
-        vfs = self.vfs
-        node = vfs.lookup(path)
+        moved = self._moved.get(path)
+        vfs = moved.vfs if moved is not None else self.vfs
+        node = moved.node if moved is not None else vfs.lookup(path)
         if node.entry.kind != Kind.FILE:
             raise NotFound(f"{path} is not a regular file")
         key = vfs.node_key(node)

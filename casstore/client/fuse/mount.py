@@ -57,7 +57,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 log = logging.getLogger(__name__)
 
 __all__ = ["OWNER_ENV", "alive", "canon", "fast_getattr_ok", "fuse_class",
-           "is_mounted", "mount_ns", "prune_stale", "read_status", "serve",
+           "is_mounted", "mount_ns", "preflight", "prune_stale", "read_status", "serve",
            "status_path", "unmount"]
 
 
@@ -159,7 +159,8 @@ def _make_follower(p: Selection, cfg: ClientConfig, built: Built, policy: Follow
 
 def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
           record_to: Path | None = None, prefetch: bool = True,
-          policy: FollowPolicy = PINNED, arch: str | None = None) -> None:
+          policy: FollowPolicy = PINNED, arch: str | None = None,
+          fsname: str | None = None) -> None:
     """Mount and run the FUSE loop until unmounted or signalled.
 
     ``prefetch``: replay the release's prefetch list for the chosen level once the
@@ -167,7 +168,8 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
     path served and write the record there at unmount (``cas depot build``).
     ``policy``: whether to check for new revisions (every ``policy.ttl`` and on
     SIGHUP) and switch to them (:mod:`casstore.client.follow`), and the kernel
-    timeouts; ``arch`` is the forced level to keep."""
+    timeouts; ``arch`` is the forced level to keep.  ``fsname``: the source shown
+    in the mount table (default ``cas:NAME``)."""
     from casstore.client.fuse.ops import CasOps
 
     mountpoint = canon(mountpoint)
@@ -239,7 +241,7 @@ def serve(p: Selection, cfg: ClientConfig, mountpoint: Path, foreground: bool,
     try:
         fuse_class()(ops, str(mountpoint), foreground=foreground, nothreads=True,
                      allow_other=True, default_permissions=True, **_fuse_options(policy),
-                     fsname=f"cas:{p.release.name}", subtype="cas")
+                     fsname=fsname or f"cas:{p.release.name}", subtype="cas")
     except RuntimeError as exc:
         # libfuse also reports a loop ended by SIGTERM/SIGINT as an error: that is a
         # clean stop once the kernel had initialised the mount.
@@ -295,6 +297,35 @@ def _save_record(recorder, path: Path) -> None:
         log.info("wrote %d accessed paths to %s", len(recorder.accesses()), path)
     except OSError as exc:
         log.error("cannot write the access record %s: %s", path, exc)
+
+
+FUSE_DEVICE = Path("/dev/fuse")
+FUSE_CONF = Path("/etc/fuse.conf")
+
+
+def preflight() -> None:
+    """What mounting needs from the host, checked before anything else so the error
+    names the fix: a usable /dev/fuse, and root (the mount serves every user of the
+    node: ``allow_other``), unless fuse.conf grants ``user_allow_other``."""
+    if os.geteuid() != 0 and not _user_allow_other():
+        raise MountError("mounting needs root: the mount serves every user of the node "
+                         "(allow_other); run it as root (sudo cas mount ...), or from "
+                         "/etc/fstab with mount(8); 'user_allow_other' in /etc/fuse.conf "
+                         "lets other users mount")
+    if not os.access(FUSE_DEVICE, os.R_OK | os.W_OK):
+        why = ("does not exist" if not FUSE_DEVICE.exists()
+               else "cannot be opened for reading and writing by this user")
+        raise MountError(f"{FUSE_DEVICE} {why}: load the fuse module (modprobe fuse) or "
+                         "install fuse3; in a container, pass the device (e.g. docker run "
+                         "--device /dev/fuse --cap-add SYS_ADMIN)")
+
+
+def _user_allow_other() -> bool:
+    try:
+        lines = FUSE_CONF.read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split("#")[0].strip() == "user_allow_other" for line in lines)
 
 
 def check_mountpoint(mountpoint: Path) -> None:

@@ -23,6 +23,7 @@ from casstore.client.fuse.recording import RecordingFS
 from casstore.client.metrics import ClientMetrics
 from casstore.client.replay import Replay
 from casstore.client.selection import Selection
+from casstore.errors import CasError
 from casstore.format.objects import ObjectId
 from casstore.format.trees import Kind
 from casstore.releases.prefetch import AccessRecorder, load_list
@@ -63,9 +64,21 @@ def switch_fs(built: Built, sel: Selection,
 
     The new view shares the old one's TreeReader and FileCache (unchanged
     subtrees stay decoded and cached); open handles keep the old view.  Returns
-    the paths whose node changed, for the kernel to forget."""
+    the paths whose node changed, for the kernel to forget.
+
+    The new root tree (and the variant's overlay root) is fetched and verified
+    first: if that fails (corrupt or missing at the source) the CasError is raised
+    and the old revision stays served, instead of a view where every path is EIO.
+    Those objects are not remembered as bad, so the next check fetches them again."""
     old = built.fs.vfs
-    return built.fs.switch(build_vfs(sel, old.reader, old.cache), detach)
+    new = build_vfs(sel, old.reader, old.cache)
+    try:
+        new.names(new.lookup("/"))  # decodes the root tree and the overlay's
+    except CasError:
+        overlay = sel.release.variant_ids().get(sel.level) if sel.level else None
+        built.bad.forget([sel.release.root_id, *([overlay] if overlay else [])])
+        raise
+    return built.fs.switch(new, detach)
 
 
 def warmer(vfs: VFS):

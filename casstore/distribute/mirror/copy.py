@@ -41,52 +41,34 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
-import stat
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casstore.errors import (
-    CasError,
-    IsAMirror,
-    MirrorBusy,
-    MirrorError,
-    MirrorIncomplete,
-    NotFound,
-)
-from casstore.fileio.fsutil import atomic_write, fsync_dir
-from casstore.fileio.fsutil import os_error as fs_error
-from casstore.fileio.safeio import read_regular
+from casstore.distribute.mirror.folder import TMP_DIR, check_document, describe, is_writable_store
+from casstore.distribute.mirror.writer import MirrorWriter, OnWrite
+from casstore.errors import CasError, IsAMirror, MirrorBusy, MirrorError, MirrorIncomplete, NotFound
 from casstore.format import release_index
 from casstore.format.layout import (
     FORMAT_FILE,
     MAX_FORMAT_DOC,
     MAX_RELEASE_DOC,
     MAX_RELEASE_INDEX,
-    MAX_STORED_SIZE,
     names_index_relpath,
-    object_relpath,
     release_relpath,
     revisions_index_relpath,
 )
-from casstore.format.objects import HEADER_SIZE, ObjectId, ObjType, decode, peek_type
-from casstore.releases.release import Release, unverified, verify
+from casstore.format.objects import ObjectId, ObjType, decode
 from casstore.sources.base import ObjectSource
 from casstore.sources.local import LocalSource, check_format_doc
-from casstore.store.maintenance import children
+from casstore.store.progress import Progress, no_progress
+from casstore.store.reachable import Node, walk
+from casstore.store.reachable import roots as root_nodes
 
-TMP_DIR = ".casmirror-tmp"
-CATALOG_MARKER = ".cvmfscatalog"
-# Test-only: seconds to sleep after each object copy (capped at 1 s), so a test can
-# SIGKILL a real ``cas mirror`` mid-copy with a small store.  Never set it otherwise.
-DELAY_ENV = "CAS_MIRROR_TEST_DELAY"
 DEFAULT_JOBS = 8
-
-Tick = Callable[[int], None]
-OnWrite = Callable[[str], None]
+_PRESENT = object()  # the destination has it (a tree: with its whole subtree)
+_COPY = object()  # a chunk to copy
 
 
 @dataclass
@@ -108,17 +90,6 @@ class MirrorReport:
                 "releases_held_back": self.releases_held_back, "ok": not self.problems}
 
 
-def is_mirror_folder(path: Path) -> bool:
-    """A store folder with no ``lock`` file: a plain mirror (writable stores always have one)."""
-    path = Path(path)
-    return (path / "objects").is_dir() and not (path / "lock").exists()
-
-
-def is_writable_store(path: Path) -> bool:
-    path = Path(path)
-    return (path / "lock").exists() or (path / "index").exists()
-
-
 @dataclass
 class _Release:
     name: str
@@ -128,148 +99,22 @@ class _Release:
     present: bool = False  # the destination already has this very document (repair)
 
 
-class _Dest:
-    """The destination folder: presence checks and atomic writes, nothing else."""
-
-    def __init__(self, root: Path, markers: bool, on_write: OnWrite | None) -> None:
-        self.root = root
-        self.tmp = root / TMP_DIR
-        self.markers = markers
-        self.on_write = on_write
-        try:
-            self.delay = min(max(float(os.environ.get(DELAY_ENV) or 0), 0.0), 1.0)
-        except ValueError:
-            self.delay = 0.0
-
-    def path(self, rel: str) -> Path:
-        return self.root / rel
-
-    def has_object(self, oid: ObjectId, expect: ObjType | None = None) -> bool:
-        """The object file is there (a regular file, and of the type a tree or blob
-        reference needs: a chunk with a tree's bytes does not stand for a tree)."""
-        p = self.path(object_relpath(oid))
-        try:
-            st = os.lstat(p)
-        except FileNotFoundError:
-            return False
-        if not stat.S_ISREG(st.st_mode) or st.st_size < HEADER_SIZE:
-            return False
-        if expect is None or expect == ObjType.CHUNK:
-            return True
-        try:
-            head = read_regular(p, MAX_STORED_SIZE, f"object {oid}", corrupt=CasError,
-                                max_bytes=HEADER_SIZE)
-            return head is not None and peek_type(oid, head) == expect
-        except CasError:
-            return False
-
-    def verified_copy(self, oid: ObjectId, expect: ObjType | None) -> bytes | None:
-        """The destination's copy decoded and checked against its id (for --repair),
-        or None if it is missing or damaged (and must be copied again)."""
-        try:
-            data = read_regular(self.path(object_relpath(oid)), MAX_STORED_SIZE,
-                                f"object {oid}", corrupt=CasError)
-            return None if data is None else decode(oid, data, expect)[1]
-        except CasError:
-            return None
-
-    def write(self, rel: str, data: bytes) -> None:
-        p = self.path(rel)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(p, data, self.tmp)
-        if self.on_write is not None:
-            self.on_write(rel)
-
-    def write_object(self, oid: ObjectId, stored: bytes) -> None:
-        self._marker(oid)
-        self.write(object_relpath(oid), stored)
-        self._slow_down()
-
-    def stage(self, oid: ObjectId, stored: bytes) -> int:
-        """Keep a verified tree or blob in the temporary folder until its children are
-        in place (memory stays flat however many new trees a release has)."""
-        fd = os.open(self.tmp / oid.hex, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                     0o644)
-        try:
-            os.fchmod(fd, 0o644)  # mirrors serve everyone, whatever the umask
-            view = memoryview(stored)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError as exc:
-            raise fs_error(exc, self.tmp / oid.hex) from None
-        finally:
-            os.close(fd)
-        return len(stored)
-
-    def commit(self, oid: ObjectId) -> None:
-        """Move a staged object to its final name: fsync, rename, fsync the folder."""
-        rel = object_relpath(oid)
-        final, staged = self.path(rel), self.tmp / oid.hex
-        self._marker(oid)
-        try:
-            fd = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(staged, final)
-            fsync_dir(final.parent)
-        except OSError as exc:
-            raise fs_error(exc, final) from None
-        if self.on_write is not None:
-            self.on_write(rel)
-        self._slow_down()
-
-    def _marker(self, oid: ObjectId) -> None:
-        folder = self.path(object_relpath(oid)).parent
-        if self.markers and not (folder / CATALOG_MARKER).exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(folder / CATALOG_MARKER, b"", self.tmp)
-
-    def _slow_down(self) -> None:
-        if self.delay:
-            time.sleep(self.delay)
-
-    def read_small(self, rel: str, limit: int) -> bytes | None:
-        try:
-            return read_regular(self.path(rel), limit, rel, corrupt=CasError)
-        except CasError:
-            return None  # damaged or odd: rewrite it
-
-    def write_if_changed(self, rel: str, data: bytes, limit: int) -> bool:
-        if self.read_small(rel, limit) == data:
-            return False
-        self.write(rel, data)
-        return True
-
-
-def check_document(doc: bytes, name: str, revision: int, trusted: list[str]) -> Release:
-    """A release document the mirror may publish: it parses, names its own path, and
-    (with trusted keys) its signature verifies.  Expiry is a node's decision, not the
-    mirror's: an old revision stays a valid historical document."""
-    rel = verify(doc, trusted, now=0) if trusted else unverified(doc)
-    if rel.name != name or rel.revision != revision:
-        raise MirrorError(f"release document {name}@{revision} names {rel.name}@{rel.revision}")
-    return rel
-
-
 class Mirror:
     """One run of ``cas mirror``: plan the releases, copy objects, then publish them."""
 
     def __init__(self, source: ObjectSource, dest: Path, *, names: Iterable[str] | None = None,
                  trusted: list[str] | None = None, jobs: int = DEFAULT_JOBS,
-                 markers: bool = True, repair: bool = False, tick: Tick | None = None,
+                 markers: bool = True, repair: bool = False, tick: Progress | None = None,
                  on_write: OnWrite | None = None) -> None:
         self.source = source
-        self.dest = _Dest(Path(dest), markers, on_write)
+        self.dest = MirrorWriter(Path(dest), markers, on_write)
         self.names = list(names) if names else None
         self.trusted = trusted or []
         self.jobs = max(1, jobs)
         # --repair: trust nothing already in the destination; verify every object a
         # release needs, walk every tree, and copy again whatever is missing or damaged.
         self.repair = repair
-        self.tick = tick or (lambda n: None)
+        self.tick = tick or no_progress
         self.rep = MirrorReport()
         # The walk's results: stored bytes of new trees/blobs, their children, and the
         # order to write them (children first); chunk ids to copy; what is complete.
@@ -305,11 +150,10 @@ class Mirror:
             os.close(fd)  # also drops the flock
 
     def _locked(self) -> MirrorReport:
-        shutil.rmtree(self.dest.tmp, ignore_errors=True)  # a killed run's leftovers
-        self.dest.tmp.mkdir()
+        self.dest.reset_tmp()  # a killed run's leftovers
         try:
-            (self.dest.root / "objects").mkdir(exist_ok=True)
-            (self.dest.root / "releases").mkdir(exist_ok=True)
+            self.dest.folder("objects")
+            self.dest.folder("releases")
             fmt = self.source.read_format()
             check_format_doc(fmt, "the source")
             if fmt is not None:
@@ -320,7 +164,7 @@ class Mirror:
             self._write_trees()
             self._publish(plan)
         finally:
-            shutil.rmtree(self.dest.tmp, ignore_errors=True)
+            self.dest.remove_tmp()
         if self.rep.problems:
             held = (f"; releases not written: {', '.join(self.rep.releases_held_back)}"
                     if self.rep.releases_held_back else "")
@@ -374,48 +218,24 @@ class Mirror:
 
     # -- 2. walk the trees that are not in the destination yet ----------------------
     def _walk(self, tops: list[ObjectId]) -> None:
-        """Breadth-first over the new trees and blobs (fetched in parallel per level).
-
-        A tree or blob already in the destination stands for its whole subtree
-        (children are always written before parents), so the walk stops there.
-        Bookkeeping happens here, in one thread; the workers only fetch and verify.
+        """The reachable walk (:mod:`casstore.store.reachable`), stopping at what the
+        destination has: a tree or blob already there stands for its whole subtree
+        (children are always written before parents).  The visits fetch and verify in
+        parallel; the bookkeeping happens here, in one thread.
         """
-        seen: set[tuple[bytes, bool]] = set()  # a chunk and a tree may share an id
-        level: list[tuple[ObjectId, ObjType]] = []
-
-        def want(oid: ObjectId, kind: ObjType) -> None:
-            key = (oid.digest, kind != ObjType.CHUNK)
-            if key in seen:
-                return
-            seen.add(key)
-            if kind != ObjType.CHUNK:
-                level.append((oid, kind))
-            elif not self.repair and self.dest.has_object(oid):
+        starts = root_nodes(("root", t) for t in tops)
+        for v in walk(starts, self._visit, jobs=self.jobs):
+            oid, got = v.node.oid, v.result
+            if got is _PRESENT:
                 self._present(oid)
-            else:
+            elif got is _COPY:
                 self.chunks[oid.digest] = oid
-
-        for oid in tops:
-            want(oid, ObjType.TREE)
-        with ThreadPoolExecutor(self.jobs) as pool:
-            while level:
-                batch, level = level, []
-                for (oid, _kind), got in zip(batch, pool.map(self._fetch_node, batch),
-                                             strict=True):
-                    if got is None:
-                        self._present(oid)
-                    elif isinstance(got, CasError):
-                        self.failed.add(oid.digest)
-                        self.rep.problems.append(_describe(oid, got))
-                    else:
-                        stored, kids = got
-                        if stored is None:  # --repair: the destination's copy verified
-                            self._present(oid)
-                        else:
-                            size = self.dest.stage(oid, stored)
-                            self.pending[oid.digest] = (oid, size, [c.digest for c, _k in kids])
-                        for child, ckind in kids:
-                            want(child, ckind)
+            elif isinstance(got, CasError):
+                self.failed.add(oid.digest)
+                self.rep.problems.append(describe(oid, got))
+            elif isinstance(got, bytes):
+                size = self.dest.stage(oid, got)
+                self.pending[oid.digest] = (oid, size, [c.oid.digest for c in v.children])
         self.order = self._post_order()
 
     def _present(self, oid: ObjectId) -> None:
@@ -423,27 +243,32 @@ class Mirror:
             self.done.add(oid.digest)
             self.rep.objects_skipped += 1
 
-    def _fetch_node(self, item: tuple[ObjectId, ObjType]
-                    ) -> None | CasError | tuple[bytes | None, list[tuple[ObjectId, ObjType]]]:
-        """None if the destination has it (its subtree too); else the verified stored
-        bytes from the source and the children (bytes None: --repair verified the
-        destination's copy, whose children must still be checked)."""
-        oid, kind = item
+    def _visit(self, node: Node) -> tuple[object, Sequence[Node]]:
+        """What to do with one object, and the children to walk next.
+
+        A chunk is ``_PRESENT`` or ``_COPY`` (copied later, in parallel).  A tree or
+        blob is ``_PRESENT`` with no children if the destination has it; ``_PRESENT``
+        with its children if ``--repair`` verified the destination's copy; else the
+        verified stored bytes from the source (to stage), or the CasError.
+        """
+        oid, kind = node.oid, node.kind
+        if kind == ObjType.CHUNK:
+            return (_COPY if self.repair or not self.dest.has_object(oid) else _PRESENT), ()
         if self.repair:
             raw = self.dest.verified_copy(oid, kind)
             if raw is not None:
                 try:
-                    return None, [(c, k) for c, k, _need in children(kind, raw)]
+                    return _PRESENT, node.expand(raw)
                 except CasError:
                     pass  # damaged structure: copy it again from the source
         elif self.dest.has_object(oid, kind):
-            return None
+            return _PRESENT, ()
         try:
             stored = self.source.read_stored(oid)
             got_kind, raw = decode(oid, stored, kind)  # verify before anything is used
-            return stored, [(c, k) for c, k, _need in children(got_kind, raw)]
+            return stored, node.expand(raw, got_kind)
         except CasError as exc:
-            return exc
+            return exc, ()
 
     def _post_order(self) -> list[bytes]:
         """New trees and blobs, every one after all of its new children (no recursion)."""
@@ -473,7 +298,7 @@ class Mirror:
                     self._present(oid)
                 elif isinstance(result, CasError):
                     self.failed.add(oid.digest)
-                    self.rep.problems.append(_describe(oid, result))
+                    self.rep.problems.append(describe(oid, result))
                 else:
                     self.done.add(oid.digest)
                     self.rep.objects_copied += 1
@@ -535,93 +360,7 @@ class Mirror:
                                    MAX_RELEASE_INDEX)
 
 
-def _describe(oid: ObjectId, exc: CasError) -> str:
-    text = str(exc)
-    return text if str(oid) in text else f"object {oid}: {text}"
-
-
 def mirror(source: ObjectSource, dest: Path, **kw) -> MirrorReport:
     """Mirror ``source`` into ``dest`` (see :class:`Mirror`); raises MirrorIncomplete
     (carrying the report) if anything failed, after copying everything else."""
     return Mirror(source, dest, **kw).run()
-
-
-# -- checking a mirror (fsck is for writable stores) ---------------------------------
-@dataclass
-class CheckReport:
-    checked: int = 0
-    releases: int = 0
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # reported, but not damage
-
-
-def check_mirror(dest: Path, tick: Tick | None = None) -> CheckReport:
-    """Verify a mirror as a reader sees it: every listed release document parses and
-    names its path, and every object it needs is there and hashes to its id.
-
-    Only what the release index lists is checked (that is all a reader can reach);
-    ``.cvmfscatalog`` markers and the like are never looked at.
-    """
-    tick = tick or (lambda n: None)
-    rep = CheckReport()
-    dest = Path(dest)
-    if (dest / TMP_DIR).exists():
-        rep.notes.append(f"{TMP_DIR}/ exists: a cas mirror is running, or was killed "
-                         "(the next run removes it)")
-    src = LocalSource(dest)
-    tops: list[tuple[str, ObjectId]] = []
-    try:
-        names = src.release_names()
-    except CasError as exc:
-        rep.problems.append(f"{names_index_relpath()}: {exc}")
-        names = []
-    for name in names:
-        try:
-            revs = src.release_revisions(name)
-        except CasError as exc:
-            rep.problems.append(f"{revisions_index_relpath(name)}: {exc}")
-            continue
-        for rev in revs:
-            try:
-                rel = check_document(src.read_release(name, rev), name, rev, [])
-                ids = list(rel.trees().values())
-            except CasError as exc:
-                rep.problems.append(f"release {name}@{rev}: {exc}")
-                continue
-            rep.releases += 1
-            tops += [(f"{name}@{rev}", t) for t in ids]
-    _check_objects(src, tops, rep, tick)
-    return rep
-
-
-def _check_objects(src: LocalSource, tops: list[tuple[str, ObjectId]], rep: CheckReport,
-                   tick: Tick) -> None:
-    seen: set[tuple[bytes, bool]] = set()
-    stack = [(oid, ObjType.TREE, via) for via, oid in tops]
-    while stack:
-        oid, kind, via = stack.pop()
-        key = (oid.digest, kind != ObjType.CHUNK)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            stored = src.read_stored(oid)
-            got, raw = decode(oid, stored, None if kind == ObjType.CHUNK else kind)
-        except CasError as exc:
-            rep.problems.append(f"{_describe(oid, exc)} (needed by {via})")
-            continue
-        rep.checked += 1
-        tick(len(stored))
-        if kind != ObjType.CHUNK:
-            try:
-                stack.extend((c, k, via) for c, k, _n in children(got, raw))
-            except CasError as exc:
-                rep.problems.append(f"{_describe(oid, exc)} (needed by {via})")
-
-
-def refuse_mirror(path: Path, what: str) -> None:
-    """Stop a writer's command (fsck, gc) that was pointed at a plain mirror folder."""
-    if is_mirror_folder(path):
-        raise IsAMirror(f"{path} is a plain mirror (no lock, no index), not a writable "
-                        f"store: {what} does not apply; check it with "
-                        f"'cas mirror --check {path}'")
