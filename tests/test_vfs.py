@@ -402,7 +402,9 @@ class _CountingSource:
         return self.inner.fetch(oid, expect)
 
 
-def test_a_repeated_chunk_is_copied_inside_the_copy_not_fetched_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 4])
+def test_a_repeated_chunk_is_copied_inside_the_copy_not_fetched_again(tmp_path: Path,
+                                                                      workers: int) -> None:
     src = tmp_path / "src"
     src.mkdir()
     data = random.Random(9).randbytes(3 << 20) * 4  # the same chunks, four times
@@ -413,9 +415,9 @@ def test_a_repeated_chunk_is_copied_inside_the_copy_not_fetched_again(tmp_path: 
     local = LocalSource(tmp_path / "store")
     layout = TreeReader(local).layout(VFS(local, root).lookup("big.so").entry)
     assert len(set(layout.oids)) < len(layout.oids)
-    source = _CountingSource(local)
+    source = _CountingSource(local, delay=0.02)  # workers meet a repeat being fetched
     cache = FileCache(source, tmp_path / "cache", 64 << 20, prefetch_min=1 << 20,  # type: ignore[arg-type]
-                      workers=1)
+                      workers=workers)
     try:
         vfs = VFS(source, root, cache=cache)  # type: ignore[arg-type]
         assert vfs.read(vfs.lookup("big.so"), 0, 10) == data[:10]

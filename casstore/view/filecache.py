@@ -95,6 +95,7 @@ class _Copy:
     taken: list[bool] = field(default_factory=list)  # a thread is filling it, or did
     settled: list[bool] = field(default_factory=list)  # filled: verified, or failed
     verified: dict[ObjectId, int] = field(default_factory=dict)  # id -> a verified chunk
+    filling: dict[ObjectId, int] = field(default_factory=dict)  # id -> its first fill
     errors: int = 0
     last_use: float = field(default_factory=time.monotonic)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -338,7 +339,7 @@ class FileCache:
 
     def _fill_one(self, copy: _Copy, i: int, oid: ObjectId) -> None:
         lo, hi = copy.span(i)
-        if self._copy_within(copy, oid, lo, hi):
+        if self._copy_within(copy, i, oid):
             return
         if copy.old_fd is not None:
             old = os.pread(copy.old_fd, hi - lo, lo)
@@ -351,14 +352,23 @@ class FileCache:
         os.pwrite(copy.fd, data, lo)
         copy.fetched = True
 
-    def _copy_within(self, copy: _Copy, oid: ObjectId, lo: int, hi: int) -> bool:
-        """A chunk that repeats one already verified in this copy is copied inside
-        the private file (which only this cache writes), not fetched and verified
-        again; False if there is none yet."""
+    def _copy_within(self, copy: _Copy, i: int, oid: ObjectId) -> bool:
+        """A chunk that repeats one verified in this copy is copied inside the private
+        file (which only this cache writes), not fetched and verified again; if
+        another thread is filling that chunk, after waiting for it.  False: fill it
+        (the first time, or the first fill failed)."""
         with copy.cond:
             j = copy.verified.get(oid)
+            if j is None:
+                k = copy.filling.setdefault(oid, i)
+                if k == i:
+                    return False
+                # the thread filling k only fetches and never waits here: no cycle
+                copy.cond.wait_for(lambda: copy.settled[k] or self.closed)
+                j = copy.verified.get(oid)
         if j is None:
             return False
+        lo, hi = copy.span(i)
         src, src_end = copy.span(j)
         if src_end - src != hi - lo:
             return False
