@@ -410,7 +410,7 @@ def main() -> None:
     try:
         host = host_info()
         build = b.build()
-        from casstore import variants
+        from casstore.releases import variants
         resolved = variants.choose(sorted(build["summary"]["variants"]),
                                    build["summary"]["baseline"])
         for rep in range(args.reps):

@@ -357,7 +357,7 @@ class ComposeRefused(JuliaError):
     """Builders' part releases are missing, untrusted or built from other inputs,
     so no composed release is signed."""
 
-    exit_code = 67
+    exit_code = 26
 
 
 class JuliaTimeout(JuliaError):
