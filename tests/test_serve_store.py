@@ -203,6 +203,9 @@ def test_metrics_count_requests_and_bytes(pub: dict, tmp_path: Path) -> None:
         assert total + 16 <= sent <= total + 16 + 200  # plus the 404's short text
         assert metric(srv.url, "cas_http_errors_total", route=OBJ, kind="client") == 1
         assert metric(srv.url, "cas_http_request_duration_seconds_count", route=OBJ) == n + 2
+        assert metric(srv.url, "cas_serve_build_info") == 1
+        assert metric(srv.url, "cas_serve_process_resident_memory_bytes") > 10 << 20
+        assert metric(srv.url, "cas_serve_process_cpu_seconds") > 0
 
 
 # -- writes ------------------------------------------------------------------------------
@@ -371,6 +374,10 @@ def test_workers_share_the_socket_and_sum_metrics(pub: dict, tmp_path: Path) -> 
         # every request opens a new connection, so both workers answer some; the
         # counters of both are summed
         assert metric_settled(srv.url, "cas_http_requests_total", route=OBJ, status="200") == n
+        # the workers' memory is summed over the live ones; build info is one series
+        rss = metric(srv.url, "cas_serve_process_resident_memory_bytes")
+        assert rss > 2 * (10 << 20)
+        assert metric(srv.url, "cas_serve_build_info") == 1
     assert srv.proc.returncode == 0
     for pid in kids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(

@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import platform
+import resource
 from bisect import bisect_left
 
+import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_log import AccessLogger
@@ -87,6 +90,33 @@ class Metrics:
         self.build_seconds = Histogram("cas_pkg_tarball_build_duration_seconds",
                                        "Time to make and check one Pkg tarball",
                                        buckets=BUILD_BUCKETS, registry=self.registry)
+        self._process_metrics()
+
+    def _process_metrics(self) -> None:
+        """Build info, and the CPU and memory of the worker processes summed over the
+        live ones (each worker sets its own values whenever it hands over requests, and
+        once at start), under ``cas_serve_`` names so they never clash with another
+        exporter's ``process_*``."""
+        info = Gauge("cas_serve_build_info", "Versions of the casstore server (value 1)",
+                     ["version", "python", "aiohttp"], registry=self.registry,
+                     multiprocess_mode="max")
+        info.labels(_casstore_version(), platform.python_version(), aiohttp.__version__).set(1)
+        self.cpu = Gauge("cas_serve_process_cpu_seconds", "CPU seconds used by the live "
+                         "server processes", registry=self.registry, multiprocess_mode="livesum")
+        self.rss = Gauge("cas_serve_process_resident_memory_bytes", "Resident memory of the "
+                         "live server processes", registry=self.registry,
+                         multiprocess_mode="livesum")
+        self.sample_process()
+
+    def sample_process(self) -> None:
+        """This process's CPU time and resident memory (no /proc parsing beyond statm)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.cpu.set(usage.ru_utime + usage.ru_stime)
+        try:
+            with open("/proc/self/statm", "rb") as f:
+                self.rss.set(int(f.read().split()[1]) * resource.getpagesize())
+        except (OSError, ValueError, IndexError):
+            pass
 
     def tarball_event(self, kind: str, value: float) -> None:
         """Called by the tarball cache (from any thread): a hit, build, evict or altered
@@ -127,6 +157,7 @@ class Metrics:
     def flush(self) -> None:
         """Hand the requests counted since the last pass to prometheus-client."""
         pending, self._pending, self._flush_soon = self._pending, {}, False
+        self.sample_process()
         for key, (n, nbytes, total, buckets) in pending.items():
             requests, sent, errors, latency = self._series_of(key)
             requests.inc(n)
@@ -281,3 +312,12 @@ def _one_line(record: logging.LogRecord) -> bool:
         record.exc_info = None
         record.exc_text = None
     return True
+
+
+def _casstore_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("casstore")
+    except PackageNotFoundError:
+        return "unknown"
