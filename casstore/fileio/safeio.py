@@ -69,6 +69,28 @@ def read_regular_stat(path: Path | str, limit: int, what: str, *, corrupt: type[
                       max_bytes: int | None = None) -> tuple[bytes, os.stat_result] | None:
     """:func:`read_regular` plus the ``fstat`` of the file that was read (writers
     compare its ctime and size with what they recorded when they last checked it)."""
+    opened = open_regular(path, limit, what, corrupt=corrupt, owner=owner, dir_fd=dir_fd)
+    if opened is None:
+        return None
+    fd, st = opened
+    try:
+        want = st.st_size if max_bytes is None else min(st.st_size, max_bytes)
+        return read_fd(fd, want), st
+    except OSError as exc:
+        raise os_error(exc, what, corrupt) from None
+    finally:
+        os.close(fd)
+
+
+def open_regular(path: Path | str, limit: int, what: str, *, corrupt: type[CasError],
+                 owner: int | None = None,
+                 dir_fd: int | None = None) -> tuple[int, os.stat_result] | None:
+    """(fd, fstat) of a regular file within ``limit`` (and ``owner``'s), None if absent.
+
+    Raises ``corrupt`` for a symlink, FIFO, folder, oversized or foreign file; the
+    open never blocks (a FIFO opens at once with ``O_NONBLOCK`` and is then refused).
+    The caller closes the descriptor.
+    """
     try:
         fd = os.open(path, OPEN_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
@@ -76,14 +98,11 @@ def read_regular_stat(path: Path | str, limit: int, what: str, *, corrupt: type[
             return None
         raise os_error(exc, what, corrupt) from None
     try:
-        st = os.fstat(fd)
-        check_stat(st, limit, what, corrupt, owner)
-        want = st.st_size if max_bytes is None else min(st.st_size, max_bytes)
-        return read_fd(fd, want), st
-    except OSError as exc:
-        raise os_error(exc, what, corrupt) from None
-    finally:
+        check_stat(st := os.fstat(fd), limit, what, corrupt, owner)
+    except BaseException:
         os.close(fd)
+        raise
+    return fd, st
 
 
 def read_fd(fd: int, size: int) -> bytes:

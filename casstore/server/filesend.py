@@ -13,37 +13,12 @@ it opens the path itself, following symlinks, and looks for ``.gz`` siblings.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from aiohttp import hdrs, web
 
-from casstore.errors import CasError
-from casstore.fileio.safeio import MISSING, OPEN_FLAGS, check_stat, os_error
 from casstore.server.httpcache import UNSATISFIABLE, http_date, not_modified, requested_range
 
 SENDFILE_MIN = 256 << 10  # smaller bodies are read and written, bigger ones sendfile-d
-
-
-def open_checked(path: Path | str, limit: int, what: str, corrupt: type[CasError],
-                 owner: int | None = None) -> tuple[int, os.stat_result] | None:
-    """(fd, fstat) of a regular file within ``limit`` (and ``owner``'s), None if absent.
-
-    Raises ``corrupt`` for a symlink, FIFO, folder, oversized or foreign file; the
-    open never blocks (a FIFO opens at once with ``O_NONBLOCK`` and is then refused).
-    """
-    try:
-        fd = os.open(path, OPEN_FLAGS)
-    except OSError as exc:
-        if exc.errno in MISSING:
-            return None
-        raise os_error(exc, what, corrupt) from None
-    try:
-        st = os.fstat(fd)
-        check_stat(st, limit, what, corrupt, owner)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
 
 
 def file_response(request: web.BaseRequest, fd: int, st: os.stat_result, etag: str,

@@ -15,7 +15,7 @@ import blake3
 from aiohttp import web
 
 from casstore.errors import CasError, ObjectCorrupt
-from casstore.fileio.safeio import read_regular_stat
+from casstore.fileio.safeio import open_regular, read_regular_stat
 from casstore.format.layout import (
     FORMAT_FILE,
     MAX_FORMAT_DOC,
@@ -28,7 +28,7 @@ from casstore.format.layout import (
     release_relpath,
     revisions_index_relpath,
 )
-from casstore.server.filesend import file_response, open_checked
+from casstore.server.filesend import file_response
 from casstore.server.httpcache import IMMUTABLE, REVALIDATE, cache_control, http_date, not_modified
 from casstore.server.params import (
     BadRequest,
@@ -53,8 +53,8 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     svc: StoreService = request.app[STORE]
     h = oid.hex  # the path is made of the parsed id only
     try:
-        opened = open_checked(f"{svc.root}/objects/{h[:2]}/{h[2:]}", MAX_STORED_SIZE,
-                              f"object {oid}", ObjectCorrupt)
+        opened = open_regular(f"{svc.root}/objects/{h[:2]}/{h[2:]}", MAX_STORED_SIZE,
+                              f"object {oid}", corrupt=ObjectCorrupt)
     except CasError as exc:
         log.error("not serving %s", exc)
         return text(500, "object damaged on the server")
