@@ -75,6 +75,26 @@ class LoopThread:
 
 
 # -- nginx ---------------------------------------------------------------------------
+def nginx_conf(d: Path, http_body: str, connections: int = 512) -> str:
+    """A whole nginx.conf for a private nginx in folder ``d`` (pid, logs and temp files
+    there, root's own user when run as root) around ``http_body``, the inside of the
+    ``http`` block."""
+    user = "user root;" if os.geteuid() == 0 else ""
+    return f"""
+{user}
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections {connections}; }}
+http {{
+  access_log {d}/access.log;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+{http_body}
+}}
+"""
+
+
 class Nginx:
     """``nginx -g 'daemon off;'`` serving ``store`` at ``http://127.0.0.1:PORT/PREFIX/``."""
 
@@ -91,18 +111,7 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}/{self.prefix}"
 
     def _conf(self) -> str:
-        user = "user root;" if os.geteuid() == 0 else ""
-        d = self.dir
-        return f"""
-{user}
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 512; }}
-http {{
-  access_log {d}/access.log;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+        return nginx_conf(self.dir, f"""
   default_type application/octet-stream;
   sendfile on;
   server {{
@@ -120,9 +129,7 @@ http {{
       add_header Cache-Control "max-age=60";
       location ~ ^/{self.prefix}/(index|tmp|lock) {{ return 404; }}
     }}
-  }}
-}}
-"""
+  }}""")
 
     def start(self, port: int = 0) -> Nginx:
         """Start on ``port`` (again on the same one after a stop), else a free one."""

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from net_fixtures import NGINX, free_port, wait_port
+from net_fixtures import NGINX, free_port, nginx_conf, wait_port
 
 from casstore.format.layout import object_relpath
 
@@ -44,20 +44,7 @@ def nginx(kit: Kit, tmp_path: Path):
     assert n1 == n2 == 1
     d = tmp_path / "nginx"
     d.mkdir()
-    user = "user root;" if os.geteuid() == 0 else ""
-    (d / "nginx.conf").write_text(f"""
-{user}
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log {d}/access.log;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-{block}
-}}
-""")
+    (d / "nginx.conf").write_text(nginx_conf(d, block, connections=256))
     proc = subprocess.Popen([NGINX, "-p", str(d), "-c", str(d / "nginx.conf"), "-g",
                              "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
